@@ -1,0 +1,50 @@
+# DriverPilot build, generation and tests. Tools are pinned and cached outside the clone.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+CACHE ?= $(or $(DRIVERPILOT_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/driverpilot)
+TOOLS := $(CACHE)/tools
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+VERSION ?= 0.1.0
+LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
+
+.PHONY: all build generate manifests verify-generated test vet fmt run tools
+
+all: build
+
+build: ## Build bin/driverpilot (static, CGO disabled).
+	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/driverpilot ./cmd/driverpilot
+
+$(CONTROLLER_GEN):
+	@mkdir -p $(TOOLS)
+	@echo "installing controller-gen $(CONTROLLER_TOOLS_VERSION) into $(TOOLS)"
+	GOBIN=$(TOOLS)/tmp-cg go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(TOOLS)/tmp-cg/controller-gen $@ && rmdir $(TOOLS)/tmp-cg
+
+tools: $(CONTROLLER_GEN)
+
+generate: $(CONTROLLER_GEN) ## Deepcopy methods, then the generated BPF objects.
+	$(CONTROLLER_GEN) object:headerFile=hack/boilerplate.go.txt paths=./api/...
+	@if [ -d bpf ] && grep -qs go:generate bpf/*.go; then go generate ./bpf/...; fi
+
+manifests: $(CONTROLLER_GEN) ## CRDs and the manager's RBAC from the markers in the code.
+	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
+	$(CONTROLLER_GEN) rbac:roleName=driverpilot-manager paths=./controllers/... paths=./internal/... output:rbac:artifacts:config=config/rbac
+
+verify-generated: generate manifests ## Fails when committed generated files are stale.
+	@if [ -n "$$(git status --porcelain -- api config bpf)" ]; then \
+	  echo "generated files are stale; run 'make generate manifests' and commit:"; \
+	  git status --porcelain -- api config bpf; git diff --stat -- api config bpf; exit 1; fi
+
+vet:
+	go vet ./...
+
+fmt:
+	@out="$$(gofmt -l $$(git ls-files '*.go'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+test: ## The whole suite: generated code, vet, unit, envtest and root kernel tests.
+	hack/test.sh
+
+run: ## The product's main job on this machine.
+	hack/run-local.sh
