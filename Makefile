@@ -9,7 +9,7 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build generate manifests verify-generated test vet fmt run tools
+.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor
 
 all: build
 
@@ -48,3 +48,9 @@ test: ## The whole suite: generated code, vet, unit, envtest and root kernel tes
 
 run: ## The product's main job on this machine.
 	hack/run-local.sh
+
+kernel-matrix: ## Boots Debian 6.1 kernels under qemu and runs the self-test in each.
+	hack/kernel-matrix.sh
+
+bench-sensor: ## In-kernel cost per exec and exec throughput with and without the sensor.
+	hack/bench-sensor.sh

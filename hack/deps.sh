@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and tests need, pinned where the version matters
+# (clang builds the committed BPF objects, so its version is part of the reproducible output).
+# Idempotent and quiet when everything is present.
+set -euo pipefail
+
+CLANG_VERSION="1:14.0-55.7~deb12u1"
+PACKAGES=(
+  "clang=${CLANG_VERSION}"   # bpf2go's compiler for bpf/*.c
+  llvm                       # llvm-strip for bpf2go
+  libbpf-dev                 # bpf_helpers.h, bpf_core_read.h, bpf_tracing.h
+  qemu-system-x86            # kernel matrix: boots Debian kernels under TCG
+  cpio                       # kernel matrix: initramfs
+  kmod                       # kernel matrix: modinfo/depmod on unpacked kernel packages
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  name="${p%%=*}"; want="${p#*=}"
+  have="$(dpkg-query -W -f='${Status} ${Version}' "$name" 2>/dev/null || true)"
+  if [[ "$have" != "install ok installed"* ]] || { [ "$want" != "$p" ] && [[ "$have" != *" $want" ]]; }; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing packages ${missing[*]}; run as root or install them: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >&2 || { echo "deps: apt-get update failed" >&2; exit 1; }
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
+  || { echo "deps: apt-get install ${missing[*]} failed" >&2; exit 1; }
