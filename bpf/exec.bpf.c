@@ -1,0 +1,223 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR MIT)
+/*
+ * Exec events for DriverPilot's built-in sensor: at sched_process_exec, work out in the kernel
+ * whether the new executable comes from an overlayfs upper layer, a lower layer or a memfd, and
+ * send only those execs to user space (every other exec costs a few hundred nanoseconds and no
+ * event).
+ *
+ * Two attach variants, matching the drivers a node can be given:
+ *   modern_ebpf: tp_btf/sched_process_exec + BPF ring buffer   (dp_exec_tp_btf, events_rb)
+ *   ebpf:        raw_tp/sched_process_exec + perf event array  (dp_exec_raw_tp, events_perf)
+ * User space loads one program and its map; the other pair is never created.
+ *
+ * Upper vs lower is decided two ways (falco#3286 was one way silently failing):
+ *   CORE:        struct ovl_inode's __upperdentry through CO-RE, where overlay's types are in
+ *                vmlinux or module BTF;
+ *   InodeOffset: the pointer right after the embedded struct inode (inode + sizeof(struct inode)),
+ *                which needs only vmlinux BTF. In every kernel since 4.13, ovl_inode places
+ *                __upperdentry directly after vfs_inode.
+ * CORE decides when it runs; the event says whether both ran and whether they agreed.
+ * Inode numbers are never compared: overlay keeps the lower inode number after a copy-up.
+ *
+ * At sched_process_exec a script's interpreter is the executable: a dropped script run by an
+ * image shell reads as lower layer, as it does for Falco.
+ */
+#include "vmlinux_subset.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define OVERLAYFS_SUPER_MAGIC 0x794c7630
+#define TMPFS_MAGIC 0x01021994
+#define HUGETLBFS_MAGIC 0x958458f6
+/* vfsmount.mnt_flags bit of kernel-internal mounts (kern_mount), stable since 2.6.x. */
+#define MNT_INTERNAL 0x4000
+#define CAP_DAC_OVERRIDE 1
+#define S_IWUSR 00200
+#define S_IWGRP 00020
+#define S_IWOTH 00002
+
+#define COMM_LEN 16
+#define FILENAME_LEN 64
+
+/* Bits of exec_event.flags; the Go decoder mirrors them (agent/sensor/decode.go). */
+enum exe_flag {
+	EXE_WRITABLE = 1 << 0,
+	EXE_UPPER_LAYER = 1 << 1,
+	EXE_FROM_MEMFD = 1 << 2,
+	EXE_LOWER_LAYER = 1 << 3,
+	EXE_OVERLAY = 1 << 4,
+};
+
+/* exec_event.method: which method decided upper vs lower. */
+enum layer_method {
+	METHOD_NONE = 0,
+	METHOD_CORE = 1,
+	METHOD_INODE_OFFSET = 2,
+};
+
+/* exec_event.agreement: whether both methods ran and agreed. */
+enum method_agreement {
+	AGREEMENT_SINGLE = 0, /* only one method could run */
+	AGREEMENT_AGREE = 1,
+	AGREEMENT_DISAGREE = 2,
+};
+
+struct exec_event {
+	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at the exec */
+	__u32 pid;      /* thread id */
+	__u32 tgid;     /* process id */
+	__u32 flags;    /* enum exe_flag bits */
+	__u8 method;    /* enum layer_method */
+	__u8 agreement; /* enum method_agreement */
+	__u8 _pad[2];
+	char comm[COMM_LEN];
+	char filename[FILENAME_LEN]; /* d_name of the exe's dentry, NUL-terminated */
+};
+
+/* Keep these types in BTF so bpf2go generates their Go twins. */
+const struct exec_event *unused_exec_event __attribute__((unused));
+const enum exe_flag *unused_exe_flag __attribute__((unused));
+const enum layer_method *unused_layer_method __attribute__((unused));
+const enum method_agreement *unused_method_agreement __attribute__((unused));
+
+/* overlayfs's private inode, only the fields read here; resolved by CO-RE where its BTF exists. */
+struct ovl_inode___dp {
+	struct inode vfs_inode;
+	struct dentry *__upperdentry;
+} __attribute__((preserve_access_index));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events_rb SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} events_perf SEC(".maps");
+
+/* An upper dentry counts only when it is there and positive (falco libs PR #1960). */
+static __always_inline int dentry_is_upper(struct dentry *upper)
+{
+	return upper != NULL && BPF_CORE_READ(upper, d_inode) != NULL;
+}
+
+/* Returns 1 upper, 0 lower, -1 when overlay's types are not in the kernel's BTF. */
+static __always_inline int upper_by_core(struct inode *inode)
+{
+	if (!bpf_core_type_exists(struct ovl_inode___dp) ||
+	    !bpf_core_field_exists(struct ovl_inode___dp, vfs_inode) ||
+	    !bpf_core_field_exists(struct ovl_inode___dp, __upperdentry))
+		return -1;
+	/* container_of(inode, struct ovl_inode, vfs_inode) */
+	struct ovl_inode___dp *oi =
+		(void *)inode - bpf_core_field_offset(struct ovl_inode___dp, vfs_inode);
+	return dentry_is_upper(BPF_CORE_READ(oi, __upperdentry));
+}
+
+/* Returns 1 upper, 0 lower; needs only struct inode's size from vmlinux BTF. */
+static __always_inline int upper_by_inode_offset(struct inode *inode)
+{
+	struct dentry *upper = NULL;
+
+	bpf_probe_read_kernel(&upper, sizeof(upper), (void *)inode + bpf_core_type_size(struct inode));
+	return dentry_is_upper(upper);
+}
+
+/* memfd files live on the kernel-internal shmem or hugetlbfs mount; a file merely named "memfd:..."
+ * on a real filesystem does not. */
+static __always_inline bool exe_from_memfd(struct file *file, unsigned long magic)
+{
+	if (magic != TMPFS_MAGIC && magic != HUGETLBFS_MAGIC)
+		return false;
+	return (BPF_CORE_READ(file, f_path.mnt, mnt_flags) & MNT_INTERNAL) != 0;
+}
+
+/* The mode-bit check of generic_permission for the exec's fs ids, plus CAP_DAC_OVERRIDE.
+ * Supplementary groups, ACLs and user namespaces are not considered. */
+static __always_inline bool exe_writable(struct inode *inode)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	const struct cred *cred = BPF_CORE_READ(task, cred);
+	unsigned short mode = BPF_CORE_READ(inode, i_mode);
+	__u32 caps = 0;
+
+	if (BPF_CORE_READ(inode, i_uid.val) == BPF_CORE_READ(cred, fsuid.val)) {
+		if (mode & S_IWUSR)
+			return true;
+	} else if (BPF_CORE_READ(inode, i_gid.val) == BPF_CORE_READ(cred, fsgid.val)) {
+		if (mode & S_IWGRP)
+			return true;
+	} else if (mode & S_IWOTH) {
+		return true;
+	}
+	bpf_probe_read_kernel(&caps, sizeof(caps),
+			      (void *)cred + bpf_core_field_offset(struct cred, cap_effective));
+	return (caps & (1U << CAP_DAC_OVERRIDE)) != 0;
+}
+
+/* Fills ev for an overlay or memfd exec; returns false for every other exec (no event). */
+static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_event *ev)
+{
+	struct file *file = BPF_CORE_READ(bprm, file);
+	struct inode *inode = BPF_CORE_READ(file, f_inode);
+	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
+
+	if (magic == OVERLAYFS_SUPER_MAGIC) {
+		int by_core = upper_by_core(inode);
+		int by_offset = upper_by_inode_offset(inode);
+		int upper;
+
+		if (by_core >= 0) {
+			upper = by_core;
+			ev->method = METHOD_CORE;
+			ev->agreement = by_core == by_offset ? AGREEMENT_AGREE : AGREEMENT_DISAGREE;
+		} else {
+			upper = by_offset;
+			ev->method = METHOD_INODE_OFFSET;
+			ev->agreement = AGREEMENT_SINGLE;
+		}
+		ev->flags = EXE_OVERLAY | (upper ? EXE_UPPER_LAYER : EXE_LOWER_LAYER);
+	} else if (exe_from_memfd(file, magic)) {
+		ev->flags = EXE_FROM_MEMFD;
+	} else {
+		return false;
+	}
+
+	if (exe_writable(inode))
+		ev->flags |= EXE_WRITABLE;
+	__u64 id = bpf_get_current_pid_tgid();
+	ev->pid = (__u32)id;
+	ev->tgid = id >> 32;
+	ev->ktime_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
+				  BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	return true;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_event ev = {};
+
+	if (fill_event(bprm, &ev))
+		bpf_ringbuf_output(&events_rb, &ev, sizeof(ev), 0);
+	return 0;
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct exec_event ev = {};
+
+	if (fill_event(bprm, &ev))
+		bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+	return 0;
+}

@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR MIT) */
+/*
+ * The few kernel types exec.bpf.c reads, written by hand instead of a full vmlinux.h so the
+ * generated object does not depend on the machine it was built on. Every struct is marked
+ * preserve_access_index: field offsets are relocated against the running kernel's BTF at load
+ * time (CO-RE), so only the names and kinds of the fields listed here matter, not their order.
+ */
+#ifndef __DRIVERPILOT_VMLINUX_SUBSET_H__
+#define __DRIVERPILOT_VMLINUX_SUBSET_H__
+
+typedef signed char __s8;
+typedef unsigned char __u8;
+typedef short __s16;
+typedef unsigned short __u16;
+typedef int __s32;
+typedef unsigned int __u32;
+typedef long long __s64;
+typedef unsigned long long __u64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+typedef int pid_t;
+#define true 1
+#define false 0
+
+/* uapi values used by the maps and helpers (stable ABI). */
+enum bpf_map_type {
+	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+#define BPF_F_CURRENT_CPU 0xffffffffULL
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+typedef struct {
+	__u32 val;
+} kuid_t;
+
+typedef struct {
+	__u32 val;
+} kgid_t;
+
+struct super_block {
+	unsigned long s_magic;
+};
+
+struct inode {
+	unsigned short i_mode;
+	kuid_t i_uid;
+	kgid_t i_gid;
+	struct super_block *i_sb;
+};
+
+struct qstr {
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct qstr d_name;
+	struct inode *d_inode;
+};
+
+struct vfsmount {
+	struct super_block *mnt_sb;
+	int mnt_flags;
+};
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+};
+
+struct file {
+	struct path f_path;
+	struct inode *f_inode;
+};
+
+struct linux_binprm {
+	struct file *file;
+};
+
+/*
+ * kernel_cap_t changed from struct { u32 cap[2]; } to struct { u64 val; } in 6.3; both start
+ * with capabilities 0-31 on a little-endian machine, which is all the writable check reads.
+ */
+typedef struct {
+	__u32 lo;
+} kernel_cap_t;
+
+struct cred {
+	kuid_t fsuid;
+	kgid_t fsgid;
+	kernel_cap_t cap_effective;
+};
+
+struct task_struct {
+	int pid;
+	int tgid;
+	char comm[16];
+	const struct cred *cred;
+};
+
+#pragma clang attribute pop
+
+#endif /* __DRIVERPILOT_VMLINUX_SUBSET_H__ */
