@@ -1,0 +1,254 @@
+package matrix
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+var (
+	testDrivers = []string{"modern_ebpf", "ebpf"}
+	testChecks  = []string{"ExeUpperLayer", "ExeLowerLayer", "ExeCopyUp", "ExeFromMemfd"}
+)
+
+const nonce = "0123456789abcdef"
+
+// serial turns LF into CR LF the way the guest's console tty does.
+func serial(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\n"), []byte("\r\n")) }
+
+func section(t *testing.T, name string, rc int, v any) []byte {
+	t.Helper()
+	var body []byte
+	switch v := v.(type) {
+	case []byte:
+		body = v
+	default:
+		var err error
+		if body, err = json.MarshalIndent(v, "", "  "); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var buf bytes.Buffer
+	if err := WriteSection(&buf, nonce, name, rc, body); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func passing(driver string) v1alpha1.SelfTestStatus {
+	st := v1alpha1.SelfTestStatus{Driver: v1alpha1.Driver(driver), Result: v1alpha1.SelfTestPassed}
+	for _, c := range testChecks {
+		st.Checks = append(st.Checks, v1alpha1.CheckResult{Name: v1alpha1.CheckName(c), Result: v1alpha1.SelfTestPassed, Method: "CORE"})
+	}
+	return st
+}
+
+// goodLog is a whole boot in which everything passed, with kernel noise around the sections.
+func goodLog(t *testing.T, statuses map[string]v1alpha1.SelfTestStatus, rcs map[string]int) []byte {
+	t.Helper()
+	var log bytes.Buffer
+	log.WriteString("SeaBIOS (version 1.16.2)\n[    0.000000] Linux version 6.1.0-56-amd64\n")
+	log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "6.1.0-56-amd64", UptimeAtInit: 3.2, OverlayModuleBTF: true,
+		Modules: []ModuleLoad{{Name: "overlay"}}}))
+	var sum Summary
+	for _, d := range testDrivers {
+		st, ok := statuses[d]
+		if !ok {
+			st = passing(d)
+		}
+		log.WriteString(StderrPrefix(d) + "sensor started\n")
+		log.Write(section(t, SelftestSection(d), rcs[d], st))
+		sum.Runs = append(sum.Runs, Run{Driver: d, RC: rcs[d], Seconds: 4})
+	}
+	log.Write(section(t, SectionDone, 0, sum))
+	log.WriteString("[   20.100000] reboot: Power down\n")
+	return serial(log.Bytes())
+}
+
+func boot(log []byte) Boot {
+	return Boot{Kernel: "6.1.0-56-amd64", Nonce: nonce, Log: log, Wall: 12 * time.Second}
+}
+
+func TestAllPassed(t *testing.T) {
+	r := Evaluate(boot(goodLog(t, nil, nil)), testDrivers, testChecks)
+	if !r.Passed() {
+		t.Fatalf("want pass, got problems %v cells %+v", r.Problems, r.Cells)
+	}
+	if got, want := len(r.Cells), len(testDrivers)*len(testChecks); got != want {
+		t.Fatalf("cells: got %d, want %d", got, want)
+	}
+	var out bytes.Buffer
+	if !WriteTable(&out, []KernelReport{r}) {
+		t.Fatalf("WriteTable says failed:\n%s", out.String())
+	}
+	for _, want := range []string{"6.1.0-56-amd64  modern_ebpf  ExeFromMemfd   Passed  CORE", "PASS", "3.2s", "module"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestFailures(t *testing.T) {
+	failedCheck := passing("ebpf")
+	failedCheck.Result = v1alpha1.SelfTestFailed
+	failedCheck.Checks[0].Result = v1alpha1.SelfTestFailed
+	failedCheck.Checks[0].Observed = "lower layer"
+
+	notApplicable := passing("ebpf")
+	notApplicable.Checks[1].Result = v1alpha1.SelfTestNotApplicable
+
+	missingCheck := passing("ebpf")
+	missingCheck.Checks = missingCheck.Checks[:3]
+
+	loadFailed := v1alpha1.SelfTestStatus{Driver: "ebpf", Result: v1alpha1.SelfTestFailed, Reason: "SensorLoadFailed",
+		Message: "load program: permission denied"}
+
+	wrongDriver := passing("modern_ebpf")
+
+	for _, tc := range []struct {
+		name     string
+		log      func(t *testing.T) []byte
+		nonce    string
+		qemuRC   int
+		wantCell string // a failed cell's Result, "" when only Problems must fail the kernel
+		want     string // text the failure report must contain
+	}{
+		{"failed check", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": failedCheck}, map[string]int{"ebpf": 1})
+		}, nonce, 0, "Failed", "observed lower layer"},
+		{"NotApplicable is not Passed", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": notApplicable}, nil)
+		}, nonce, 0, "NotApplicable", "ExeLowerLayer"},
+		{"check missing from the result", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": missingCheck}, nil)
+		}, nonce, 0, "Missing", "ExeFromMemfd"},
+		{"sensor did not load", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": loadFailed}, map[string]int{"ebpf": 1})
+		}, nonce, 0, "Missing", "SensorLoadFailed: load program: permission denied"},
+		{"passed JSON but exit code 1", func(t *testing.T) []byte {
+			return goodLog(t, nil, map[string]int{"modern_ebpf": 1})
+		}, nonce, 0, "", "modern_ebpf: self-test result Passed, exit 1"},
+		{"result for another driver", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": wrongDriver}, nil)
+		}, nonce, 0, "", `reports driver "modern_ebpf"`},
+		{"output is not JSON", func(t *testing.T) []byte {
+			var log bytes.Buffer
+			log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x"}))
+			log.WriteString(StderrPrefix("modern_ebpf") + "the selftest command is not built yet\n")
+			log.Write(section(t, SelftestSection("modern_ebpf"), 1, []byte("")))
+			log.Write(section(t, SelftestSection("ebpf"), 0, passing("ebpf")))
+			log.Write(section(t, SectionDone, 0, Summary{}))
+			return log.Bytes()
+		}, nonce, 0, "BadOutput", "the selftest command is not built yet"},
+		{"stale log from another boot", func(t *testing.T) []byte { return goodLog(t, nil, nil) },
+			"fedcba9876543210", 0, "NoBoot", "did not reach /init"},
+		{"kernel panic before init", func(t *testing.T) []byte {
+			return []byte("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n")
+		}, nonce, 0, "NoBoot", "Unable to mount root fs"},
+		{"killed while the self-test ran", func(t *testing.T) []byte {
+			var log bytes.Buffer
+			log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x"}))
+			log.Write(section(t, SelftestSection("modern_ebpf"), 0, passing("modern_ebpf")))
+			log.WriteString("dpmatrix-init: running /bin/driverpilot selftest --driver ebpf\n")
+			return log.Bytes()
+		}, nonce, 124, "NoResult", "killed at the timeout"},
+		{"module failed to load", func(t *testing.T) []byte {
+			var log bytes.Buffer
+			log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x", Modules: []ModuleLoad{{Name: "overlay", Error: "exec format error"}}}))
+			for _, d := range testDrivers {
+				log.Write(section(t, SelftestSection(d), 0, passing(d)))
+			}
+			log.Write(section(t, SectionDone, 0, Summary{}))
+			return log.Bytes()
+		}, nonce, 0, "", "module overlay: exec format error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := boot(tc.log(t))
+			b.Nonce, b.QemuRC = tc.nonce, tc.qemuRC
+			r := Evaluate(b, testDrivers, testChecks)
+			if r.Passed() {
+				t.Fatalf("want failure, got pass: %+v", r)
+			}
+			if tc.wantCell != "" {
+				found := false
+				for _, c := range r.Cells {
+					if c.Result == tc.wantCell && !c.Pass {
+						found = true
+					}
+				}
+				if !found {
+					t.Errorf("no failed cell with result %s: %+v", tc.wantCell, r.Cells)
+				}
+			}
+			var out bytes.Buffer
+			if WriteTable(&out, []KernelReport{r}) {
+				t.Errorf("WriteTable says all passed")
+			}
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("report lacks %q:\n%s", tc.want, out.String())
+			}
+		})
+	}
+}
+
+// One failed kernel fails the whole matrix, and an empty matrix is not a pass.
+func TestWriteTableAllKernels(t *testing.T) {
+	good := Evaluate(boot(goodLog(t, nil, nil)), testDrivers, testChecks)
+	bad := Evaluate(Boot{Kernel: "6.1.0-56-rt-amd64", Nonce: nonce, QemuRC: 1}, testDrivers, testChecks)
+	var out bytes.Buffer
+	if WriteTable(&out, []KernelReport{good, bad}) {
+		t.Errorf("one failed kernel must fail the matrix:\n%s", out.String())
+	}
+	if WriteTable(&out, nil) {
+		t.Errorf("an empty matrix must not pass")
+	}
+}
+
+func TestParseKernelNoiseAndCorruption(t *testing.T) {
+	body := []byte("{\n  \"a\": 1,\n  \"b\": 2\n}\n")
+	var clean bytes.Buffer
+	if err := WriteSection(&clean, nonce, "x", 3, body); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(clean.String(), "\n")
+
+	// A whole printk line between the body's lines is dropped; the checksum still holds.
+	noisy := strings.Join(lines[:3], "") + "[   12.345678] overlayfs: upper fs does not support tmpfile.\n" + strings.Join(lines[3:], "")
+	s := Parse(serial([]byte(noisy)), nonce)
+	if len(s) != 1 || s[0].Err != nil || s[0].RC != 3 || !bytes.Equal(s[0].Body, body) {
+		t.Fatalf("noisy section: %+v", s)
+	}
+
+	// Text torn into a body line is caught by the checksum.
+	torn := strings.Replace(clean.String(), `"a": 1`, `"a": 1[  1.0] oops`, 1)
+	s = Parse([]byte(torn), nonce)
+	if len(s) != 1 || !errors.Is(s[0].Err, ErrCorrupt) {
+		t.Fatalf("torn section: want ErrCorrupt, got %+v", s)
+	}
+
+	// A section without its END is truncated.
+	s = Parse([]byte(strings.Join(lines[:4], "")), nonce)
+	if len(s) != 1 || !errors.Is(s[0].Err, ErrTruncated) {
+		t.Fatalf("truncated section: want ErrTruncated, got %+v", s)
+	}
+
+	// Another nonce's markers are not ours.
+	if s = Parse(clean.Bytes(), "ffffffffffffffff"); len(s) != 0 {
+		t.Fatalf("foreign nonce: want nothing, got %+v", s)
+	}
+}
+
+func TestWriteSectionRejectsMarkerInBody(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteSection(&buf, nonce, "x", 0, []byte("@@DPMATRIX "+nonce+" END x rc=0@@")); err == nil {
+		t.Fatal("a body holding the marker tag must be refused")
+	}
+	if err := WriteSection(&buf, nonce, "two words", 0, nil); err == nil {
+		t.Fatal("a section name with a space must be refused")
+	}
+}
