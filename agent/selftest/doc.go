@@ -1,0 +1,14 @@
+// Package selftest proves, on the node, that a sensor sees what it must see (DESIGN §7): it
+// executes controlled binaries from an overlayfs upper layer, a lower layer, after a copy-up
+// and from a memfd, and checks that the sensor reports each with the right flags.
+//
+// The self-test runs against any sensor.Sensor, so a fault-injecting sensor can prove that it
+// fails. Events are matched by a unique executable name per run, never by pid. It fails closed:
+// a missing event within the timeout fails the check and names it. A check that cannot be
+// staged is NotApplicable, which never counts as Passed.
+//
+// The binaries run on a private overlay mount (lower, upper, work and merged directories in a
+// temporary directory), built the way container runtimes build a container's root filesystem,
+// so the test behaves the same on a host, in a pod and in an initramfs. Mounts and files are
+// removed when the test ends, also on failure or cancellation.
+package selftest
