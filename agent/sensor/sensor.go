@@ -166,7 +166,7 @@ type Event struct {
 	// Comm is the task's command name after the exec.
 	Comm string
 	// Filename is the exe's dentry name (not a path; at most 63 bytes).
-	Filename string
+	Filename  string
 	Flags     Flags
 	Method    Method
 	Agreement Agreement

@@ -1,0 +1,159 @@
+package sensor
+
+import (
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+
+	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/bpf"
+)
+
+// rawEvent builds a record the way the kernel program writes it, placing each field at the
+// offset the compiled object's BTF gives for struct exec_event (not the Go struct's offsets).
+func rawEvent(t *testing.T, set map[string][]byte) []byte {
+	t.Helper()
+	spec, err := bpf.LoadExec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s *btf.Struct
+	if err := spec.Types.TypeByName("exec_event", &s); err != nil {
+		t.Fatal(err)
+	}
+	raw := make([]byte, s.Size)
+	for _, m := range s.Members {
+		if v, ok := set[m.Name]; ok {
+			copy(raw[m.Offset.Bytes():], v)
+			delete(set, m.Name)
+		}
+	}
+	if len(set) != 0 {
+		t.Fatalf("members not in struct exec_event: %v", set)
+	}
+	return raw
+}
+
+func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+
+func TestDecode(t *testing.T) {
+	raw := rawEvent(t, map[string][]byte{
+		"ktime_ns":  le64(5_000_000_000),
+		"pid":       le32(4242),
+		"tgid":      le32(4241),
+		"flags":     le32(uint32(FlagWritable | FlagUpperLayer | FlagOverlay)),
+		"method":    {byte(MethodCORE)},
+		"agreement": {byte(AgreementAgree)},
+		"comm":      []byte("my_echo\x00garbage"),
+		"filename":  []byte("my_echo\x00"),
+	})
+	received := time.Unix(1_800_000_000, 0)
+	d := &Decoder{wallOffset: time.Duration(1_700_000_000) * time.Second, driver: v1alpha1.DriverEBPF, now: func() time.Time { return received }}
+
+	// Perf records carry trailing padding: it must be ignored.
+	ev, err := d.Decode(append(raw, 0, 0, 0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Event{
+		Time:      time.Unix(1_700_000_005, 0),
+		Received:  received,
+		PID:       4242,
+		TGID:      4241,
+		Comm:      "my_echo",
+		Filename:  "my_echo",
+		Flags:     FlagWritable | FlagUpperLayer | FlagOverlay,
+		Method:    MethodCORE,
+		Agreement: AgreementAgree,
+		Driver:    v1alpha1.DriverEBPF,
+	}
+	if !ev.Time.Equal(want.Time) {
+		t.Errorf("time %v, want %v", ev.Time, want.Time)
+	}
+	ev.Time = want.Time
+	if ev != want {
+		t.Errorf("decoded\n %+v\nwant\n %+v", ev, want)
+	}
+	if !ev.UpperLayer() || ev.LowerLayer() || ev.FromMemfd() {
+		t.Errorf("helpers disagree with flags %s", ev.Flags)
+	}
+
+	// A full-length name has no NUL inside the array; the C side always writes one, but the
+	// decoder must not read past the array either way.
+	long := strings.Repeat("x", 64)
+	ev, err = d.Decode(rawEvent(t, map[string][]byte{"filename": []byte(long)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Filename != long {
+		t.Errorf("filename %q, want 64 x", ev.Filename)
+	}
+
+	if _, err := d.Decode(raw[:len(raw)-1]); err == nil {
+		t.Error("a short record decoded without error")
+	}
+}
+
+func TestNewDecoderClock(t *testing.T) {
+	d, err := NewDecoder(v1alpha1.DriverModernEBPF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An event stamped with the monotonic clock now must map to about the wall clock now.
+	var mono [8]byte
+	ts := monotonicNow(t)
+	binary.LittleEndian.PutUint64(mono[:], uint64(ts))
+	ev, err := d.Decode(rawEvent(t, map[string][]byte{"ktime_ns": mono[:]}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if skew := time.Since(ev.Time); skew < -time.Second || skew > time.Second {
+		t.Errorf("event time %v is %v away from now", ev.Time, skew)
+	}
+}
+
+// TestFlagsMatchC keeps the hand-written Go constants equal to the C enums bpf2go generated.
+func TestFlagsMatchC(t *testing.T) {
+	pairs := []struct {
+		name   string
+		goVal  uint32
+		genVal uint32
+	}{
+		{"EXE_WRITABLE", uint32(FlagWritable), uint32(bpf.ExecExeFlagEXE_WRITABLE)},
+		{"EXE_UPPER_LAYER", uint32(FlagUpperLayer), uint32(bpf.ExecExeFlagEXE_UPPER_LAYER)},
+		{"EXE_FROM_MEMFD", uint32(FlagFromMemfd), uint32(bpf.ExecExeFlagEXE_FROM_MEMFD)},
+		{"EXE_LOWER_LAYER", uint32(FlagLowerLayer), uint32(bpf.ExecExeFlagEXE_LOWER_LAYER)},
+		{"EXE_OVERLAY", uint32(FlagOverlay), uint32(bpf.ExecExeFlagEXE_OVERLAY)},
+		{"METHOD_NONE", uint32(MethodNone), uint32(bpf.ExecLayerMethodMETHOD_NONE)},
+		{"METHOD_CORE", uint32(MethodCORE), uint32(bpf.ExecLayerMethodMETHOD_CORE)},
+		{"METHOD_INODE_OFFSET", uint32(MethodInodeOffset), uint32(bpf.ExecLayerMethodMETHOD_INODE_OFFSET)},
+		{"AGREEMENT_SINGLE", uint32(AgreementSingle), uint32(bpf.ExecMethodAgreementAGREEMENT_SINGLE)},
+		{"AGREEMENT_AGREE", uint32(AgreementAgree), uint32(bpf.ExecMethodAgreementAGREEMENT_AGREE)},
+		{"AGREEMENT_DISAGREE", uint32(AgreementDisagree), uint32(bpf.ExecMethodAgreementAGREEMENT_DISAGREE)},
+	}
+	for _, p := range pairs {
+		if p.goVal != p.genVal {
+			t.Errorf("%s: Go %d, C %d", p.name, p.goVal, p.genVal)
+		}
+	}
+}
+
+func TestFlagsString(t *testing.T) {
+	for f, want := range map[Flags]string{
+		0:                             "0",
+		FlagWritable | FlagUpperLayer: "EXE_WRITABLE|EXE_UPPER_LAYER",
+		FlagFromMemfd:                 "EXE_FROM_MEMFD",
+		FlagLowerLayer | 1<<9:         "EXE_LOWER_LAYER|0x200",
+	} {
+		if got := f.String(); got != want {
+			t.Errorf("Flags(%#x).String() = %q, want %q", uint32(f), got, want)
+		}
+	}
+	if MethodCORE.String() != "CORE" || MethodInodeOffset.String() != "InodeOffset" || MethodNone.String() != "" {
+		t.Errorf("method names: %q %q %q", MethodCORE, MethodInodeOffset, MethodNone)
+	}
+}
