@@ -244,7 +244,7 @@ func contains(ds []v1alpha1.Driver, d v1alpha1.Driver) bool {
 // clip keeps a message within the API's MaxLength.
 func clip(r v1alpha1.DriverReason) v1alpha1.DriverReason {
 	if len(r.Message) > 1024 {
-		r.Message = r.Message[:1021] + "..."
+		r.Message = strings.ToValidUTF8(r.Message[:1021], "") + "..."
 	}
 	return r
 }

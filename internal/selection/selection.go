@@ -16,6 +16,9 @@ import (
 // instance); the manager reports it as Ready=False, reason InvalidSpec.
 var ErrInvalidPolicy = errors.New("invalid driver policy")
 
+// rcSuffix finds a release-candidate tag such as 0.44.0-rc1.
+var rcSuffix = regexp.MustCompile(`^[0-9]+\.[0-9]+\.[0-9]+-(rc[0-9]+)`)
+
 // DefaultPreference is the CRD's default drivers.preference.
 var DefaultPreference = []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF, v1alpha1.DriverKmod}
 
@@ -104,14 +107,15 @@ func FalcoVersion(s v1alpha1.SensorSpec) (kernelversion.Version, bool) {
 	if i < 0 || strings.Contains(img[i:], "/") {
 		return kernelversion.Version{}, false
 	}
-	tag := img[i+1:]
-	// Image flavours append a suffix to the version (0.38.2-debian); keep major.minor.patch.
-	v, err := kernelversion.ParseSemver(tag)
-	if err != nil {
-		if rv, rerr := kernelversion.ParseRelease(strings.TrimPrefix(tag, "v")); rerr == nil && strings.Count(tag, ".") >= 2 {
-			return rv, true
-		}
+	tag := strings.TrimPrefix(img[i+1:], "v")
+	// Image flavours append a suffix to the version (0.39.2-debian): keep major.minor.patch, and a
+	// release-candidate suffix, which really is a pre-release.
+	v, err := kernelversion.ParseRelease(tag)
+	if err != nil || strings.Count(tag, ".") < 2 {
 		return kernelversion.Version{}, false
+	}
+	if m := rcSuffix.FindStringSubmatch(tag); m != nil {
+		v.Pre = m[1]
 	}
 	return v, true
 }
