@@ -126,14 +126,16 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 		}
 		st.Checks = append(st.Checks, r.run(ctx, c))
 	}
+	checksDone := opts.Now()
 	cleanupErr := cleanup()
 
 	result, reason, summary := verdict(st.Checks)
 	if ctx.Err() != nil && result != v1alpha1.SelfTestPassed {
 		result, reason = v1alpha1.SelfTestFailed, ReasonInterrupted
 	}
-	msg := fmt.Sprintf("%s; sensor start %s, checks %s; %s", summary,
-		sensorReady.Sub(start).Round(time.Microsecond), opts.Now().Sub(sensorReady).Round(time.Microsecond), r.stagedOn)
+	msg := fmt.Sprintf("%s; sensor start %s, checks %s, cleanup %s; %s", summary,
+		sensorReady.Sub(start).Round(time.Microsecond), checksDone.Sub(sensorReady).Round(time.Microsecond),
+		opts.Now().Sub(checksDone).Round(time.Microsecond), r.stagedOn)
 	if cleanupErr != nil {
 		msg += "; cleanup: " + cleanupErr.Error()
 	}

@@ -2,20 +2,278 @@ package selftest
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"os"
+	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 )
 
-func TestQuick(t *testing.T) {
-	for _, d := range []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF} {
-		s := sensor.NewBuiltin(sensor.Options{Alerts: os.Stdout})
-		st := Run(context.Background(), s, Options{Driver: d, WorkDir: t.TempDir()})
-		s.Close()
-		b, _ := json.MarshalIndent(st, "", "  ")
-		t.Logf("%s", b)
+var drivers = []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF}
+
+// requireKernel skips where the kernel tests cannot run; CI runs as root and turns a skip into
+// a failure.
+func requireKernel(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to load BPF programs and mount overlayfs")
+	}
+	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		t.Skipf("needs kernel BTF: %v", err)
+	}
+}
+
+// expectedMethod is CORE where struct ovl_inode is in vmlinux or overlay's module BTF, else
+// InodeOffset.
+func expectedMethod(t *testing.T) string {
+	t.Helper()
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatalf("load kernel BTF: %v", err)
+	}
+	var s *btf.Struct
+	if kernel.TypeByName("ovl_inode", &s) == nil {
+		return "CORE"
+	}
+	if mod, err := btf.LoadKernelModuleSpec("overlay"); err == nil && mod.TypeByName("ovl_inode", &s) == nil {
+		return "CORE"
+	}
+	return "InodeOffset"
+}
+
+// wrapSensor passes the real sensor's events through mutate, which may change or drop them.
+type wrapSensor struct {
+	sensor.Sensor
+	mutate func(sensor.Event) (sensor.Event, bool)
+}
+
+func (w *wrapSensor) Subscribe() (<-chan sensor.Event, func()) {
+	in, unsubscribe := w.Sensor.Subscribe()
+	out := make(chan sensor.Event, 1024)
+	go func() {
+		defer close(out)
+		for ev := range in {
+			if ev, keep := w.mutate(ev); keep {
+				out <- ev
+			}
+		}
+	}()
+	return out, unsubscribe
+}
+
+func newBuiltin(t *testing.T) *sensor.Builtin {
+	t.Helper()
+	s := sensor.NewBuiltin(sensor.Options{})
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("close sensor: %v", err)
+		}
+	})
+	return s
+}
+
+// assertCleanedUp fails when the work directory holds anything or anything is mounted under it.
+func assertCleanedUp(t *testing.T, workdir string) {
+	t.Helper()
+	entries, err := os.ReadDir(workdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		t.Errorf("left behind in %s: %s", workdir, e.Name())
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mounts), workdir) {
+		t.Errorf("a mount under %s is left", workdir)
+	}
+}
+
+func TestAllChecksPassBothDrivers(t *testing.T) {
+	requireKernel(t)
+	method := expectedMethod(t)
+	for _, d := range drivers {
+		t.Run(string(d), func(t *testing.T) {
+			var mu sync.Mutex
+			seen := map[string]sensor.Event{}
+			s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+				mu.Lock()
+				seen[ev.Filename] = ev
+				mu.Unlock()
+				return ev, true
+			}}
+			workdir := t.TempDir()
+			start := time.Now()
+			st := Run(context.Background(), s, Options{Driver: d, Attempt: 3, WorkDir: workdir, Timeout: 5 * time.Second})
+			wall := time.Since(start)
+
+			if st.Result != v1alpha1.SelfTestPassed || st.Reason != ReasonAllChecksPassed {
+				t.Fatalf("result %s reason %s: %s\n%+v", st.Result, st.Reason, st.Message, st.Checks)
+			}
+			if st.Driver != d || st.Attempt != 3 || st.BootID == "" || st.StartTime == nil || st.FinishTime == nil {
+				t.Errorf("status header incomplete: driver %s attempt %d boot %q", st.Driver, st.Attempt, st.BootID)
+			}
+			if len(st.Checks) != len(v1alpha1.AllChecks) {
+				t.Fatalf("%d checks, want %d", len(st.Checks), len(v1alpha1.AllChecks))
+			}
+			for i, c := range st.Checks {
+				if c.Name != v1alpha1.AllChecks[i] {
+					t.Errorf("check %d is %s, want %s", i, c.Name, v1alpha1.AllChecks[i])
+				}
+				if c.Latency == nil || c.Latency.Duration <= 0 {
+					t.Errorf("%s: no latency", c.Name)
+					continue
+				}
+				want := method
+				if c.Name == v1alpha1.CheckExeFromMemfd {
+					want = ""
+				}
+				if c.Method != want {
+					t.Errorf("%s: method %q, want %q", c.Name, c.Method, want)
+				}
+				t.Logf("%s: %s, latency %s, method %q", c.Name, c.Observed, c.Latency.Duration, c.Method)
+			}
+			// Where CO-RE runs, the inode-offset method runs too and must agree on every exec.
+			mu.Lock()
+			overlayEvents := 0
+			for name, ev := range seen {
+				if !strings.HasPrefix(name, "dp-") || !ev.Flags.Has(sensor.FlagOverlay) {
+					continue
+				}
+				overlayEvents++
+				if method == "CORE" && ev.Agreement != sensor.AgreementAgree {
+					t.Errorf("%s: CORE and InodeOffset: %s", name, ev.Agreement)
+				}
+			}
+			mu.Unlock()
+			if overlayEvents != 3 {
+				t.Errorf("%d overlay events of this run, want 3", overlayEvents)
+			}
+			t.Logf("verdict in %s (%s)", wall, st.Message)
+			// The design target is 500 ms; this bound only catches a pathological regression
+			// on a shared, busy machine.
+			if wall > 3*time.Second {
+				t.Errorf("self-test took %s", wall)
+			}
+			assertCleanedUp(t, workdir)
+		})
+	}
+}
+
+// TestFailsWhenUpperLayerIsNeverReported is falco#3286 replayed: a sensor that reports every
+// overlay exec as lower must fail the upper-layer and copy-up checks.
+func TestFailsWhenUpperLayerIsNeverReported(t *testing.T) {
+	requireKernel(t)
+	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+		if ev.UpperLayer() {
+			ev.Flags = ev.Flags&^sensor.FlagUpperLayer | sensor.FlagLowerLayer
+		}
+		return ev, true
+	}}
+	workdir := t.TempDir()
+	st := Run(context.Background(), s, Options{Driver: v1alpha1.DriverModernEBPF, WorkDir: workdir, Timeout: 2 * time.Second})
+	if st.Result != v1alpha1.SelfTestFailed || st.Reason != ReasonCheckFailed {
+		t.Fatalf("result %s reason %s, want Failed CheckFailed: %s", st.Result, st.Reason, st.Message)
+	}
+	want := map[v1alpha1.CheckName]v1alpha1.SelfTestResult{
+		v1alpha1.CheckExeUpperLayer: v1alpha1.SelfTestFailed,
+		v1alpha1.CheckExeCopyUp:     v1alpha1.SelfTestFailed,
+		v1alpha1.CheckExeLowerLayer: v1alpha1.SelfTestPassed,
+		v1alpha1.CheckExeFromMemfd:  v1alpha1.SelfTestPassed,
+	}
+	for _, c := range st.Checks {
+		if c.Result != want[c.Name] {
+			t.Errorf("%s: %s, want %s (%s)", c.Name, c.Result, want[c.Name], c.Message)
+		}
+		if c.Result == v1alpha1.SelfTestFailed && c.Observed != "lower layer" {
+			t.Errorf("%s: observed %q, want lower layer", c.Name, c.Observed)
+		}
+	}
+	for _, name := range []string{"ExeUpperLayer", "ExeCopyUp"} {
+		if !strings.Contains(st.Message, name) {
+			t.Errorf("message does not name %s: %s", name, st.Message)
+		}
+	}
+	assertCleanedUp(t, workdir)
+}
+
+// TestFailsClosedOnMissingEvents: a sensor that drops upper-layer events fails by timeout.
+func TestFailsClosedOnMissingEvents(t *testing.T) {
+	requireKernel(t)
+	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+		return ev, !ev.UpperLayer()
+	}}
+	workdir := t.TempDir()
+	timeout := 300 * time.Millisecond
+	st := Run(context.Background(), s, Options{Driver: v1alpha1.DriverEBPF, WorkDir: workdir, Timeout: timeout,
+		Checks: []v1alpha1.CheckName{v1alpha1.CheckExeLowerLayer, v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeCopyUp}})
+	if st.Result != v1alpha1.SelfTestFailed || st.Reason != ReasonCheckTimedOut {
+		t.Fatalf("result %s reason %s, want Failed CheckTimedOut: %s", st.Result, st.Reason, st.Message)
+	}
+	for _, c := range st.Checks {
+		switch c.Name {
+		case v1alpha1.CheckExeLowerLayer:
+			if c.Result != v1alpha1.SelfTestPassed {
+				t.Errorf("lower: %s (%s)", c.Result, c.Message)
+			}
+		default:
+			if c.Result != v1alpha1.SelfTestFailed || c.Observed != "no event within 300ms" || c.Latency != nil {
+				t.Errorf("%s: %s observed %q latency %v", c.Name, c.Result, c.Observed, c.Latency)
+			}
+			if !strings.Contains(st.Message, string(c.Name)+": no event within 300ms") {
+				t.Errorf("message does not name %s with its timeout: %s", c.Name, st.Message)
+			}
+		}
+	}
+	assertCleanedUp(t, workdir)
+}
+
+// TestInterruptedRunCleansUp cancels the run at its first event: the verdict is Failed and
+// the mounts and files are gone.
+func TestInterruptedRunCleansUp(t *testing.T) {
+	requireKernel(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var once sync.Once
+	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+		if strings.HasPrefix(ev.Filename, "dp-") {
+			once.Do(cancel)
+			return ev, false
+		}
+		return ev, true
+	}}
+	workdir := t.TempDir()
+	st := Run(ctx, s, Options{Driver: v1alpha1.DriverModernEBPF, WorkDir: workdir, Timeout: 5 * time.Second})
+	if st.Result != v1alpha1.SelfTestFailed || st.Reason != ReasonInterrupted {
+		t.Fatalf("result %s reason %s, want Failed Interrupted: %s", st.Result, st.Reason, st.Message)
+	}
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		t.Fatal("the run was not cancelled")
+	}
+	assertCleanedUp(t, workdir)
+}
+
+// TestStagingOnTmpfs is the initramfs case: the layers on tmpfs.
+func TestStagingOnTmpfs(t *testing.T) {
+	requireKernel(t)
+	workdir := "/dev/shm"
+	if m, err := statfsMagic(workdir); err != nil || m != tmpfsMagic {
+		t.Skipf("%s is not tmpfs here (%v)", workdir, err)
+	}
+	st := Run(context.Background(), newBuiltin(t), Options{Driver: v1alpha1.DriverModernEBPF, WorkDir: workdir,
+		Checks: []v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeCopyUp}})
+	if st.Result != v1alpha1.SelfTestPassed {
+		t.Fatalf("on tmpfs: %s %s: %s", st.Result, st.Reason, st.Message)
+	}
+	if !strings.Contains(st.Message, "on tmpfs") {
+		t.Errorf("message does not say the layers were on tmpfs: %s", st.Message)
 	}
 }
