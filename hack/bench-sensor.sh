@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Benchmarks the built-in exec sensor (agent/sensor) on this machine, for each driver: the in-kernel
+# cost per exec from the kernel's BPF run-time statistics (ordinary execs, target <= 1 us; overlay
+# lower and upper execs separately) and exec throughput with and without the sensor, interleaved.
+# A benchmark, not a test: it fails only when it cannot measure. Needs root.
+#
+# Extra arguments go to the Go program (test/bench), e.g. hack/bench-sensor.sh -n 5000 -trounds 20.
+# BENCH_DRIVERS selects drivers (default modern_ebpf,ebpf).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="${DRIVERPILOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driverpilot}"
+BIN="$CACHE/bench/sensor-bench"
+STATS=/proc/sys/kernel/bpf_stats_enabled
+
+log() { echo "bench-sensor: $*" >&2; }
+die() { echo "bench-sensor: error: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: the benchmark loads BPF programs and mounts an overlay"
+command -v go >/dev/null || die "go not found"
+mkdir -p "$(dirname "$BIN")"
+
+log "building test/bench"
+(cd "$ROOT" && CGO_ENABLED=0 go build -o "$BIN" ./test/bench) || die "go build ./test/bench failed"
+
+# The program turns BPF statistics on through BPF_ENABLE_STATS, or else through the sysctl and
+# puts it back; check that the machine is left as it was found either way.
+before="$(cat "$STATS" 2>/dev/null || echo unknown)"
+restore() {
+  local now; now="$(cat "$STATS" 2>/dev/null || echo unknown)"
+  if [ "$now" != "$before" ] && [ "$before" != unknown ]; then
+    log "kernel.bpf_stats_enabled is $now, restoring $before"
+    echo "$before" >"$STATS"
+  fi
+}
+trap restore EXIT
+
+log "running (kernel.bpf_stats_enabled=$before before the run)"
+"$BIN" -drivers "${BENCH_DRIVERS:-modern_ebpf,ebpf}" "$@"
