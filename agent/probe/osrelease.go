@@ -11,7 +11,7 @@ import (
 )
 
 // ParseOSRelease parses os-release(5): KEY=value lines, values optionally in single or double
-// quotes, backslash escapes inside double quotes, comments and blank lines ignored. Malformed
+// quotes, backslash escapes inside double quotes, comments and blank lines ignored, blanks around the = tolerated as systemd does. Malformed
 // lines are skipped, as systemd does.
 func ParseOSRelease(s string) map[string]string {
 	out := map[string]string{}
@@ -23,6 +23,7 @@ func ParseOSRelease(s string) map[string]string {
 			continue
 		}
 		key, val, ok := strings.Cut(line, "=")
+		key = strings.TrimSpace(key)
 		if !ok || key == "" || strings.ContainsAny(key, " \t\"'") {
 			continue
 		}
