@@ -91,6 +91,10 @@ struct ovl_inode___dp {
 	struct dentry *__upperdentry;
 } __attribute__((preserve_access_index));
 
+/* Set by user space before load to skip the CO-RE method, as on a kernel without overlay BTF
+ * (falco#3286); lets tests and diagnostics exercise the InodeOffset path on any kernel. */
+const volatile __u8 force_inode_offset = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -170,7 +174,7 @@ static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_ev
 	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
 
 	if (magic == OVERLAYFS_SUPER_MAGIC) {
-		int by_core = upper_by_core(inode);
+		int by_core = force_inode_offset ? -1 : upper_by_core(inode);
 		int by_offset = upper_by_inode_offset(inode);
 		int upper;
 

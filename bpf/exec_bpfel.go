@@ -60,6 +60,7 @@ const (
 	ExecMapEventsRb              = "events_rb"
 	ExecProgDpExecRawTp          = "dp_exec_raw_tp"
 	ExecProgDpExecTpBtf          = "dp_exec_tp_btf"
+	ExecVarForceInodeOffset      = "force_inode_offset"
 	ExecVarUnusedExeFlag         = "unused_exe_flag"
 	ExecVarUnusedExecEvent       = "unused_exec_event"
 	ExecVarUnusedLayerMethod     = "unused_layer_method"
@@ -124,6 +125,7 @@ type ExecMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecVariableSpecs struct {
+	ForceInodeOffset      *ebpf.VariableSpec `ebpf:"force_inode_offset"`
 	UnusedExeFlag         *ebpf.VariableSpec `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.VariableSpec `ebpf:"unused_exec_event"`
 	UnusedLayerMethod     *ebpf.VariableSpec `ebpf:"unused_layer_method"`
@@ -165,6 +167,7 @@ func (m *ExecMaps) Close() error {
 //
 // It can be passed to LoadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecVariables struct {
+	ForceInodeOffset      *ebpf.Variable `ebpf:"force_inode_offset"`
 	UnusedExeFlag         *ebpf.Variable `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.Variable `ebpf:"unused_exec_event"`
 	UnusedLayerMethod     *ebpf.Variable `ebpf:"unused_layer_method"`

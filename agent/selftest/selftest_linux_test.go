@@ -168,6 +168,35 @@ func TestAllChecksPassBothDrivers(t *testing.T) {
 	}
 }
 
+// TestInodeOffsetMethodAlone runs the checks with the CO-RE method switched off in the kernel
+// program, as on a kernel whose BTF lacks overlay's types: the InodeOffset method must decide
+// every overlay check correctly on its own.
+func TestInodeOffsetMethodAlone(t *testing.T) {
+	requireKernel(t)
+	for _, d := range drivers {
+		t.Run(string(d), func(t *testing.T) {
+			s := sensor.NewBuiltin(sensor.Options{ForceInodeOffset: true})
+			defer s.Close()
+			st := Run(context.Background(), s, Options{Driver: d, WorkDir: t.TempDir()})
+			if st.Result != v1alpha1.SelfTestPassed {
+				t.Fatalf("%s %s: %s", st.Result, st.Reason, st.Message)
+			}
+			for _, c := range st.Checks {
+				want := "InodeOffset"
+				if c.Name == v1alpha1.CheckExeFromMemfd {
+					want = ""
+				}
+				if c.Method != want {
+					t.Errorf("%s: method %q, want %q", c.Name, c.Method, want)
+				}
+				if strings.Contains(c.Message, "Agree") {
+					t.Errorf("%s: a single method cannot agree: %s", c.Name, c.Message)
+				}
+			}
+		})
+	}
+}
+
 // TestFailsWhenUpperLayerIsNeverReported is falco#3286 replayed: a sensor that reports every
 // overlay exec as lower must fail the upper-layer and copy-up checks.
 func TestFailsWhenUpperLayerIsNeverReported(t *testing.T) {

@@ -28,6 +28,9 @@ type Options struct {
 	SubscriberBuffer int
 	// PerfBufferBytes is the per-CPU perf buffer of the ebpf driver (default 64 KiB).
 	PerfBufferBytes int
+	// ForceInodeOffset skips the CO-RE method, as on a kernel whose BTF lacks overlay's types
+	// (falco#3286), so the InodeOffset method decides. For tests and diagnostics.
+	ForceInodeOffset bool
 }
 
 // Builtin is DriverPilot's own exec sensor: bpf/exec.bpf.c with the program and map that match
@@ -107,6 +110,15 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 	spec, err := bpf.LoadExec()
 	if err != nil {
 		return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: err}
+	}
+	if b.opts.ForceInodeOffset {
+		v, ok := spec.Variables[bpf.ExecVarForceInodeOffset]
+		if !ok {
+			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: errors.New("object lacks force_inode_offset")}
+		}
+		if err := v.Set(uint8(1)); err != nil {
+			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("set force_inode_offset: %w", err)}
+		}
 	}
 	// KernelTypes stays nil so CO-RE searches vmlinux and module BTF (overlay as a module).
 	var closers []io.Closer
