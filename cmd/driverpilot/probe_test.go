@@ -1,0 +1,60 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/selection"
+)
+
+func TestProbeFlagErrors(t *testing.T) {
+	for _, args := range [][]string{{"-o", "xml"}, {"--no-such-flag"}, {"extra"}, {"--falco-version", "latest"}} {
+		if err := runProbe(args); !errors.Is(err, errUsage) {
+			t.Errorf("runProbe(%q) = %v, want errUsage", args, err)
+		}
+	}
+}
+
+func TestLoadProfile(t *testing.T) {
+	spec, err := loadProfile("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Sensor.Kind != v1alpha1.SensorBuiltin || !slices.Equal(spec.Drivers.Preference, selection.DefaultPreference) {
+		t.Errorf("default profile = %+v", spec)
+	}
+
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	if err := os.WriteFile(good, []byte(`apiVersion: security.driverpilot.io/v1alpha1
+kind: SecurityProfile
+metadata: {name: falco}
+spec:
+  sensor: {kind: Falco, image: "falcosecurity/falco:0.38.1"}
+  drivers:
+    overrides:
+    - match: {kernelRelease: '^5\.10\..*amzn2'}
+      preference: [ebpf]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec, err = loadProfile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Sensor.Kind != v1alpha1.SensorFalco || len(spec.Drivers.Preference) != 3 || len(spec.Drivers.Overrides) != 1 {
+		t.Errorf("profile = %+v", spec)
+	}
+
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("kind: SecurityProfile\nspec:\n  drivers:\n    overrides:\n    - match: {kernelRelease: '('}\n      preference: [kmod]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadProfile(bad); !errors.Is(err, selection.ErrInvalidPolicy) {
+		t.Errorf("bad regexp: %v, want ErrInvalidPolicy", err)
+	}
+}
