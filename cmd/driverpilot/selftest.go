@@ -27,6 +27,7 @@ func runSelftest(args []string) error {
 	timeout := fs.Duration("timeout", selftest.DefaultTimeout, "how long each check waits for its event")
 	output := fs.String("o", "text", "output format: text or json (the SelfTestStatus)")
 	alerts := fs.String("alerts", "", "write a Falco-shaped JSON line per upper-layer exec to FILE, or - for stdout")
+	inodeOffsetOnly := fs.Bool("inode-offset-only", false, "skip the CO-RE method in the kernel program, as on a kernel without overlay BTF, so the inode-offset method decides")
 	workdir := fs.String("workdir", os.TempDir(), "directory the private overlay is staged in (any writable filesystem; tmpfs is fine)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
@@ -72,7 +73,7 @@ func runSelftest(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	s := sensor.NewBuiltin(sensor.Options{Alerts: alertOut})
+	s := sensor.NewBuiltin(sensor.Options{Alerts: alertOut, ForceInodeOffset: *inodeOffsetOnly})
 	status := selftest.Run(ctx, s, selftest.Options{
 		Driver:  d,
 		Checks:  checkNames,
