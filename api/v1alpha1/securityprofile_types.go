@@ -23,6 +23,7 @@ const (
 type SecurityProfileSpec struct {
 	// nodeSelector selects the nodes this profile protects. Empty or absent selects every node.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn'] && has(e.values) && size(e.values) > 0) || (e.operator in ['Exists', 'DoesNotExist'] && (!has(e.values) || size(e.values) == 0)))",message="each matchExpressions operator must be In or NotIn with values, or Exists or DoesNotExist without values"
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
 	// sensor is the runtime-security sensor to run on the selected nodes.
@@ -201,6 +202,7 @@ type RolloutSpec struct {
 type CanarySpec struct {
 	// nodeSelector selects canary nodes among the selected nodes.
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn'] && has(e.values) && size(e.values) > 0) || (e.operator in ['Exists', 'DoesNotExist'] && (!has(e.values) || size(e.values) == 0)))",message="each matchExpressions operator must be In or NotIn with values, or Exists or DoesNotExist without values"
 	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
 
 	// count takes this many selected nodes, in name order, as canaries (after those matched by nodeSelector).
