@@ -7,7 +7,11 @@
 # unless every cell passed on every kernel.
 #
 # Environment:
-#   KERNEL_MATRIX_FLAVOURS   flavours to boot (default: "amd64 cloud-amd64 rt-amd64")
+#   KERNEL_MATRIX_FLAVOURS   boots, each FLAVOUR or FLAVOUR:no-overlay-btf (default: "amd64
+#                            cloud-amd64 rt-amd64 amd64:no-overlay-btf"). no-overlay-btf strips the
+#                            .BTF section from overlay.ko: the module loads without module BTF, the
+#                            falco#3286 situation, so CO-RE cannot resolve ovl_inode and the sensor
+#                            must decide by the inode offset.
 #   KERNEL_MATRIX_DRIVERS    default "modern_ebpf,ebpf"
 #   KERNEL_MATRIX_CHECKS     default "ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd"
 #   KERNEL_MATRIX_TIMEOUT    seconds one boot may take, boot to power-off (default 600)
@@ -19,7 +23,7 @@ set -euo pipefail
 # search linux-image-6.1.0 | grep unsigned` lists what the mirror holds.
 KERNEL_ABI="6.1.0-56"
 KERNEL_PKG_VERSION="6.1.192-2"
-read -r -a FLAVOURS <<<"${KERNEL_MATRIX_FLAVOURS:-amd64 cloud-amd64 rt-amd64}"
+read -r -a FLAVOURS <<<"${KERNEL_MATRIX_FLAVOURS:-amd64 cloud-amd64 rt-amd64 amd64:no-overlay-btf}"
 DRIVERS="${KERNEL_MATRIX_DRIVERS:-modern_ebpf,ebpf}"
 CHECKS="${KERNEL_MATRIX_CHECKS:-ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd}"
 TIMEOUT="${KERNEL_MATRIX_TIMEOUT:-600}"
@@ -37,6 +41,8 @@ die() { echo "kernel-matrix: error: $*" >&2; exit 1; }
 for tool in qemu-system-x86_64 cpio dpkg-deb apt-get modinfo timeout go; do
   command -v "$tool" >/dev/null || die "$tool not found; run hack/deps.sh (as root) to install the pinned packages"
 done
+OBJCOPY="$(command -v llvm-objcopy || command -v objcopy || true)"
+[ -n "$OBJCOPY" ] || die "llvm-objcopy not found; run hack/deps.sh (as root) to install llvm"
 mkdir -p "$CACHE/debs" "$CACHE/kernels" "$BUILD" "$RUNS"
 
 # fetch_kernel PKG: downloads PKG=KERNEL_PKG_VERSION into the cache once and unpacks it once.
@@ -77,9 +83,10 @@ module_files() {
   echo "$file"
 }
 
-# build_initramfs TREE RELEASE OUT: a newc cpio with /init, /bin/driverpilot and the overlay module.
+# build_initramfs TREE RELEASE OUT VARIANT: a newc cpio with /init, /bin/driverpilot and the overlay
+# module (without its .BTF section for the no-overlay-btf variant).
 build_initramfs() {
-  local tree="$1" release="$2" out="$3" stage="$3.d" f base
+  local tree="$1" release="$2" out="$3" variant="$4" stage="$3.d" f base
   rm -rf "$stage" && mkdir -p "$stage"/{bin,dev,proc,sys,tmp,run,work,etc,lib/modules}
   install -m 0755 "$BUILD/init" "$stage/init"
   install -m 0755 "$BUILD/driverpilot" "$stage/bin/driverpilot"
@@ -94,6 +101,10 @@ build_initramfs() {
       *.ko)     cp "$f" "$stage/lib/modules/$base" ;;
       *)        die "unknown module file $f" ;;
     esac
+    if [ "$variant" = no-overlay-btf ] && [ "$base" = overlay.ko ]; then
+      # Drops the appended signature too; Debian's 6.1 does not force module signatures.
+      "$OBJCOPY" --remove-section=.BTF "$stage/lib/modules/$base" || die "strip .BTF from $base failed"
+    fi
     echo "/lib/modules/$base" >>"$stage/lib/modules/load-order"
   done
   (cd "$stage" && find . -mindepth 1 -print0 | LC_ALL=C sort -z | cpio --null -o -H newc -R 0:0 --quiet) >"$out.tmp"
@@ -110,18 +121,25 @@ log "building static driverpilot and /init"
 # 2. One boot per flavour.
 manifest="$RUNS/manifest.tsv"
 : >"$manifest"
-for flavour in "${FLAVOURS[@]}"; do
+for entry in "${FLAVOURS[@]}"; do
+  flavour="${entry%%:*}" variant=""
+  [ "$entry" = "$flavour" ] || variant="${entry#*:}"
+  case "$variant" in
+    "") name="$KERNEL_ABI-$flavour" expect="overlay-btf=true" ;;
+    no-overlay-btf) name="$KERNEL_ABI-$flavour/$variant" expect="overlay-btf=false" ;;
+    *) die "unknown variant $variant in $entry (known: no-overlay-btf)" ;;
+  esac
   release="$KERNEL_ABI-$flavour"
   pkg="linux-image-$release-unsigned"
   tree="$(fetch_kernel "$pkg")"
   vmlinuz="$tree/boot/vmlinuz-$release"
   [ -f "$vmlinuz" ] || die "$pkg has no boot/vmlinuz-$release"
-  run="$RUNS/$release"
+  run="$RUNS/${name//\//-}"
   mkdir -p "$run"
-  build_initramfs "$tree" "$release" "$run/initramfs.cpio"
+  build_initramfs "$tree" "$release" "$run/initramfs.cpio" "$variant"
   nonce="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
   console="$run/console.log"
-  log "booting $release (qemu -accel tcg, timeout ${TIMEOUT}s; console: $console)"
+  log "booting $name (qemu -accel tcg, timeout ${TIMEOUT}s; console: $console)"
   start="$(date +%s.%N)"
   rc=0
   qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1G -nographic -no-reboot -nic none
@@ -133,8 +151,8 @@ for flavour in "${FLAVOURS[@]}"; do
     timeout --kill-after=10 "$TIMEOUT" "${qemu[@]}" </dev/null >"$console" 2>&1 || rc=$?
   fi
   wall="$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN{printf "%.1f", a-b}')"
-  log "$release: qemu exited $rc after ${wall%.*}s"
-  printf '%s\t%s\t%s\t%s\t%s\n' "$release" "$nonce" "$wall" "$rc" "$console" >>"$manifest"
+  log "$name: qemu exited $rc after ${wall%.*}s"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$nonce" "$wall" "$rc" "$console" "$expect" >>"$manifest"
 done
 
 # 3. The table and the verdict.

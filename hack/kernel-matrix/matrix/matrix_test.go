@@ -43,7 +43,8 @@ func section(t *testing.T, name string, rc int, v any) []byte {
 func passing(driver string) v1alpha1.SelfTestStatus {
 	st := v1alpha1.SelfTestStatus{Driver: v1alpha1.Driver(driver), Result: v1alpha1.SelfTestPassed}
 	for _, c := range testChecks {
-		st.Checks = append(st.Checks, v1alpha1.CheckResult{Name: v1alpha1.CheckName(c), Result: v1alpha1.SelfTestPassed, Method: "CORE"})
+		st.Checks = append(st.Checks, v1alpha1.CheckResult{Name: v1alpha1.CheckName(c), Result: v1alpha1.SelfTestPassed, Method: "CORE",
+			Message: "flags EXE_UPPER_LAYER|EXE_OVERLAY, method CORE (Agree)"})
 	}
 	return st
 }
@@ -86,7 +87,7 @@ func TestAllPassed(t *testing.T) {
 	if !WriteTable(&out, []KernelReport{r}) {
 		t.Fatalf("WriteTable says failed:\n%s", out.String())
 	}
-	for _, want := range []string{"6.1.0-56-amd64  modern_ebpf  ExeFromMemfd   Passed  CORE", "PASS", "3.2s", "module"} {
+	for _, want := range []string{"6.1.0-56-amd64  modern_ebpf  ExeFromMemfd   Passed  CORE (Agree)", "PASS", "3.2s", "module"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
@@ -109,6 +110,9 @@ func TestFailures(t *testing.T) {
 		Message: "load program: permission denied"}
 
 	wrongDriver := passing("modern_ebpf")
+
+	disagree := passing("ebpf")
+	disagree.Checks[2].Message = "flags EXE_UPPER_LAYER|EXE_OVERLAY, method CORE (Disagree)"
 
 	for _, tc := range []struct {
 		name     string
@@ -136,6 +140,9 @@ func TestFailures(t *testing.T) {
 		{"result for another driver", func(t *testing.T) []byte {
 			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": wrongDriver}, nil)
 		}, nonce, 0, "", `reports driver "modern_ebpf"`},
+		{"CORE and InodeOffset disagree", func(t *testing.T) []byte {
+			return goodLog(t, map[string]v1alpha1.SelfTestStatus{"ebpf": disagree}, nil)
+		}, nonce, 0, "Passed", "CORE and InodeOffset disagree"},
 		{"output is not JSON", func(t *testing.T) []byte {
 			var log bytes.Buffer
 			log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x"}))
@@ -250,5 +257,21 @@ func TestWriteSectionRejectsMarkerInBody(t *testing.T) {
 	}
 	if err := WriteSection(&buf, nonce, "two words", 0, nil); err == nil {
 		t.Fatal("a section name with a space must be refused")
+	}
+}
+
+// A boot that claims to test the no-module-BTF situation must really lack the module BTF.
+func TestOverlayBTFExpectation(t *testing.T) {
+	b := boot(goodLog(t, nil, nil)) // the guest reports overlayModuleBTF=true
+	absent := false
+	b.OverlayBTF = &absent
+	r := Evaluate(b, testDrivers, testChecks)
+	if r.Passed() || len(r.Problems) == 0 || !strings.Contains(r.Problems[0], "overlay module BTF present=true") {
+		t.Fatalf("want an overlay BTF problem, got %v", r.Problems)
+	}
+	present := true
+	b.OverlayBTF = &present
+	if r := Evaluate(b, testDrivers, testChecks); !r.Passed() {
+		t.Fatalf("want pass, got %v", r.Problems)
 	}
 }

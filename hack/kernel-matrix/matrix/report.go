@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -24,6 +25,9 @@ type Boot struct {
 	Wall time.Duration
 	// QemuRC is qemu's exit code (124 when the host's timeout killed it).
 	QemuRC int
+	// OverlayBTF, when set, is whether the guest must have overlay's module BTF
+	// (/sys/kernel/btf/overlay): a boot that did not stage what it claims to test fails.
+	OverlayBTF *bool
 }
 
 // Cell is one kernel × driver × check result.
@@ -35,6 +39,9 @@ type Cell struct {
 	Result string
 	// Method is how the sensor decided the layer, as the self-test reported it.
 	Method string
+	// Agreement is whether the CORE and InodeOffset methods agreed (Agree, Disagree, SingleMethod),
+	// read from the check's message; "" when the message does not say.
+	Agreement string
 	// Detail explains a failed cell.
 	Detail string
 	// Pass is true only for a Passed check from a run that itself passed.
@@ -139,6 +146,10 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 	if b.QemuRC == 124 {
 		r.Problems = append(r.Problems, "qemu was killed at the timeout")
 	}
+	if b.OverlayBTF != nil && r.Info != nil && r.Info.OverlayModuleBTF != *b.OverlayBTF {
+		r.Problems = append(r.Problems, fmt.Sprintf("overlay module BTF present=%t, this boot needs present=%t",
+			r.Info.OverlayModuleBTF, *b.OverlayBTF))
+	}
 	booted := r.Info != nil
 	for _, d := range drivers {
 		r.Cells = append(r.Cells, driverCells(d, checks, sections, booted)...)
@@ -159,6 +170,9 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 	}
 	return r
 }
+
+// agreementRE finds the method agreement in a check's message, e.g. "method CORE (Agree)".
+var agreementRE = regexp.MustCompile(`method \w+ \((\w+)\)`)
 
 // driverCells evaluates one driver's self-test section against the expected checks.
 func driverCells(driver string, checks []string, sections map[string]Section, booted bool) []Cell {
@@ -195,9 +209,17 @@ func driverCells(driver string, checks []string, sections map[string]Section, bo
 			if cr.Method != "" {
 				cell.Method = cr.Method
 			}
+			if m := agreementRE.FindStringSubmatch(cr.Message); m != nil {
+				cell.Agreement = m[1]
+			}
 			cell.Pass = cr.Result == v1alpha1.SelfTestPassed
 			if !cell.Pass {
 				cell.Detail = joinNonEmpty("; ", "expected "+cr.Expected, "observed "+cr.Observed, cr.Message)
+			} else if cell.Agreement == "Disagree" {
+				// CORE decided and the check passed, but the fallback method would have been wrong
+				// on this kernel: the matrix exists to catch exactly that.
+				cell.Pass = false
+				cell.Detail = "CORE and InodeOffset disagree: " + cr.Message
 			}
 		}
 		if !found {
@@ -286,14 +308,18 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 	tw.Flush()
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KERNEL\tDRIVER\tCHECK\tRESULT\tMETHOD")
+	fmt.Fprintln(tw, "KERNEL\tDRIVER\tCHECK\tRESULT\tMETHOD (CORE vs InodeOffset)")
 	for _, r := range reports {
 		for _, c := range r.Cells {
 			res := c.Result
 			if !c.Pass {
 				res += " ✗"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Kernel, c.Driver, c.Check, res, c.Method)
+			method := c.Method
+			if c.Agreement != "" {
+				method += " (" + c.Agreement + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Kernel, c.Driver, c.Check, res, method)
 		}
 	}
 	tw.Flush()

@@ -4,7 +4,8 @@
 //
 // Usage: report -drivers modern_ebpf,ebpf -checks ExeUpperLayer,... MANIFEST
 //
-// MANIFEST has one boot a line, tab-separated: kernel, nonce, wall seconds, qemu exit code, log path.
+// MANIFEST has one boot a line, tab-separated: kernel, nonce, wall seconds, qemu exit code, log path
+// and optionally overlay-btf=true|false, whether the guest must have overlay's module BTF.
 package main
 
 import (
@@ -56,8 +57,16 @@ func readManifest(path string) ([]matrix.Boot, error) {
 			continue
 		}
 		fields := strings.Split(sc.Text(), "\t")
-		if len(fields) != 5 {
-			return nil, fmt.Errorf("%s:%d: want 5 tab-separated fields, got %d", path, n, len(fields))
+		if len(fields) != 5 && len(fields) != 6 {
+			return nil, fmt.Errorf("%s:%d: want 5 or 6 tab-separated fields, got %d", path, n, len(fields))
+		}
+		var overlayBTF *bool
+		if len(fields) == 6 && fields[5] != "" {
+			v, err := strconv.ParseBool(strings.TrimPrefix(fields[5], "overlay-btf="))
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: want overlay-btf=true|false, got %q", path, n, fields[5])
+			}
+			overlayBTF = &v
 		}
 		wall, err := strconv.ParseFloat(fields[2], 64)
 		if err != nil {
@@ -72,7 +81,7 @@ func readManifest(path string) ([]matrix.Boot, error) {
 			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
 		boots = append(boots, matrix.Boot{
-			Kernel: fields[0], Nonce: fields[1], Wall: time.Duration(wall * float64(time.Second)), QemuRC: rc, Log: log,
+			Kernel: fields[0], Nonce: fields[1], Wall: time.Duration(wall * float64(time.Second)), QemuRC: rc, Log: log, OverlayBTF: overlayBTF,
 		})
 	}
 	return boots, sc.Err()
