@@ -35,6 +35,14 @@ type NodeSensorSpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	Reasons []DriverReason `json:"reasons,omitempty"`
 
+	// sensor is the profile's sensor, copied so the agent needs to read only its own NodeSensor.
+	// +optional
+	Sensor SensorSpec `json:"sensor,omitempty"`
+
+	// selfTest is the profile's self-test settings, copied for the same reason.
+	// +optional
+	SelfTest SelfTestSpec `json:"selfTest,omitempty"`
+
 	// failedAttempts records the drivers whose self-test failed on this node, oldest first.
 	// +optional
 	// +listType=atomic

@@ -358,6 +358,8 @@ func (in *NodeSensorSpec) DeepCopyInto(out *NodeSensorSpec) {
 		*out = make([]DriverReason, len(*in))
 		copy(*out, *in)
 	}
+	out.Sensor = in.Sensor
+	in.SelfTest.DeepCopyInto(&out.SelfTest)
 	if in.FailedAttempts != nil {
 		in, out := &in.FailedAttempts, &out.FailedAttempts
 		*out = make([]FailedAttempt, len(*in))
