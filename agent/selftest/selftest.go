@@ -51,6 +51,9 @@ type Options struct {
 	BootIDPath string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// RunID names this run's executables dp-<RunID>-<check>; empty means 8 random hex digits.
+	// A caller that sets it must keep it unique per run: events are matched by these names.
+	RunID string
 }
 
 // check is one staged exec and what the sensor must report for it.
@@ -95,7 +98,7 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 		return st
 	}
 
-	checks, err := plan(opts.Checks)
+	checks, err := plan(opts.Checks, opts.RunID)
 	if err != nil {
 		return finish(v1alpha1.SelfTestFailed, ReasonInvalidInput, err.Error())
 	}
@@ -143,12 +146,18 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 }
 
 // plan assigns each requested check a unique executable name.
-func plan(names []v1alpha1.CheckName) ([]check, error) {
-	var rnd [4]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("random run id: %w", err)
+func plan(names []v1alpha1.CheckName, run string) ([]check, error) {
+	if run == "" {
+		var rnd [4]byte
+		if _, err := rand.Read(rnd[:]); err != nil {
+			return nil, fmt.Errorf("random run id: %w", err)
+		}
+		run = hex.EncodeToString(rnd[:])
 	}
-	run := hex.EncodeToString(rnd[:])
+	// The memfd check's event name is "memfd:dp-<run>-memfd", within the event's 63 bytes.
+	if len(run) > 32 || strings.ContainsAny(run, "/\x00") {
+		return nil, fmt.Errorf("run id %q: at most 32 bytes, no '/' or NUL", run)
+	}
 	seen := map[v1alpha1.CheckName]bool{}
 	var checks []check
 	for _, n := range names {

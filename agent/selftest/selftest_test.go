@@ -62,11 +62,11 @@ func TestInvalidChecks(t *testing.T) {
 }
 
 func TestUniqueNamesPerRun(t *testing.T) {
-	a, err := plan(v1alpha1.AllChecks)
+	a, err := plan(v1alpha1.AllChecks, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := plan(v1alpha1.AllChecks)
+	b, err := plan(v1alpha1.AllChecks, "")
 	if err != nil {
 		t.Fatal(err)
 	}
