@@ -16,6 +16,8 @@
 #   KERNEL_MATRIX_CHECKS     default "ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd"
 #   KERNEL_MATRIX_TIMEOUT    seconds one boot may take, boot to power-off (default 600)
 #   KERNEL_MATRIX_VERBOSE=1  copy the serial console to stderr while it runs
+#   KERNEL_MATRIX_LOGLEVEL   console loglevel (default 4: warnings and worse, which keeps kernel
+#                            lines out of the results; a panic still shows). 8 to debug a boot.
 #   DRIVERPILOT_CACHE        cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/driverpilot)
 set -euo pipefail
 
@@ -144,7 +146,7 @@ for entry in "${FLAVOURS[@]}"; do
   rc=0
   qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp 1 -m 1G -nographic -no-reboot -nic none
     -kernel "$vmlinuz" -initrd "$run/initramfs.cpio"
-    -append "console=ttyS0 panic=-1 loglevel=4 dpmatrix.nonce=$nonce dpmatrix.drivers=$DRIVERS dpmatrix.checks=$CHECKS dpmatrix.timeout=$SELFTEST_TIMEOUT")
+    -append "console=ttyS0 panic=-1 loglevel=${KERNEL_MATRIX_LOGLEVEL:-4} dpmatrix.nonce=$nonce dpmatrix.drivers=$DRIVERS dpmatrix.checks=$CHECKS dpmatrix.timeout=$SELFTEST_TIMEOUT")
   if [ "${KERNEL_MATRIX_VERBOSE:-0}" = 1 ]; then
     timeout --kill-after=10 "$TIMEOUT" "${qemu[@]}" </dev/null 2>&1 | tee "$console" >&2 || rc="${PIPESTATUS[0]}"
   else

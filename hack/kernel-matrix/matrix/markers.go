@@ -161,9 +161,12 @@ func Parse(log []byte, nonce string) []Section {
 	return out
 }
 
-// Tail returns the last n non-empty lines of a console log, with CRs removed.
+// ansiEscape matches the terminal control sequences SeaBIOS and qemu print (clear screen, reset).
+var ansiEscape = regexp.MustCompile(`\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])`)
+
+// Tail returns the last n non-empty lines of a console log, with CRs and terminal escapes removed.
 func Tail(log []byte, n int) []string {
-	lines := strings.Split(strings.ReplaceAll(string(log), "\r", ""), "\n")
+	lines := strings.Split(ansiEscape.ReplaceAllString(strings.ReplaceAll(string(log), "\r", ""), ""), "\n")
 	var out []string
 	for i := len(lines) - 1; i >= 0 && len(out) < n; i-- {
 		if strings.TrimSpace(lines[i]) != "" {

@@ -155,8 +155,8 @@ func TestFailures(t *testing.T) {
 		{"stale log from another boot", func(t *testing.T) []byte { return goodLog(t, nil, nil) },
 			"fedcba9876543210", 0, "NoBoot", "did not reach /init"},
 		{"kernel panic before init", func(t *testing.T) []byte {
-			return []byte("[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n")
-		}, nonce, 0, "NoBoot", "Unable to mount root fs"},
+			return []byte("\x1bc\x1b[?7l\x1b[2JSeaBIOS\r\n[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n")
+		}, nonce, 0, "NoBoot", "| SeaBIOS\n    | [    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs"},
 		{"killed while the self-test ran", func(t *testing.T) []byte {
 			var log bytes.Buffer
 			log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x"}))
