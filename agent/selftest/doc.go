@@ -9,6 +9,13 @@
 //
 // The binaries run on a private overlay mount (lower, upper, work and merged directories in a
 // temporary directory), built the way container runtimes build a container's root filesystem,
-// so the test behaves the same on a host, in a pod and in an initramfs. Mounts and files are
-// removed when the test ends, also on failure or cancellation.
+// so the test behaves the same on a host, in a pod and in an initramfs. It is built even where
+// the agent's own root is overlayfs: an image's lower files cannot be named uniquely per run,
+// and a copy-up of an image binary would change the agent's container. Layers go in the work
+// directory; where that is ramfs (an initramfs) or overlayfs (which cannot be an upper layer) a
+// private tmpfs is mounted first. Mounts and files are removed when the test ends, also on
+// failure or cancellation (unmount, then MNT_DETACH as a last resort).
+//
+// The executable is a 129-byte static ELF (amd64 or arm64) that calls exit(0). The memfd check
+// executes /proc/self/fd/N, so it needs /proc mounted; without it that check is NotApplicable.
 package selftest
