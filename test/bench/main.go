@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,10 +98,14 @@ func run(ctx context.Context, cfg config) (err error) {
 		return err
 	}
 	progress("measuring exec throughput: %d rounds x %d execs per configuration", cfg.tputRounds, cfg.tputExecs)
+	busy0, self0, wall0 := machineBusy(), ownCPU(), time.Now()
 	tput, err := measureThroughput(ctx, cfg, st)
 	if err != nil {
 		return err
 	}
+	wall := time.Since(wall0).Seconds()
+	othersBusy := max(0, ((machineBusy()-busy0)-(ownCPU()-self0)).Seconds()/wall)
+	steal := stealFraction()
 
 	fmt.Printf("machine: %s, %d CPUs, kernel %s, load average %s at start (shared machine)\n", m.cpu, runtime.NumCPU(), m.kernel, load)
 	fmt.Printf("BPF statistics: %s\n", how)
@@ -108,6 +113,8 @@ func run(ctx context.Context, cfg config) (err error) {
 	printCosts(cfg, costs)
 	fmt.Println()
 	printThroughput(cfg, tput)
+	fmt.Printf("(while it ran, other processes kept %.2f of %d CPUs busy on average; hypervisor steal since boot %.1f%%)\n",
+		othersBusy, runtime.NumCPU(), steal*100)
 	return nil
 }
 
@@ -440,4 +447,68 @@ func maxOf(v []float64) float64 {
 		m = max(m, x)
 	}
 	return m
+}
+
+// machineBusy is the CPU time all CPUs spent not idle, from /proc/stat.
+func machineBusy() time.Duration {
+	f := cpuLine()
+	if len(f) < 8 {
+		return 0
+	}
+	var busy uint64
+	for i, v := range f[:8] { // user nice system idle iowait irq softirq steal
+		if i == 3 || i == 4 {
+			continue
+		}
+		busy += v
+	}
+	return time.Duration(busy) * time.Second / time.Duration(clockTicks)
+}
+
+// stealFraction is the share of CPU time the hypervisor took since boot.
+func stealFraction() float64 {
+	f := cpuLine()
+	if len(f) < 8 {
+		return 0
+	}
+	var total uint64
+	for _, v := range f[:8] {
+		total += v
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(f[7]) / float64(total)
+}
+
+// clockTicks is USER_HZ, the unit of /proc/stat; 100 on every Linux architecture Go supports.
+const clockTicks = 100
+
+func cpuLine() []uint64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return nil
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 2 || fields[0] != "cpu" {
+		return nil
+	}
+	var out []uint64
+	for _, f := range fields[1:] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return nil
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// ownCPU is the CPU time of this process and its waited-for children.
+func ownCPU() time.Duration {
+	var self, children unix.Rusage
+	_ = unix.Getrusage(unix.RUSAGE_SELF, &self)
+	_ = unix.Getrusage(unix.RUSAGE_CHILDREN, &children)
+	return time.Duration(self.Utime.Nano() + self.Stime.Nano() + children.Utime.Nano() + children.Stime.Nano())
 }
