@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -269,7 +270,7 @@ func powerOff() {
 
 // prefixWriter writes complete lines, each with a prefix; a partial line waits for its newline.
 type prefixWriter struct {
-	w      *os.File
+	w      io.Writer
 	prefix string
 	buf    []byte
 }
