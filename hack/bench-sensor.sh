@@ -4,7 +4,8 @@
 # lower and upper execs separately) and exec throughput with and without the sensor, interleaved.
 # A benchmark, not a test: it fails only when it cannot measure. Needs root.
 #
-# Extra arguments go to the Go program (test/bench), e.g. hack/bench-sensor.sh -n 5000 -trounds 20.
+# Extra arguments go to the Go program (test/bench), e.g. hack/bench-sensor.sh -n 5000 -trounds 20;
+# -sysctl uses kernel.bpf_stats_enabled=1 (restored) instead of the fd-scoped BPF_ENABLE_STATS.
 # BENCH_DRIVERS selects drivers (default modern_ebpf,ebpf).
 set -euo pipefail
 

@@ -47,6 +47,7 @@ type config struct {
 	tputRounds  int
 	workdir     string
 	targetNanos float64
+	useSysctl   bool
 }
 
 func main() {
@@ -58,6 +59,7 @@ func main() {
 	flag.IntVar(&cfg.tputRounds, "trounds", 15, "rounds of the throughput measurement")
 	flag.StringVar(&cfg.workdir, "workdir", "/var/tmp", "directory on an ordinary (not overlay) filesystem for the staged executables")
 	flag.Float64Var(&cfg.targetNanos, "target-ns", 1000, "per-exec budget for ordinary execs, shown beside the figure")
+	flag.BoolVar(&cfg.useSysctl, "sysctl", false, "turn BPF statistics on with kernel.bpf_stats_enabled=1 (restored afterwards) instead of BPF_ENABLE_STATS")
 	flag.Parse()
 	for _, d := range strings.Split(*drivers, ",") {
 		if _, ok := programNames[v1alpha1.Driver(d)]; !ok {
@@ -192,7 +194,7 @@ func (ss *startedSensor) close() error {
 // measureCosts runs the cost measurement for every driver with the kernel's BPF statistics on, and
 // turns them off again before the throughput runs (the accounting itself costs time per run).
 func measureCosts(ctx context.Context, cfg config, st *stage) (rows []costRow, how string, err error) {
-	restore, how, err := statsOn()
+	restore, how, err := statsOn(cfg.useSysctl)
 	if err != nil {
 		return nil, "", err
 	}

@@ -21,9 +21,12 @@ const statsSysctl = "/proc/sys/kernel/bpf_stats_enabled"
 // accounting is tied to a file descriptor, so it ends with this process even if it crashes and it
 // never fights another user of the sysctl. Where that fails it sets kernel.bpf_stats_enabled=1 and
 // the returned function puts the previous value back. how says which way was used.
-func statsOn() (restore func() error, how string, err error) {
-	if c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
-		return c.Close, "BPF_ENABLE_STATS (kernel.bpf_stats_enabled not touched)", nil
+// With useSysctl it goes straight to the sysctl.
+func statsOn(useSysctl bool) (restore func() error, how string, err error) {
+	if !useSysctl {
+		if c, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+			return c.Close, "BPF_ENABLE_STATS (kernel.bpf_stats_enabled not touched)", nil
+		}
 	}
 	prev, err := os.ReadFile(statsSysctl)
 	if err != nil {
