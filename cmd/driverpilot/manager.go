@@ -1,6 +1,33 @@
 package main
 
-import "errors"
+import (
+	"flag"
+	"fmt"
 
-// runManager is filled in by the issue that builds it.
-func runManager(args []string) error { return errors.New("the manager command is not built yet") }
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/driverpilot/driverpilot/internal/manager"
+)
+
+// runManager runs the controller manager against the cluster of the current kubeconfig.
+func runManager(args []string) error {
+	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
+	var o manager.Options
+	o.Bind(fs)
+	zapOpts := zap.Options{}
+	zapOpts.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("kubeconfig: %w", err)
+	}
+	mgr, err := manager.New(cfg, o)
+	if err != nil {
+		return err
+	}
+	return mgr.Start(ctrl.SetupSignalHandler())
+}

@@ -14,12 +14,11 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	securityv1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/scheme"
 )
 
 // Env is a running control plane.
@@ -32,18 +31,6 @@ type Env struct {
 
 // ErrNoAssets says the control-plane binaries are not available.
 var ErrNoAssets = errors.New("KUBEBUILDER_ASSETS is not set: run the suite with `make test` (hack/test.sh), which builds kube-apiserver and etcd and sets it")
-
-// Scheme returns a scheme with the built-in kinds and DriverPilot's kinds.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := securityv1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
 
 // RepoRoot finds the module root by walking up from the working directory to go.mod.
 func RepoRoot() (string, error) {
@@ -80,7 +67,7 @@ func Start() (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	s := Scheme()
+	s := scheme.New()
 	c, err := client.New(cfg, client.Options{Scheme: s})
 	if err != nil {
 		_ = e.Stop()

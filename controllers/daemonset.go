@@ -1,0 +1,136 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+// AgentConfig describes the agent DaemonSet the manager deploys for each profile.
+type AgentConfig struct {
+	// Namespace is where the DaemonSets run (the manager's namespace).
+	Namespace string
+	// Image is the agent image (the driverpilot image).
+	Image string
+	// ServiceAccount is the agents' service account.
+	ServiceAccount string
+}
+
+func agentDaemonSetName(profile *v1alpha1.SecurityProfile) string {
+	return "driverpilot-agent-" + profile.Name
+}
+
+// ensureAgentDaemonSet creates or updates the profile's agent DaemonSet.
+func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, profile *v1alpha1.SecurityProfile) error {
+	ds := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: agentDaemonSetName(profile), Namespace: r.Agent.Namespace}}
+	_, err := controllerutil.CreateOrUpdate(ctx, r.Client, ds, func() error {
+		want := agentDaemonSet(profile, r.Agent)
+		ds.Labels = want.Labels
+		if ds.CreationTimestamp.IsZero() {
+			ds.Spec.Selector = want.Spec.Selector // immutable after creation
+		}
+		ds.Spec.Template = want.Spec.Template
+		ds.Spec.UpdateStrategy = want.Spec.UpdateStrategy
+		return controllerutil.SetControllerReference(profile, ds, r.Scheme)
+	})
+	if err != nil {
+		return fmt.Errorf("agent daemonset: %w", err)
+	}
+	return nil
+}
+
+// agentDaemonSet renders the agent DaemonSet: one pod per selected node, tolerating every taint
+// (it must run on the nodes it is about to verify, tainted or not), with the host's root, /proc
+// and /sys read-only and only the capabilities the probe, the sensor and the self-test use.
+func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.DaemonSet {
+	labels := map[string]string{
+		"app.kubernetes.io/name":       "driverpilot-agent",
+		"app.kubernetes.io/managed-by": "driverpilot",
+		ProfileLabel:                   profile.Name,
+	}
+	hostPath := func(name, path string) corev1.Volume {
+		return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: path}}}
+	}
+	readOnly := func(name, path string) corev1.VolumeMount {
+		return corev1.VolumeMount{Name: name, MountPath: path, ReadOnly: true, MountPropagation: ptr.To(corev1.MountPropagationHostToContainer)}
+	}
+	container := corev1.Container{
+		Name:  "agent",
+		Image: cfg.Image,
+		Args:  []string{"agent", "--node-name=$(NODE_NAME)", "--host-root=/host"},
+		Env: []corev1.EnvVar{{
+			Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}},
+		}},
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr.To[int64](0),
+			Privileged:               ptr.To(false),
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities: &corev1.Capabilities{
+				Drop: []corev1.Capability{"ALL"},
+				Add: []corev1.Capability{
+					"BPF",          // load the sensor and probe programs, create maps
+					"PERFMON",      // attach tracing programs, read kernel memory from BPF, perf buffers
+					"SYS_ADMIN",    // mount the self-test's private overlay (and securityfs to read lockdown)
+					"SYS_RESOURCE", // raise RLIMIT_MEMLOCK for BPF maps on kernels before 5.11
+				},
+			},
+			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
+		},
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+		},
+		VolumeMounts: []corev1.VolumeMount{
+			readOnly("host-root", "/host"),
+			readOnly("host-proc", "/host/proc"),
+			readOnly("host-sys", "/host/sys"),
+		},
+	}
+	spec := corev1.PodSpec{
+		ServiceAccountName: cfg.ServiceAccount,
+		Containers:         []corev1.Container{container},
+		Tolerations:        []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+		PriorityClassName:  "system-node-critical",
+		Volumes: []corev1.Volume{
+			hostPath("host-root", "/"), hostPath("host-proc", "/proc"), hostPath("host-sys", "/sys"),
+		},
+	}
+	if aff := nodeAffinity(profile.Spec.NodeSelector); aff != nil {
+		spec.Affinity = &corev1.Affinity{NodeAffinity: aff}
+	}
+	return &appsv1.DaemonSet{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels},
+		Spec: appsv1.DaemonSetSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "driverpilot-agent", ProfileLabel: profile.Name}},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+			// Pacing is the manager's job (through NodeSensor decisions), not the DaemonSet's.
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType},
+		},
+	}
+}
+
+// nodeAffinity translates a label selector into required node affinity.
+func nodeAffinity(sel *metav1.LabelSelector) *corev1.NodeAffinity {
+	if sel == nil || (len(sel.MatchLabels) == 0 && len(sel.MatchExpressions) == 0) {
+		return nil
+	}
+	var reqs []corev1.NodeSelectorRequirement
+	for k, v := range sel.MatchLabels {
+		reqs = append(reqs, corev1.NodeSelectorRequirement{Key: k, Operator: corev1.NodeSelectorOpIn, Values: []string{v}})
+	}
+	for _, e := range sel.MatchExpressions {
+		reqs = append(reqs, corev1.NodeSelectorRequirement{Key: e.Key, Operator: corev1.NodeSelectorOperator(e.Operator), Values: e.Values})
+	}
+	sortRequirements(reqs)
+	return &corev1.NodeAffinity{RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{
+		NodeSelectorTerms: []corev1.NodeSelectorTerm{{MatchExpressions: reqs}},
+	}}
+}

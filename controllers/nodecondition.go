@@ -1,0 +1,156 @@
+package controllers
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/nodestate"
+)
+
+// Reasons of the RuntimeSecurityReady node condition.
+const (
+	ReasonVerified          = "Verified"
+	ReasonPending           = "Pending"
+	ReasonNoSupportedDriver = "NoSupportedDriver"
+	ReasonHeartbeatExpired  = "HeartbeatExpired"
+)
+
+// nodeCondition is the RuntimeSecurityReady condition a phase calls for.
+func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCondition {
+	c := corev1.NodeCondition{Type: v1alpha1.NodeConditionRuntimeSecurityReady}
+	switch phase {
+	case nodestate.Verified:
+		c.Status, c.Reason = corev1.ConditionTrue, ReasonVerified
+		t := ns.Status.SelfTest
+		checks := make([]string, 0, len(t.Checks))
+		for _, ch := range t.Checks {
+			checks = append(checks, string(ch.Name))
+		}
+		c.Message = fmt.Sprintf("Runtime security verified with driver %s: self-test passed (%s), attempt %d",
+			ns.Spec.Driver, strings.Join(checks, ", "), ns.Spec.Attempt)
+	case nodestate.NoSupportedDriver:
+		c.Status, c.Reason = corev1.ConditionFalse, ReasonNoSupportedDriver
+		c.Message = "No supported driver: " + reasonsText(ns.Spec.Reasons)
+		if n := len(ns.Spec.FailedAttempts); n > 0 {
+			c.Message += fmt.Sprintf("; %d self-test(s) failed, last with %s", n, ns.Spec.FailedAttempts[n-1].Driver)
+		}
+	case nodestate.HeartbeatExpired:
+		c.Status, c.Reason = corev1.ConditionUnknown, ReasonHeartbeatExpired
+		c.Message = fmt.Sprintf("The agent stopped reporting (last heartbeat %s); driver %s is no longer proven",
+			ns.Status.HeartbeatTime.UTC().Format(time.RFC3339), orNone(ns.Spec.Driver))
+	default:
+		c.Status, c.Reason = corev1.ConditionUnknown, ReasonPending
+		c.Message = fmt.Sprintf("Verification pending: see `kubectl get nodesensor %s` for the probe, the driver decision and the self-test", ns.Name)
+	}
+	if len(c.Message) > 1024 {
+		c.Message = c.Message[:1021] + "..."
+	}
+	return c
+}
+
+func orNone(d v1alpha1.Driver) string {
+	if d == "" {
+		return "none"
+	}
+	return string(d)
+}
+
+// findCondition returns the node's RuntimeSecurityReady condition, or nil.
+func findCondition(node *corev1.Node) *corev1.NodeCondition {
+	for i := range node.Status.Conditions {
+		if node.Status.Conditions[i].Type == v1alpha1.NodeConditionRuntimeSecurityReady {
+			return &node.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// setNodeCondition writes the condition with a strategic-merge status patch keyed by type, so it
+// never touches the kubelet's conditions. It writes only when status or reason change: the
+// details live in the NodeSensor, and a quiet node costs no API writes.
+func setNodeCondition(ctx context.Context, c client.Client, node *corev1.Node, want corev1.NodeCondition, now time.Time) (bool, error) {
+	have := findCondition(node)
+	if have != nil && have.Status == want.Status && have.Reason == want.Reason {
+		return false, nil
+	}
+	want.LastHeartbeatTime = metav1.NewTime(now)
+	want.LastTransitionTime = metav1.NewTime(now)
+	if have != nil && have.Status == want.Status {
+		want.LastTransitionTime = have.LastTransitionTime
+	}
+	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
+	if err != nil {
+		return false, err
+	}
+	if err := c.Status().Patch(ctx, node, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+		return false, fmt.Errorf("set condition on node %s: %w", node.Name, err)
+	}
+	return true, nil
+}
+
+// removeNodeCondition deletes the condition with a strategic-merge delete directive.
+func removeNodeCondition(ctx context.Context, c client.Client, node *corev1.Node) error {
+	if findCondition(node) == nil {
+		return nil
+	}
+	patch := fmt.Sprintf(`{"status":{"conditions":[{"type":%q,"$patch":"delete"}]}}`, v1alpha1.NodeConditionRuntimeSecurityReady)
+	if err := c.Status().Patch(ctx, node, client.RawPatch(types.StrategicMergePatchType, []byte(patch))); err != nil {
+		return client.IgnoreNotFound(fmt.Errorf("remove condition from node %s: %w", node.Name, err))
+	}
+	return nil
+}
+
+// setTaint adds or removes the unverified NoSchedule taint.
+func setTaint(ctx context.Context, c client.Client, node *corev1.Node, want bool) error {
+	idx := -1
+	for i, t := range node.Spec.Taints {
+		if t.Key == v1alpha1.UnverifiedTaintKey {
+			idx = i
+		}
+	}
+	if (idx >= 0) == want {
+		return nil
+	}
+	base := node.DeepCopy()
+	if want {
+		node.Spec.Taints = append(node.Spec.Taints, corev1.Taint{Key: v1alpha1.UnverifiedTaintKey, Effect: corev1.TaintEffectNoSchedule})
+	} else {
+		node.Spec.Taints = append(node.Spec.Taints[:idx:idx], node.Spec.Taints[idx+1:]...)
+	}
+	if err := c.Patch(ctx, node, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("taint node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+// syncNodes reflects each node's phase in its condition and, when the profile asks, its taint.
+func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, phases map[string]nodestate.Phase, now time.Time) error {
+	var errs []error
+	for name, ns := range sensors {
+		node := governed[name]
+		phase := phases[name]
+		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase), now)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if written && phase == nodestate.Verified {
+			observeSelfTest(ns.Status.SelfTest)
+			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
+				"Node %s verified with driver %s", name, ns.Spec.Driver)
+		}
+		if err := setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && phase != nodestate.Verified); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return joinErrors(errs)
+}

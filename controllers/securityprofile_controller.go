@@ -1,0 +1,160 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/config/knownissues"
+	"github.com/driverpilot/driverpilot/internal/selection"
+)
+
+// Finalizer lets the manager remove its node conditions, taints and NodeSensors when a profile goes.
+const Finalizer = "security.driverpilot.io/cleanup"
+
+// SecurityProfileReconciler reconciles SecurityProfiles.
+type SecurityProfileReconciler struct {
+	client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// KnownIssues is the known-issue matrix the selection engine consults.
+	KnownIssues []knownissues.Issue
+	// HeartbeatTimeout is how old an agent's heartbeat may be before its node turns Unknown.
+	HeartbeatTimeout time.Duration
+	// Agent describes the agent DaemonSet the manager deploys per profile.
+	Agent AgentConfig
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles/finalizers,verbs=update
+// +kubebuilder:rbac:groups=security.driverpilot.io,resources=nodesensors,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;patch;update
+// +kubebuilder:rbac:groups="",resources=nodes/status,verbs=get;patch
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one profile's nodes one step closer to verified.
+func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	profile := &v1alpha1.SecurityProfile{}
+	if err := r.Get(ctx, req.NamespacedName, profile); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !profile.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.finalize(ctx, profile)
+	}
+	if controllerutil.AddFinalizer(profile, Finalizer) {
+		if err := r.Update(ctx, profile); err != nil {
+			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
+		}
+	}
+	if err := selection.ValidatePolicy(profile.Spec.Drivers); err != nil {
+		return ctrl.Result{}, r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+	}
+
+	selected, lost, err := r.selectNodes(ctx, profile)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
+		return ctrl.Result{}, err
+	}
+	sensors, err := r.syncNodeSensors(ctx, profile, selected)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	now := r.now()
+	progress, err := r.advance(ctx, profile, selected, sensors, now)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.syncNodes(ctx, profile, selected, sensors, progress.phases, now); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)); err != nil {
+		return ctrl.Result{}, err
+	}
+	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
+}
+
+func (r *SecurityProfileReconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+// nextHeartbeatDeadline is when the earliest heartbeat expires, so the node turns Unknown on time.
+func (r *SecurityProfileReconciler) nextHeartbeatDeadline(sensors map[string]*v1alpha1.NodeSensor, now time.Time) time.Duration {
+	var next time.Duration
+	for _, ns := range sensors {
+		hb := ns.Status.HeartbeatTime
+		if hb == nil {
+			continue
+		}
+		left := hb.Add(r.HeartbeatTimeout).Sub(now) + time.Second
+		if left > 0 && (next == 0 || left < next) {
+			next = left
+		}
+	}
+	return next
+}
+
+// finalize removes what the profile put on nodes, its NodeSensors and its agent DaemonSet.
+func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alpha1.SecurityProfile) error {
+	if !controllerutil.ContainsFinalizer(profile, Finalizer) {
+		return nil
+	}
+	var list v1alpha1.NodeSensorList
+	if err := r.List(ctx, &list); err != nil {
+		return fmt.Errorf("list node sensors: %w", err)
+	}
+	for i := range list.Items {
+		ns := &list.Items[i]
+		if ns.Spec.Profile != profile.Name {
+			continue
+		}
+		if err := r.releaseNode(ctx, ns.Name); err != nil {
+			return err
+		}
+		if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+		}
+	}
+	ds := &appsv1.DaemonSet{}
+	ds.Namespace, ds.Name = r.Agent.Namespace, agentDaemonSetName(profile)
+	if err := r.Delete(ctx, ds); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete agent daemonset: %w", err)
+	}
+	controllerutil.RemoveFinalizer(profile, Finalizer)
+	if err := r.Update(ctx, profile); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("remove finalizer: %w", err)
+	}
+	log.FromContext(ctx).Info("Profile deleted: node conditions, taints and node sensors removed")
+	return nil
+}
+
+// releaseNode removes DriverPilot's condition and taint from a node that no profile governs now.
+func (r *SecurityProfileReconciler) releaseNode(ctx context.Context, nodeName string) error {
+	node := &corev1.Node{}
+	if err := r.Get(ctx, client.ObjectKey{Name: nodeName}, node); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if err := removeNodeCondition(ctx, r.Client, node); err != nil {
+		return err
+	}
+	return setTaint(ctx, r.Client, node, false)
+}

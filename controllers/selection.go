@@ -1,0 +1,195 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+// selectNodes returns the nodes the profile governs (selected by it and by no older profile)
+// and, for a conflict report, the nodes it selects that an older profile governs.
+func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1alpha1.SecurityProfile) (map[string]*corev1.Node, map[string]string, error) {
+	var nodes corev1.NodeList
+	if err := r.List(ctx, &nodes); err != nil {
+		return nil, nil, fmt.Errorf("list nodes: %w", err)
+	}
+	var profiles v1alpha1.SecurityProfileList
+	if err := r.List(ctx, &profiles); err != nil {
+		return nil, nil, fmt.Errorf("list profiles: %w", err)
+	}
+	ordered := precedence(profiles.Items)
+	selectors := make([]labels.Selector, len(ordered))
+	for i, p := range ordered {
+		sel, err := nodeSelector(p)
+		if err != nil {
+			return nil, nil, err
+		}
+		selectors[i] = sel
+	}
+	governed := map[string]*corev1.Node{}
+	lost := map[string]string{}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		for j, p := range ordered {
+			if !selectors[j].Matches(labels.Set(n.Labels)) {
+				continue
+			}
+			if p.Name == profile.Name {
+				governed[n.Name] = n
+			} else if matches(profile, n) {
+				lost[n.Name] = p.Name
+			}
+			break
+		}
+	}
+	return governed, lost, nil
+}
+
+// precedence orders live profiles by who wins a node both select: the oldest, then by name.
+func precedence(items []v1alpha1.SecurityProfile) []*v1alpha1.SecurityProfile {
+	out := make([]*v1alpha1.SecurityProfile, 0, len(items))
+	for i := range items {
+		if items[i].DeletionTimestamp.IsZero() {
+			out = append(out, &items[i])
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		ti, tj := out[i].CreationTimestamp, out[j].CreationTimestamp
+		if !ti.Equal(&tj) {
+			return ti.Before(&tj)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+func nodeSelector(p *v1alpha1.SecurityProfile) (labels.Selector, error) {
+	if p.Spec.NodeSelector == nil {
+		return labels.Everything(), nil
+	}
+	sel, err := metav1.LabelSelectorAsSelector(p.Spec.NodeSelector)
+	if err != nil {
+		return nil, fmt.Errorf("profile %s: nodeSelector: %w", p.Name, err)
+	}
+	return sel, nil
+}
+
+func matches(p *v1alpha1.SecurityProfile, n *corev1.Node) bool {
+	sel, err := nodeSelector(p)
+	return err == nil && sel.Matches(labels.Set(n.Labels))
+}
+
+// syncNodeSensors makes the set of NodeSensors of this profile equal to the governed nodes:
+// it creates missing ones, adopts those another profile left behind, and deletes (releasing the
+// node) those whose node left the selection.
+func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) (map[string]*v1alpha1.NodeSensor, error) {
+	var list v1alpha1.NodeSensorList
+	if err := r.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("list node sensors: %w", err)
+	}
+	sensors := map[string]*v1alpha1.NodeSensor{}
+	for i := range list.Items {
+		ns := &list.Items[i]
+		_, mine := governed[ns.Name]
+		switch {
+		case mine && ns.Spec.Profile != profile.Name:
+			// The node changed hands (a profile was deleted or relabelled): start over under this one.
+			if err := r.adopt(ctx, profile, ns); err != nil {
+				return nil, err
+			}
+			sensors[ns.Name] = ns
+		case mine:
+			sensors[ns.Name] = ns
+		case ns.Spec.Profile == profile.Name:
+			if err := r.releaseNode(ctx, ns.Name); err != nil {
+				return nil, err
+			}
+			if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
+				return nil, fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+			}
+			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s left the profile's selection", ns.Name)
+		}
+	}
+	names := make([]string, 0, len(governed))
+	for name := range governed {
+		if sensors[name] == nil {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		ns := newNodeSensor(profile, governed[name])
+		if err := r.Create(ctx, ns); err != nil {
+			return nil, fmt.Errorf("create node sensor %s: %w", name, err)
+		}
+		sensors[name] = ns
+	}
+	return sensors, nil
+}
+
+func newNodeSensor(profile *v1alpha1.SecurityProfile, node *corev1.Node) *v1alpha1.NodeSensor {
+	ns := &v1alpha1.NodeSensor{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:   node.Name,
+			Labels: map[string]string{ProfileLabel: profile.Name},
+			// The node owns its sensor: a garbage collector removes it with the node.
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID,
+			}},
+		},
+		Spec: v1alpha1.NodeSensorSpec{Profile: profile.Name},
+	}
+	copySettings(profile, &ns.Spec)
+	return ns
+}
+
+// ProfileLabel labels each NodeSensor with its profile, for `kubectl get nsensor -l`.
+const ProfileLabel = "security.driverpilot.io/profile"
+
+// copySettings copies what the agent needs from the profile into the NodeSensor.
+func copySettings(profile *v1alpha1.SecurityProfile, spec *v1alpha1.NodeSensorSpec) {
+	spec.Sensor = profile.Spec.Sensor
+	spec.SelfTest = *profile.Spec.SelfTest.DeepCopy()
+}
+
+func (r *SecurityProfileReconciler) adopt(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	base := ns.DeepCopy()
+	previous := ns.Spec.Profile
+	ns.Spec = v1alpha1.NodeSensorSpec{Profile: profile.Name, Attempt: ns.Spec.Attempt}
+	copySettings(profile, &ns.Spec)
+	if ns.Labels == nil {
+		ns.Labels = map[string]string{}
+	}
+	ns.Labels[ProfileLabel] = profile.Name
+	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("adopt node sensor %s: %w", ns.Name, err)
+	}
+	r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeAdopted", "Adopt", "Node %s now follows this profile (was %s)", ns.Name, previous)
+	return nil
+}
+
+// conflictMessage names the nodes another profile governs.
+func conflictMessage(lost map[string]string) string {
+	byProfile := map[string][]string{}
+	for node, p := range lost {
+		byProfile[p] = append(byProfile[p], node)
+	}
+	var parts []string
+	for p, nodes := range byProfile {
+		sort.Strings(nodes)
+		if len(nodes) > 5 {
+			nodes = append(nodes[:5], fmt.Sprintf("and %d more", len(nodes)-5))
+		}
+		parts = append(parts, fmt.Sprintf("profile %s (older, so it wins) governs %s", p, strings.Join(nodes, ", ")))
+	}
+	sort.Strings(parts)
+	return "Nodes selected by this profile are governed by another: " + strings.Join(parts, "; ")
+}

@@ -1,0 +1,74 @@
+package controllers
+
+import (
+	"context"
+	"sort"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+// SetupWithManager wires the reconciler: a profile is reconciled when it changes, when one of
+// its NodeSensors changes (heartbeats alone excepted: expiry is timed by RequeueAfter), when a
+// node appears, goes or is relabelled, and when another profile changes (precedence moves nodes).
+func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1alpha1.SecurityProfile{}).
+		Owns(&appsv1.DaemonSet{}).
+		Watches(&v1alpha1.NodeSensor{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.(*v1alpha1.NodeSensor).Spec.Profile}}}
+		}), builder.WithPredicates(notOnlyHeartbeat())).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(nodeMembershipChanged())).
+		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Complete(r)
+}
+
+func (r *SecurityProfileReconciler) allProfiles(ctx context.Context, _ client.Object) []reconcile.Request {
+	var list v1alpha1.SecurityProfileList
+	if err := r.List(ctx, &list); err != nil {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, p := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: p.Name}})
+	}
+	return reqs
+}
+
+// notOnlyHeartbeat drops NodeSensor updates that change nothing but the heartbeat.
+func notOnlyHeartbeat() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, okO := e.ObjectOld.(*v1alpha1.NodeSensor)
+		n, okN := e.ObjectNew.(*v1alpha1.NodeSensor)
+		if !okO || !okN {
+			return true
+		}
+		o, n = o.DeepCopy(), n.DeepCopy()
+		o.Status.HeartbeatTime, n.Status.HeartbeatTime = nil, nil
+		o.ResourceVersion, n.ResourceVersion = "", ""
+		o.ManagedFields, n.ManagedFields = nil, nil
+		return !equality.Semantic.DeepEqual(o.Spec, n.Spec) || !equality.Semantic.DeepEqual(o.Status, n.Status)
+	}}
+}
+
+// nodeMembershipChanged passes node creation, deletion and label changes, not status churn.
+func nodeMembershipChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		return !equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+	}}
+}
+
+func sortRequirements(reqs []corev1.NodeSelectorRequirement) {
+	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Key < reqs[j].Key })
+}

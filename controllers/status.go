@@ -1,0 +1,105 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/nodestate"
+)
+
+// Profile condition types and reasons.
+const (
+	ConditionReady       = "Ready"
+	ConditionProgressing = "Progressing"
+	ConditionDegraded    = "Degraded"
+	ConditionConflict    = "Conflict"
+
+	ReasonInvalidSpec   = "InvalidSpec"
+	ReasonAllVerified   = "AllNodesVerified"
+	ReasonNodesPending  = "NodesPending"
+	ReasonNoNodes       = "NoNodesSelected"
+	ReasonRolloutPaused = "RolloutPaused"
+	ReasonNodesFailed   = "NodesFailed"
+	ReasonNoFailures    = "NoFailures"
+	ReasonIdle          = "Idle"
+	ReasonVerifying     = "Verifying"
+	ReasonNodesConflict = "NodesGovernedByOtherProfile"
+	ReasonNoConflict    = "NoConflict"
+)
+
+func invalidSpecStatus(profile *v1alpha1.SecurityProfile, err error) v1alpha1.SecurityProfileStatus {
+	st := *profile.Status.DeepCopy()
+	st.ObservedGeneration = profile.Generation
+	setCondition(&st, profile, ConditionReady, metav1.ConditionFalse, ReasonInvalidSpec, err.Error())
+	setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, ReasonInvalidSpec, "No node is started while the spec is invalid")
+	return st
+}
+
+// buildStatus rolls the node phases up into the profile status, from scratch each time.
+func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]string) v1alpha1.SecurityProfileStatus {
+	st := *profile.Status.DeepCopy()
+	st.ObservedGeneration = profile.Generation
+	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
+	n := st.Nodes
+	switch {
+	case n.Selected == 0:
+		setCondition(&st, profile, ConditionReady, metav1.ConditionFalse, ReasonNoNodes, "The nodeSelector selects no node this profile governs")
+	case n.Verified == n.Selected:
+		setCondition(&st, profile, ConditionReady, metav1.ConditionTrue, ReasonAllVerified, fmt.Sprintf("All %d nodes verified", n.Selected))
+	case n.Failed > 0:
+		setCondition(&st, profile, ConditionReady, metav1.ConditionFalse, ReasonNodesFailed, fmt.Sprintf("%d of %d nodes have no supported driver", n.Failed, n.Selected))
+	default:
+		setCondition(&st, profile, ConditionReady, metav1.ConditionFalse, ReasonNodesPending, fmt.Sprintf("%d of %d nodes verified", n.Verified, n.Selected))
+	}
+	switch {
+	case p.plan.Paused:
+		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, ReasonRolloutPaused, p.plan.Blocked)
+	case n.Pending > 0:
+		msg := fmt.Sprintf("%d nodes verifying, %d pending", p.plan.InFlight+len(p.plan.Start), n.Pending)
+		if p.plan.Blocked != "" {
+			msg += "; " + p.plan.Blocked
+		}
+		setCondition(&st, profile, ConditionProgressing, metav1.ConditionTrue, ReasonVerifying, msg)
+	default:
+		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, ReasonIdle, "No node is verifying")
+	}
+	if n.Failed > 0 {
+		setCondition(&st, profile, ConditionDegraded, metav1.ConditionTrue, ReasonNodesFailed, fmt.Sprintf("%d nodes have no supported driver: see their NodeSensor reasons", n.Failed))
+	} else {
+		setCondition(&st, profile, ConditionDegraded, metav1.ConditionFalse, ReasonNoFailures, "No node failed every driver")
+	}
+	if len(lost) > 0 {
+		setCondition(&st, profile, ConditionConflict, metav1.ConditionTrue, ReasonNodesConflict, conflictMessage(lost))
+	} else {
+		meta.RemoveStatusCondition(&st.Conditions, ConditionConflict)
+	}
+	return st
+}
+
+func setCondition(st *v1alpha1.SecurityProfileStatus, profile *v1alpha1.SecurityProfile, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: profile.Generation,
+	})
+}
+
+// writeStatus writes the status when it changed.
+func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1alpha1.SecurityProfile, st v1alpha1.SecurityProfileStatus) error {
+	if equality.Semantic.DeepEqual(profile.Status, st) {
+		return nil
+	}
+	base := profile.DeepCopy()
+	profile.Status = st
+	if err := r.Status().Patch(ctx, profile, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("write profile status: %w", err)
+	}
+	return nil
+}
+
+func joinErrors(errs []error) error { return errors.Join(errs...) }

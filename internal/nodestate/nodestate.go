@@ -1,0 +1,99 @@
+// Package nodestate classifies a NodeSensor into the phase the manager acts on, and rolls the
+// phases of a profile's nodes up into the profile's counts. Pure functions: the reconciler and
+// the tests call them directly.
+package nodestate
+
+import (
+	"time"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+// Phase is where a node stands in its verification.
+type Phase string
+
+const (
+	// AwaitingProbe: the agent has not reported the node's facts yet.
+	AwaitingProbe Phase = "AwaitingProbe"
+	// Queued: facts are in, no driver is assigned yet (the rollout has not reached the node).
+	Queued Phase = "Queued"
+	// Verifying: a driver is assigned and its self-test verdict is not in yet.
+	Verifying Phase = "Verifying"
+	// AttemptFailed: the self-test of the current driver failed; the manager must fall back.
+	AttemptFailed Phase = "AttemptFailed"
+	// Verified: the self-test passed with the current driver in the current boot.
+	Verified Phase = "Verified"
+	// NoSupportedDriver: every allowed driver was excluded or failed.
+	NoSupportedDriver Phase = "NoSupportedDriver"
+	// HeartbeatExpired: the agent stopped reporting; what it proved may no longer hold.
+	HeartbeatExpired Phase = "HeartbeatExpired"
+)
+
+// Classify returns the phase of a NodeSensor at time now. A heartbeat older than
+// heartbeatTimeout overrides every other phase once the agent has reported at least once.
+func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Duration) Phase {
+	st := ns.Status
+	if st.HeartbeatTime != nil && now.Sub(st.HeartbeatTime.Time) > heartbeatTimeout {
+		return HeartbeatExpired
+	}
+	if st.Probe == nil {
+		return AwaitingProbe
+	}
+	if ns.Spec.Driver == "" {
+		if ns.Spec.Attempt > 0 {
+			return NoSupportedDriver
+		}
+		return Queued
+	}
+	t := st.SelfTest
+	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver {
+		return Verifying
+	}
+	// A verdict from an earlier boot says nothing about this one: the agent tests again.
+	if t.BootID != "" && st.Probe.Kernel.BootID.Value != "" && t.BootID != st.Probe.Kernel.BootID.Value {
+		return Verifying
+	}
+	switch t.Result {
+	case v1alpha1.SelfTestPassed:
+		return Verified
+	case v1alpha1.SelfTestFailed, v1alpha1.SelfTestNotApplicable:
+		// NotApplicable never counts as proof: the driver cannot be trusted on this node.
+		return AttemptFailed
+	}
+	return Verifying
+}
+
+// InFlight reports whether the phase occupies one of the rollout's maxUnavailable slots.
+func (p Phase) InFlight() bool { return p == Verifying || p == AttemptFailed }
+
+// Node is one node's phase and driver, the input of Rollup.
+type Node struct {
+	Name   string
+	Phase  Phase
+	Driver v1alpha1.Driver
+}
+
+// Rollup counts nodes by state and verified nodes by driver.
+func Rollup(nodes []Node) (v1alpha1.NodeCounts, []v1alpha1.DriverCount) {
+	var c v1alpha1.NodeCounts
+	perDriver := map[v1alpha1.Driver]int32{}
+	for _, n := range nodes {
+		c.Selected++
+		switch n.Phase {
+		case Verified:
+			c.Verified++
+			perDriver[n.Driver]++
+		case NoSupportedDriver:
+			c.Failed++
+		default:
+			c.Pending++
+		}
+	}
+	var drivers []v1alpha1.DriverCount
+	for _, d := range v1alpha1.AllDrivers {
+		if perDriver[d] > 0 {
+			drivers = append(drivers, v1alpha1.DriverCount{Driver: d, Nodes: perDriver[d]})
+		}
+	}
+	return c, drivers
+}
