@@ -1,0 +1,223 @@
+// Package agent is DriverPilot's node agent loop: probe the node, report the facts, wait for the
+// manager's driver decision, start the sensor with it, prove detection with the self-test, report
+// the verdict, keep a heartbeat, and test again on a new decision, a restart, a new boot and
+// every selfTest.interval. It writes only its own NodeSensor's status.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/driverpilot/driverpilot/agent/probe"
+	"github.com/driverpilot/driverpilot/agent/selftest"
+	"github.com/driverpilot/driverpilot/agent/sensor"
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/version"
+)
+
+// Options configure an agent.
+type Options struct {
+	// NodeName is the node this agent runs on; its NodeSensor has the same name.
+	NodeName string
+	// Client reads the NodeSensor (get, watch) and its node (get), and patches the NodeSensor status.
+	Client client.WithWatch
+	// Prober measures the node's facts.
+	Prober *probe.Prober
+	// NewSensor returns a stopped sensor; the agent starts it with the decided driver.
+	NewSensor func() sensor.Sensor
+	// WorkDir is where the self-test stages its private overlay.
+	WorkDir string
+	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
+	HeartbeatInterval time.Duration
+	// Log receives the agent's progress.
+	Log logr.Logger
+}
+
+// Agent runs the loop for one node.
+type Agent struct {
+	opts   Options
+	facts  v1alpha1.ProbeFacts
+	sensor sensor.Sensor
+	// driver is the driver the running sensor was started with.
+	driver v1alpha1.Driver
+	// tested is the attempt last tested, and when.
+	tested   int32
+	testedAt time.Time
+}
+
+// New returns an agent.
+func New(o Options) *Agent {
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 30 * time.Second
+	}
+	return &Agent{opts: o}
+}
+
+// Run runs until ctx ends; it stops the sensor before returning.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.stopSensor()
+	log := a.opts.Log
+	ns, err := a.waitForNodeSensor(ctx)
+	if err != nil {
+		return err
+	}
+	in := probe.Inputs{}
+	node := &corev1.Node{}
+	if err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, node); err != nil {
+		log.Info("Node not readable: cloud provider from DMI only", "error", err.Error())
+	} else {
+		in.ProviderID, in.Labels = node.Spec.ProviderID, node.Labels
+	}
+	a.facts = a.opts.Prober.Probe(ctx, in)
+	log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
+		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
+		return err
+	}
+
+	heartbeat := time.NewTicker(a.opts.HeartbeatInterval)
+	defer heartbeat.Stop()
+	for ctx.Err() == nil {
+		w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
+		if err != nil {
+			log.Error(err, "Watch failed; retrying")
+			if !sleep(ctx, 2*time.Second) {
+				break
+			}
+			continue
+		}
+		a.follow(ctx, w, ns, heartbeat.C)
+		w.Stop()
+	}
+	return nil
+}
+
+// follow handles one watch until it closes or ctx ends.
+func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, heartbeat <-chan time.Time) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return
+			}
+			if got, isNS := ev.Object.(*v1alpha1.NodeSensor); isNS && ev.Type != watch.Deleted {
+				*ns = *got
+				a.step(ctx, ns)
+			}
+		case <-heartbeat:
+			if err := a.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err != nil {
+				a.opts.Log.Error(err, "Heartbeat failed")
+			}
+			a.step(ctx, ns)
+		}
+	}
+}
+
+// step tests the current decision when it is new or its interval has passed.
+func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	spec := ns.Spec
+	if spec.Driver == "" {
+		if a.sensor != nil {
+			a.opts.Log.Info("No driver decided: sensor stopped")
+			a.stopSensor()
+		}
+		return
+	}
+	interval := 24 * time.Hour
+	if spec.SelfTest.Interval != nil {
+		interval = spec.SelfTest.Interval.Duration
+	}
+	if spec.Attempt == a.tested && time.Since(a.testedAt) < interval {
+		return
+	}
+	if a.sensor != nil && a.driver != spec.Driver {
+		a.stopSensor()
+	}
+	if a.sensor == nil {
+		a.sensor, a.driver = a.opts.NewSensor(), spec.Driver
+	}
+	var timeout time.Duration
+	if spec.SelfTest.Timeout != nil {
+		timeout = spec.SelfTest.Timeout.Duration
+	}
+	a.opts.Log.Info("Self-test starting", "driver", spec.Driver, "attempt", spec.Attempt)
+	result := selftest.Run(ctx, a.sensor, selftest.Options{
+		Driver: spec.Driver, Attempt: spec.Attempt, Checks: spec.SelfTest.Checks, Timeout: timeout, WorkDir: a.opts.WorkDir,
+	})
+	if ctx.Err() != nil {
+		return // interrupted: report nothing rather than a verdict of a cut-short test
+	}
+	a.tested, a.testedAt = spec.Attempt, time.Now()
+	a.opts.Log.Info("Self-test finished", "driver", spec.Driver, "attempt", spec.Attempt, "result", result.Result, "reason", result.Reason)
+	if result.Result != v1alpha1.SelfTestPassed {
+		// A sensor that cannot prove detection protects nothing; the manager picks the next driver.
+		a.stopSensor()
+	}
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+		a.opts.Log.Error(err, "Report self-test failed")
+		a.tested = 0 // report again on the next wake
+	}
+}
+
+// report patches the NodeSensor status with a change and a fresh heartbeat.
+func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func(*v1alpha1.NodeSensorStatus)) error {
+	base := ns.DeepCopy()
+	change(&ns.Status)
+	now := metav1.Now()
+	ns.Status.HeartbeatTime = &now
+	ns.Status.AgentVersion = version.Version
+	if err := a.opts.Client.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("patch node sensor status: %w", err)
+	}
+	return nil
+}
+
+// waitForNodeSensor waits until the manager created this node's NodeSensor.
+func (a *Agent) waitForNodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, error) {
+	ns := &v1alpha1.NodeSensor{}
+	logged := false
+	for {
+		err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, ns)
+		if err == nil {
+			return ns, nil
+		}
+		if !logged {
+			a.opts.Log.Info("Waiting for this node's NodeSensor", "node", a.opts.NodeName, "error", err.Error())
+			logged = true
+		}
+		if !sleep(ctx, time.Second) {
+			return nil, errors.Join(ctx.Err(), err)
+		}
+	}
+}
+
+func (a *Agent) stopSensor() {
+	if a.sensor == nil {
+		return
+	}
+	if err := a.sensor.Close(); err != nil {
+		a.opts.Log.Error(err, "Stop sensor")
+	}
+	a.sensor, a.driver = nil, ""
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
