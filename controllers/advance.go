@@ -56,7 +56,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			switch {
 			case d.Driver == "" && phase == nodestate.Queued:
 				// Nothing to verify: answer at once, without taking a rollout slot.
-				if err := r.assign(ctx, profile, ns, d, now); err != nil {
+				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts); err != nil {
 					return progress{}, err
 				}
 				phase = nodestate.NoSupportedDriver
@@ -83,7 +83,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
 	})
 	for _, name := range plan.Start {
-		if err := r.assign(ctx, profile, sensors[name], decisions[name], now); err != nil {
+		if err := r.assign(ctx, profile, sensors[name], decisions[name], sensors[name].Spec.FailedAttempts); err != nil {
 			return progress{}, err
 		}
 		phases[name] = nodestate.Classify(sensors[name], now, r.HeartbeatTimeout)
@@ -107,8 +107,10 @@ func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns
 }
 
 // assign writes a decision as the node's next attempt (an empty driver means NoSupportedDriver).
-func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, now time.Time) error {
+// failed replaces the recorded failed attempts.
+func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt) error {
 	base := ns.DeepCopy()
+	ns.Spec.FailedAttempts = failed
 	ns.Spec.Attempt++
 	ns.Spec.Driver = d.Driver
 	ns.Spec.Candidates = d.Candidates
@@ -126,7 +128,6 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 			"Node %s: driver %s (attempt %d); candidates %v", ns.Name, d.Driver, ns.Spec.Attempt, d.Candidates)
 	}
 	log.FromContext(ctx).V(1).Info("Driver assigned", "node", ns.Name, "driver", d.Driver, "attempt", ns.Spec.Attempt)
-	_ = now
 	return nil
 }
 
@@ -154,8 +155,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	if err != nil {
 		return err
 	}
-	ns.Spec.FailedAttempts = failed
-	return r.assign(ctx, profile, ns, d, now)
+	return r.assign(ctx, profile, ns, d, failed)
 }
 
 // canaries resolves the profile's canary nodes among the governed ones.

@@ -85,6 +85,10 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, err
 	}
 	if err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)); err != nil {
+		if apierrors.IsConflict(err) {
+			// Our read was stale (a NodeSensor or the profile moved on): go again, quietly.
+			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+		}
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil

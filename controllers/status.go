@@ -8,7 +8,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/nodestate"
@@ -94,9 +93,9 @@ func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1
 	if equality.Semantic.DeepEqual(profile.Status, st) {
 		return nil
 	}
-	base := profile.DeepCopy()
+	// A full update, not a merge patch: the API needs every count, and a stale read must conflict.
 	profile.Status = st
-	if err := r.Status().Patch(ctx, profile, client.MergeFrom(base)); err != nil {
+	if err := r.Status().Update(ctx, profile); err != nil {
 		return fmt.Errorf("write profile status: %w", err)
 	}
 	return nil

@@ -26,7 +26,8 @@ type Env struct {
 	Config *rest.Config
 	Client client.Client
 	Scheme *runtime.Scheme
-	env    *envtest.Environment
+	// Environment is the running envtest environment (to add users, for example).
+	Environment *envtest.Environment
 }
 
 // ErrNoAssets says the control-plane binaries are not available.
@@ -73,7 +74,7 @@ func Start() (*Env, error) {
 		_ = e.Stop()
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	return &Env{Config: cfg, Client: c, Scheme: s, env: e}, nil
+	return &Env{Config: cfg, Client: c, Scheme: s, Environment: e}, nil
 }
 
 // Stop stops the control plane.
@@ -81,18 +82,34 @@ func (e *Env) Stop() error {
 	if e == nil {
 		return nil
 	}
-	return e.env.Stop()
+	return e.Environment.Stop()
 }
 
-// Main is a TestMain body: it starts the control plane for the package's tests, runs them and
-// stops it. When the binaries are missing the tests run anyway and Require skips them.
-func Main(m *testing.M, env **Env) {
+// Main is a TestMain body: it starts the control plane for the package's tests, runs each
+// setup (for example a manager) against it, runs the tests and stops everything. When the
+// binaries are missing the tests run anyway and Require skips them.
+func Main(m *testing.M, env **Env, setups ...func(*Env) (stop func(), err error)) {
 	e, err := Start()
 	if err != nil {
 		startErr = err
 	}
 	*env = e
+	var stops []func()
+	for _, setup := range setups {
+		if e == nil {
+			break
+		}
+		stop, err := setup(e)
+		if err != nil {
+			startErr = fmt.Errorf("setup: %w", err)
+			break
+		}
+		stops = append(stops, stop)
+	}
 	code := m.Run()
+	for i := len(stops) - 1; i >= 0; i-- {
+		stops[i]()
+	}
 	if e != nil {
 		if err := e.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "testenv: stop: %v\n", err)

@@ -1,0 +1,240 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/config/knownissues"
+	"github.com/driverpilot/driverpilot/controllers"
+	"github.com/driverpilot/driverpilot/internal/testenv"
+)
+
+var env *testenv.Env
+
+// heartbeatTimeout is short so expiry tests run quickly.
+const heartbeatTimeout = 3 * time.Second
+
+func TestMain(m *testing.M) { testenv.Main(m, &env, startManager) }
+
+func startManager(e *testenv.Env) (func(), error) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(false)))
+	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		return nil, err
+	}
+	issues, err := knownissues.Default()
+	if err != nil {
+		return nil, err
+	}
+	r := &controllers.SecurityProfileReconciler{
+		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("driverpilot-test"),
+		KnownIssues: issues, HeartbeatTimeout: heartbeatTimeout,
+		Agent: controllers.AgentConfig{Namespace: "driverpilot-system", Image: "driverpilot:test", ServiceAccount: "driverpilot-agent"},
+	}
+	if err := r.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "driverpilot-system"}}
+	if err := e.Client.Create(context.Background(), ns); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
+			fmt.Println("manager:", err)
+		}
+	}()
+	return func() { cancel(); <-done }, nil
+}
+
+// eventually polls cond until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached within %s: %v", what, timeout, err)
+}
+
+// createNodes creates nodes labelled for one test and removes them afterwards.
+func createNodes(t *testing.T, testLabel string, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"test": testLabel}}}
+		if err := env.Client.Create(context.Background(), n); err != nil {
+			t.Fatalf("create node %s: %v", name, err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), n) })
+	}
+}
+
+func createProfile(t *testing.T, p *v1alpha1.SecurityProfile) {
+	t.Helper()
+	if err := env.Client.Create(context.Background(), p); err != nil {
+		t.Fatalf("create profile %s: %v", p.Name, err)
+	}
+	t.Cleanup(func() {
+		_ = env.Client.Delete(context.Background(), p)
+		// Wait for the finalizer so the next test starts from a clean API.
+		eventually(t, 10*time.Second, "profile "+p.Name+" gone", func() error {
+			err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(p), &v1alpha1.SecurityProfile{})
+			if err == nil {
+				return fmt.Errorf("still there")
+			}
+			return client.IgnoreNotFound(err)
+		})
+	})
+}
+
+func selectorFor(testLabel string) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchLabels: map[string]string{"test": testLabel}}
+}
+
+// typicalFacts are those of a node where every driver can work (modules allowed, no lockdown).
+func typicalFacts(bootID string) *v1alpha1.ProbeFacts {
+	yes := v1alpha1.BoolFact{Answer: v1alpha1.AnswerYes, Source: "test"}
+	no := v1alpha1.BoolFact{Answer: v1alpha1.AnswerNo, Source: "test"}
+	s := func(v string) v1alpha1.StringFact { return v1alpha1.StringFact{Value: v, Source: "test"} }
+	return &v1alpha1.ProbeFacts{
+		Kernel:     v1alpha1.KernelFacts{Release: s("6.1.0-28-cloud-amd64"), Version: s("6.1.119"), Architecture: s("amd64"), BootID: s(bootID)},
+		BTF:        v1alpha1.BTFFacts{Vmlinux: yes, OverlayTypes: s(v1alpha1.OverlayTypesModule)},
+		EBPF:       v1alpha1.EBPFFacts{TPBTF: yes, RawTracepoint: yes, RingBuffer: yes},
+		Lockdown:   s("none"),
+		Modules:    v1alpha1.ModuleFacts{Supported: yes, Disabled: no},
+		SecureBoot: no,
+		Overlayfs:  yes,
+		Distro:     v1alpha1.DistroFacts{ID: "debian", VersionID: "12", Source: "test"},
+		Cloud:      s("aws"),
+	}
+}
+
+// fakeAgent plays a node's agent at the API, writing exactly what the real agent writes: the
+// probe, heartbeats, and a self-test verdict for each new attempt (after delay).
+type fakeAgent struct {
+	node    string
+	delay   time.Duration
+	verdict func(d v1alpha1.Driver) v1alpha1.SelfTestResult
+	bootID  string
+
+	mu        sync.Mutex
+	heartbeat bool
+}
+
+func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver) v1alpha1.SelfTestResult, nodes ...string) map[string]*fakeAgent {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	agents := map[string]*fakeAgent{}
+	for _, n := range nodes {
+		a := &fakeAgent{node: n, delay: delay, verdict: verdict, bootID: "boot-" + n, heartbeat: true}
+		agents[n] = a
+		wg.Add(1)
+		go func() { defer wg.Done(); a.run(ctx) }()
+	}
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return agents
+}
+
+func (a *fakeAgent) stopHeartbeat() { a.mu.Lock(); a.heartbeat = false; a.mu.Unlock() }
+
+func (a *fakeAgent) run(ctx context.Context) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	lastBeat := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		ns := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: a.node}, ns); err != nil {
+			continue
+		}
+		base := ns.DeepCopy()
+		changed := false
+		if ns.Status.Probe == nil {
+			ns.Status.Probe = typicalFacts(a.bootID)
+			changed = true
+		}
+		spec := ns.Spec
+		if spec.Driver != "" && (ns.Status.SelfTest == nil || ns.Status.SelfTest.Attempt != spec.Attempt) {
+			time.Sleep(a.delay)
+			start := metav1.NewTime(time.Now().Add(-a.delay))
+			finish := metav1.Now()
+			result := a.verdict(spec.Driver)
+			st := &v1alpha1.SelfTestStatus{
+				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: a.bootID,
+				StartTime: &start, FinishTime: &finish,
+				Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: result, Expected: "upper layer"}},
+			}
+			if result != v1alpha1.SelfTestPassed {
+				st.Reason, st.Message = "CheckTimedOut", "ExeUpperLayer: no event within 5s"
+			}
+			ns.Status.SelfTest = st
+			changed = true
+		}
+		a.mu.Lock()
+		beat := a.heartbeat
+		a.mu.Unlock()
+		if beat && (changed || time.Since(lastBeat) > 500*time.Millisecond) {
+			now := metav1.Now()
+			ns.Status.HeartbeatTime = &now
+			changed = true
+			lastBeat = time.Now()
+		}
+		if changed {
+			_ = env.Client.Status().Patch(ctx, ns, client.MergeFrom(base))
+		}
+	}
+}
+
+func always(r v1alpha1.SelfTestResult) func(v1alpha1.Driver) v1alpha1.SelfTestResult {
+	return func(v1alpha1.Driver) v1alpha1.SelfTestResult { return r }
+}
+
+func nodeCondition(t *testing.T, name string) *corev1.NodeCondition {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, n); err != nil {
+		t.Fatalf("get node %s: %v", name, err)
+	}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == v1alpha1.NodeConditionRuntimeSecurityReady {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+func conditionIs(t *testing.T, node string, status corev1.ConditionStatus, reason string) func() error {
+	return func() error {
+		c := nodeCondition(t, node)
+		if c == nil {
+			return fmt.Errorf("node %s has no %s condition", node, v1alpha1.NodeConditionRuntimeSecurityReady)
+		}
+		if c.Status != status || c.Reason != reason {
+			return fmt.Errorf("node %s condition is %s/%s (%s), want %s/%s", node, c.Status, c.Reason, c.Message, status, reason)
+		}
+		return nil
+	}
+}
