@@ -275,3 +275,29 @@ func TestOverlayBTFExpectation(t *testing.T) {
 		t.Fatalf("want pass, got %v", r.Problems)
 	}
 }
+
+// With overlay's module BTF the CORE method must decide; a sensor that silently fell back to the
+// inode offset would still pass its checks, and the matrix must not let that through.
+func TestMethodExpectation(t *testing.T) {
+	fellBack := passing("modern_ebpf")
+	for i := range fellBack.Checks {
+		fellBack.Checks[i].Method = "InodeOffset"
+		fellBack.Checks[i].Message = "method InodeOffset (SingleMethod)"
+	}
+	b := boot(goodLog(t, map[string]v1alpha1.SelfTestStatus{"modern_ebpf": fellBack}, nil))
+	present := true
+	b.OverlayBTF = &present
+	r := Evaluate(b, testDrivers, testChecks)
+	var out bytes.Buffer
+	if r.Passed() || WriteTable(&out, []KernelReport{r}) {
+		t.Fatalf("a fallback to InodeOffset with module BTF present must fail")
+	}
+	if !strings.Contains(out.String(), "decided by InodeOffset, this boot must decide by CORE") {
+		t.Errorf("report lacks the method failure:\n%s", out.String())
+	}
+	absent := false
+	b.OverlayBTF = &absent
+	if r := Evaluate(b, []string{"modern_ebpf"}, testChecks); r.Passed() {
+		t.Fatalf("without module BTF the guest must also report it absent; got pass")
+	}
+}

@@ -26,7 +26,9 @@ type Boot struct {
 	// QemuRC is qemu's exit code (124 when the host's timeout killed it).
 	QemuRC int
 	// OverlayBTF, when set, is whether the guest must have overlay's module BTF
-	// (/sys/kernel/btf/overlay): a boot that did not stage what it claims to test fails.
+	// (/sys/kernel/btf/overlay): a boot that did not stage what it claims to test fails. It also
+	// fixes the method that must decide the layer: CORE with the module BTF (a sensor that silently
+	// fell back would hide the falco#3286 bug class), InodeOffset without it.
 	OverlayBTF *bool
 }
 
@@ -151,8 +153,19 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 			r.Info.OverlayModuleBTF, *b.OverlayBTF))
 	}
 	booted := r.Info != nil
+	wantMethod := ""
+	if b.OverlayBTF != nil {
+		wantMethod = map[bool]string{true: "CORE", false: "InodeOffset"}[*b.OverlayBTF]
+	}
 	for _, d := range drivers {
-		r.Cells = append(r.Cells, driverCells(d, checks, sections, booted)...)
+		cells := driverCells(d, checks, sections, booted)
+		for i := range cells {
+			if c := &cells[i]; c.Pass && wantMethod != "" && c.Method != "-" && c.Method != wantMethod {
+				c.Pass = false
+				c.Detail = fmt.Sprintf("decided by %s, this boot must decide by %s", c.Method, wantMethod)
+			}
+		}
+		r.Cells = append(r.Cells, cells...)
 		if problem := runProblem(d, sections); problem != "" {
 			r.Problems = append(r.Problems, problem)
 		}
