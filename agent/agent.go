@@ -195,7 +195,8 @@ func (a *Agent) waitForNodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, er
 			a.opts.Log.Info("Waiting for this node's NodeSensor", "node", a.opts.NodeName, "error", err.Error())
 			logged = true
 		}
-		if !sleep(ctx, time.Second) {
+		// A quarter second keeps agent start to Ready short; it is a Get of one object.
+		if !sleep(ctx, 250*time.Millisecond) {
 			return nil, errors.Join(ctx.Err(), err)
 		}
 	}
