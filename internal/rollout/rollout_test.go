@@ -1,0 +1,93 @@
+package rollout
+
+import (
+	"fmt"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/driverpilot/driverpilot/internal/nodestate"
+)
+
+func nodes(phases ...nodestate.Phase) []nodestate.Node {
+	out := make([]nodestate.Node, len(phases))
+	for i, p := range phases {
+		out[i] = nodestate.Node{Name: fmt.Sprintf("n%d", i), Phase: p}
+	}
+	return out
+}
+
+const (
+	q = nodestate.Queued
+	v = nodestate.Verifying
+	f = nodestate.AttemptFailed
+	k = nodestate.Verified
+	x = nodestate.NoSupportedDriver
+)
+
+func TestDecide(t *testing.T) {
+	cases := []struct {
+		name      string
+		in        Input
+		start     string
+		inFlight  int
+		paused    bool
+		blockedOK bool
+	}{
+		{name: "fills free slots in name order", in: Input{Nodes: nodes(q, q, q, q), MaxUnavailable: 2}, start: "[n0 n1]"},
+		{name: "in-flight nodes take slots", in: Input{Nodes: nodes(v, f, q, q), MaxUnavailable: 3}, start: "[n2]", inFlight: 2},
+		{name: "no slot left", in: Input{Nodes: nodes(v, v, q), MaxUnavailable: 2}, start: "[]", inFlight: 2},
+		{name: "verified and failed nodes take no slot", in: Input{Nodes: nodes(k, x, q), MaxUnavailable: 1}, start: "[n2]"},
+		{name: "zero means one", in: Input{Nodes: nodes(q, q), MaxUnavailable: 0}, start: "[n0]"},
+		{name: "canary first even when last by name", in: Input{Nodes: nodes(q, q, q), Canaries: map[string]bool{"n2": true}, MaxUnavailable: 3}, start: "[n2]", blockedOK: true},
+		{name: "others wait while a canary verifies", in: Input{Nodes: nodes(q, v), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", inFlight: 1, blockedOK: true},
+		{name: "others go once canaries are verified", in: Input{Nodes: nodes(q, k, q), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0 n2]"},
+		{name: "a failed canary stops the rollout", in: Input{Nodes: nodes(q, x), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
+		{name: "pause after failures", in: Input{Nodes: nodes(x, x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[]", paused: true, blockedOK: true},
+		{name: "below the pause threshold", in: Input{Nodes: nodes(x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[n1]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Decide(tc.in)
+			if got := fmt.Sprint(p.Start); got != tc.start && !(tc.start == "[]" && len(p.Start) == 0) {
+				t.Errorf("start %v, want %s", p.Start, tc.start)
+			}
+			if p.InFlight != tc.inFlight {
+				t.Errorf("in flight %d, want %d", p.InFlight, tc.inFlight)
+			}
+			if p.Paused != tc.paused {
+				t.Errorf("paused %v, want %v", p.Paused, tc.paused)
+			}
+			if (p.Blocked != "") != tc.blockedOK {
+				t.Errorf("blocked %q, want a reason: %v", p.Blocked, tc.blockedOK)
+			}
+		})
+	}
+}
+
+func TestResolveMaxUnavailable(t *testing.T) {
+	cases := []struct {
+		v        *intstr.IntOrString
+		selected int
+		want     int
+	}{
+		{nil, 10, 1},
+		{ptr(intstr.FromInt32(3)), 10, 3},
+		{ptr(intstr.FromString("10%")), 1000, 100},
+		{ptr(intstr.FromString("10%")), 5, 1},  // rounded up
+		{ptr(intstr.FromString("25%")), 10, 3}, // 2.5 rounds up
+		{ptr(intstr.FromString("1%")), 0, 1},   // never below one
+		{ptr(intstr.FromString("100%")), 7, 7},
+	}
+	for _, tc := range cases {
+		got, err := ResolveMaxUnavailable(tc.v, tc.selected)
+		if err != nil || got != tc.want {
+			t.Errorf("ResolveMaxUnavailable(%v, %d) = %d, %v; want %d", tc.v, tc.selected, got, err, tc.want)
+		}
+	}
+	if _, err := ResolveMaxUnavailable(ptr(intstr.FromString("half")), 10); err == nil {
+		t.Error("a value that is neither a count nor a percentage must be an error")
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
