@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 snapshot() {
-  find api config/crd config/rbac bpf -type f \( -name 'zz_generated*' -o -path 'config/crd/*' \
+  local dirs=()
+  for d in api config/crd config/rbac bpf; do [ -d "$d" ] && dirs+=("$d"); done
+  find "${dirs[@]}" -type f \( -name 'zz_generated*' -o -path 'config/crd/*' \
     -o -path 'config/rbac/role.yaml' -o -name '*_bpfe[lb].go' -o -name '*_bpfe[lb].o' \) 2>/dev/null \
     | sort | xargs -r sha256sum
 }
