@@ -1,0 +1,407 @@
+// Command bench-rollout measures DriverPilot's rollout loop at scale against a real control
+// plane (envtest's kube-apiserver and etcd): N Node objects, one SecurityProfile selecting them,
+// N simulated agents, and the real manager binary running as a separate process so its peak
+// memory and its API writes can be measured on their own.
+//
+// It prints the time from the profile's creation until every node carries
+// RuntimeSecurityReady=True (reason Verified), the manager's API writes per node split by
+// resource (counted from the apiserver's audit log), the manager's peak RSS (VmHWM) and the
+// machine it ran on.
+//
+//	go run ./hack/bench-rollout -nodes 1000
+//
+// It is a benchmark, not a test: it reports against the targets and never fails on them. It
+// exits non-zero only when the rollout did not converge before -timeout, or on a setup error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	crlog "sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/scheme"
+	"github.com/driverpilot/driverpilot/internal/testenv"
+)
+
+const (
+	managerUser  = "driverpilot-manager"
+	agentsUser   = "bench-agents"
+	namespace    = "driverpilot-system"
+	profileName  = "bench-rollout"
+	nodeLabelKey = "bench-rollout.driverpilot.io/node"
+
+	// Targets the figures are reported against.
+	targetConverge      = 30 * time.Second
+	targetConvergeNodes = 1000
+	targetWritesPerNode = 4.0
+)
+
+type options struct {
+	nodes          int
+	maxUnavailable string
+	selfTestDelay  time.Duration
+	heartbeat      time.Duration
+	timeout        time.Duration
+	settle         time.Duration
+	agentQPS       float64
+	agentBurst     int
+	agentWorkers   int
+	managerBin     string
+	managerArgs    string
+	keep           bool
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.nodes, "nodes", 1000, "number of simulated nodes")
+	flag.StringVar(&o.maxUnavailable, "max-unavailable", "10%", "the profile's spec.rollout.maxUnavailable (a count or a percentage)")
+	flag.DurationVar(&o.selfTestDelay, "selftest-delay", 200*time.Millisecond, "how long a simulated agent's self-test takes")
+	flag.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "simulated agents' heartbeat period")
+	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "overall time limit (setup, rollout and teardown)")
+	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long to keep counting manager writes after convergence")
+	flag.Float64Var(&o.agentQPS, "agent-qps", 500, "client QPS of the simulated agents (all share one client)")
+	flag.IntVar(&o.agentBurst, "agent-burst", 1000, "client burst of the simulated agents")
+	flag.IntVar(&o.agentWorkers, "agent-workers", 32, "concurrent writers of the simulated agents")
+	flag.StringVar(&o.managerBin, "manager-bin", "", "prebuilt driverpilot binary (default: go build ./cmd/driverpilot into the temp dir)")
+	flag.StringVar(&o.managerArgs, "manager-args", "", "extra arguments for `driverpilot manager`, space separated")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (audit log, manager log) and print its path")
+	flag.Parse()
+	if o.nodes < 1 {
+		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1")
+		os.Exit(2)
+	}
+
+	// The benchmark's own controller-runtime clients log errors only.
+	crlog.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+
+	code := 0
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-rollout: error:", err)
+		code = 1
+	}
+	cancel()
+	stop()
+	os.Exit(code)
+}
+
+// cleanups run in reverse order; run always runs them, on success, error or interrupt.
+type cleanups struct{ fns []func() }
+
+func (c *cleanups) add(f func()) { c.fns = append(c.fns, f) }
+func (c *cleanups) run() {
+	for i := len(c.fns) - 1; i >= 0; i-- {
+		c.fns[i]()
+	}
+	c.fns = nil
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench-rollout: "+format+"\n", args...)
+}
+
+func run(ctx context.Context, o options) (err error) {
+	var cl cleanups
+	defer cl.run()
+
+	root, err := testenv.RepoRoot()
+	if err != nil {
+		return err
+	}
+	if err := ensureAssets(ctx, root); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "bench-rollout-")
+	if err != nil {
+		return err
+	}
+	cl.add(func() {
+		if o.keep {
+			logf("kept %s", tmp)
+			return
+		}
+		_ = os.RemoveAll(tmp)
+	})
+
+	mach := readMachine()
+	load0 := loadAvg()
+
+	// Build the manager while the control plane starts.
+	bin := o.managerBin
+	buildErr := make(chan error, 1)
+	if bin == "" {
+		bin = filepath.Join(tmp, "driverpilot")
+		go func() { buildErr <- buildManager(ctx, root, bin) }()
+	} else {
+		buildErr <- nil
+	}
+
+	auditLog := filepath.Join(tmp, "audit.log")
+	env, err := startControlPlane(root, tmp, auditLog)
+	if err != nil {
+		<-buildErr
+		return err
+	}
+	cl.add(func() {
+		if err := env.Stop(); err != nil {
+			logf("stop control plane: %v", err)
+		}
+	})
+	if err := <-buildErr; err != nil {
+		return fmt.Errorf("build manager: %w", err)
+	}
+
+	admin := rest.CopyConfig(env.Config)
+	admin.QPS, admin.Burst = 1000, 2000
+	s := scheme.New()
+	adminClient, err := client.New(admin, client.Options{Scheme: s})
+	if err != nil {
+		return err
+	}
+	mgrUser, err := env.AddUser(envtest.User{Name: managerUser, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("add manager user: %w", err)
+	}
+	agUser, err := env.AddUser(envtest.User{Name: agentsUser, Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("add agents user: %w", err)
+	}
+	kubeconfig, err := mgrUser.KubeConfig()
+	if err != nil {
+		return err
+	}
+	kubeconfigPath := filepath.Join(tmp, "manager.kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, kubeconfig, 0o600); err != nil {
+		return err
+	}
+
+	if err := adminClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace: %w", err)
+	}
+	names, err := createNodes(ctx, adminClient, o.nodes)
+	if err != nil {
+		return err
+	}
+	logf("created %d nodes", len(names))
+
+	// The manager, as the product runs it.
+	mgr, err := startManager(ctx, bin, kubeconfigPath, tmp, o.managerArgs)
+	if err != nil {
+		return err
+	}
+	cl.add(mgr.stop)
+	if err := mgr.waitStarted(ctx, time.Minute); err != nil {
+		return err
+	}
+	logf("manager running (pid %d, workers started)", mgr.cmd.Process.Pid)
+
+	// Simulated agents and the observer share one informer cache.
+	agentCfg := agUser.Config()
+	agentCfg.QPS, agentCfg.Burst = float32(o.agentQPS), o.agentBurst
+	simCtx, simCancel := context.WithCancel(ctx)
+	sim, err := startSim(simCtx, agentCfg, s, names, o)
+	if err != nil {
+		simCancel()
+		return err
+	}
+	cl.add(func() { simCancel(); sim.wait() })
+
+	// Go.
+	mu := intstr.Parse(o.maxUnavailable)
+	profile := &v1alpha1.SecurityProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: profileName},
+		Spec: v1alpha1.SecurityProfileSpec{
+			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{nodeLabelKey: "true"}},
+			Sensor:       v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
+			Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: &mu},
+		},
+	}
+	t0 := time.Now()
+	sim.obs.start(t0)
+	if err := adminClient.Create(ctx, profile); err != nil {
+		return fmt.Errorf("create profile: %w", err)
+	}
+	logf("profile created; waiting for %d nodes to be Verified (timeout %s)", o.nodes, o.timeout)
+
+	converged := false
+	progressTick := time.NewTicker(5 * time.Second)
+	defer progressTick.Stop()
+wait:
+	for {
+		select {
+		case <-sim.obs.allReady:
+			converged = true
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-progressTick.C:
+			p := sim.obs.snapshot()
+			logf("t+%4.1fs: %d sensors, %d assigned, %d verdicts, %d nodes Verified, manager VmHWM %s",
+				time.Since(t0).Seconds(), p.sensors, p.assigned, sim.verdicts.Load(), p.ready, mib(mgr.mem.hwm.Load()))
+		}
+	}
+	var tReady time.Time
+	if converged {
+		tReady = sim.obs.readyAt()
+		logf("all %d nodes Verified after %.2fs; settling %s", o.nodes, tReady.Sub(t0).Seconds(), o.settle)
+		select {
+		case <-time.After(o.settle):
+		case <-ctx.Done():
+		}
+	} else {
+		logf("NOT converged: %v", context.Cause(ctx))
+	}
+	tEnd := time.Now()
+	prog := sim.obs.snapshot()
+	metrics := mgr.scrapeMetrics()
+	mgrCPU := mgr.cpuSeconds()
+	hwm := mgr.mem.final()
+	simCancel()
+	sim.wait()
+	mgr.stop()
+	load1 := loadAvg()
+	// Stopping the apiserver flushes the audit log.
+	if err := env.Stop(); err != nil {
+		logf("stop control plane: %v", err)
+	}
+	audit, err := readAudit(auditLog, t0, tReady, tEnd)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+
+	r := report{
+		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
+		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
+		simStats: sim.stats(), metrics: metrics, mgrLog: mgr.logSummary(),
+	}
+	r.print(os.Stdout)
+	if !converged {
+		return errors.New("the rollout did not converge before the timeout")
+	}
+	return nil
+}
+
+// ensureAssets sets KUBEBUILDER_ASSETS from hack/envtest-assets.sh when it is not set.
+func ensureAssets(ctx context.Context, root string) error {
+	if os.Getenv("KUBEBUILDER_ASSETS") != "" {
+		return nil
+	}
+	logf("KUBEBUILDER_ASSETS not set: running hack/envtest-assets.sh")
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "hack", "envtest-assets.sh"))
+	cmd.Dir, cmd.Stderr = root, os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("hack/envtest-assets.sh: %w", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return os.Setenv("KUBEBUILDER_ASSETS", strings.TrimSpace(lines[len(lines)-1]))
+}
+
+func buildManager(ctx context.Context, root, out string) error {
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", out, "./cmd/driverpilot")
+	cmd.Dir, cmd.Stdout, cmd.Stderr = root, os.Stderr, os.Stderr
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if err := cmd.Run(); err != nil {
+		return err
+	}
+	logf("built the manager in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// auditPolicy logs, at Metadata level, the writes of the manager and of the simulated agents
+// and nothing else, so the log stays small.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  users: ["` + managerUser + `", "` + agentsUser + `"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
+
+// startControlPlane starts envtest with DriverPilot's CRDs (as testenv.Start does) and the
+// audit log switched on.
+func startControlPlane(root, tmp, auditLog string) (*envtest.Environment, error) {
+	policy := filepath.Join(tmp, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+		return nil, err
+	}
+	e := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	e.ControlPlane.GetAPIServer().Configure().
+		Set("audit-policy-file", policy).
+		Set("audit-log-path", auditLog).
+		Set("audit-log-format", "json").
+		Set("audit-log-mode", "blocking")
+	start := time.Now()
+	if _, err := e.Start(); err != nil {
+		_ = e.Stop()
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	logf("control plane up in %.1fs", time.Since(start).Seconds())
+	return e, nil
+}
+
+func createNodes(ctx context.Context, c client.Client, n int) ([]string, error) {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("bench-node-%05d", i)
+	}
+	work := make(chan string)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{nodeLabelKey: "true"}}}
+				if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
+					errs <- fmt.Errorf("create node %s: %w", name, err)
+				}
+			}
+		}()
+	}
+	for _, name := range names {
+		select {
+		case work <- name:
+		case <-ctx.Done():
+		}
+	}
+	close(work)
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	return names, ctx.Err()
+}
