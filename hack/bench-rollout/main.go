@@ -301,7 +301,10 @@ wait:
 	}
 	r.print(os.Stdout)
 	if !converged {
-		return errors.New("the rollout did not converge before the timeout")
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return errors.New("interrupted before the rollout converged")
+		}
+		return fmt.Errorf("the rollout did not converge within -timeout %s", o.timeout)
 	}
 	return nil
 }
