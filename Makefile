@@ -9,7 +9,7 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor
+.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor bench-rollout
 
 all: build
 
@@ -54,3 +54,6 @@ kernel-matrix: ## Boots Debian 6.1 kernels under qemu and runs the self-test in 
 
 bench-sensor: ## In-kernel cost per exec and exec throughput with and without the sensor.
 	hack/bench-sensor.sh
+
+bench-rollout: ## N simulated nodes and agents: time to converge, manager API writes per node, peak memory.
+	hack/bench-rollout.sh

@@ -82,10 +82,12 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
 	})
+	if err := forEach(ctx, plan.Start, func(name string) error {
+		return r.assign(ctx, profile, sensors[name], decisions[name], sensors[name].Spec.FailedAttempts)
+	}); err != nil {
+		return progress{}, err
+	}
 	for _, name := range plan.Start {
-		if err := r.assign(ctx, profile, sensors[name], decisions[name], sensors[name].Spec.FailedAttempts); err != nil {
-			return progress{}, err
-		}
 		phases[name] = nodestate.Classify(sensors[name], now, r.HeartbeatTimeout)
 	}
 	for i := range nodes {

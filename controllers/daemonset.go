@@ -2,7 +2,10 @@ package controllers
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"hash/fnv"
+	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +27,15 @@ type AgentConfig struct {
 	ServiceAccount string
 }
 
+const templateHashAnnotation = "security.driverpilot.io/template-hash"
+
+func templateHash(t corev1.PodTemplateSpec) string {
+	data, _ := json.Marshal(t)
+	h := fnv.New64a()
+	h.Write(data)
+	return strconv.FormatUint(h.Sum64(), 16)
+}
+
 func agentDaemonSetName(profile *v1alpha1.SecurityProfile) string {
 	return "driverpilot-agent-" + profile.Name
 }
@@ -37,8 +49,17 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 		if ds.CreationTimestamp.IsZero() {
 			ds.Spec.Selector = want.Spec.Selector // immutable after creation
 		}
-		ds.Spec.Template = want.Spec.Template
-		ds.Spec.UpdateStrategy = want.Spec.UpdateStrategy
+		// The API server fills defaults into the stored template, so compare what we asked for
+		// (by hash) rather than the objects: an unchanged profile costs no write.
+		hash := templateHash(want.Spec.Template)
+		if ds.Annotations[templateHashAnnotation] != hash {
+			if ds.Annotations == nil {
+				ds.Annotations = map[string]string{}
+			}
+			ds.Annotations[templateHashAnnotation] = hash
+			ds.Spec.Template = want.Spec.Template
+			ds.Spec.UpdateStrategy = want.Spec.UpdateStrategy
+		}
 		return controllerutil.SetControllerReference(profile, ds, r.Scheme)
 	})
 	if err != nil {

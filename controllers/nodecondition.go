@@ -82,6 +82,11 @@ func setNodeCondition(ctx context.Context, c client.Client, node *corev1.Node, w
 	if have != nil && have.Status == want.Status && have.Reason == want.Reason {
 		return false, nil
 	}
+	// A node with no condition is already "not verified"; announcing Pending would cost one
+	// write per node in every rollout for no new information.
+	if have == nil && want.Reason == ReasonPending {
+		return false, nil
+	}
 	want.LastHeartbeatTime = metav1.NewTime(now)
 	want.LastTransitionTime = metav1.NewTime(now)
 	if have != nil && have.Status == want.Status {
@@ -134,23 +139,21 @@ func setTaint(ctx context.Context, c client.Client, node *corev1.Node, want bool
 
 // syncNodes reflects each node's phase in its condition and, when the profile asks, its taint.
 func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, phases map[string]nodestate.Phase, now time.Time) error {
-	var errs []error
-	for name, ns := range sensors {
-		node := governed[name]
-		phase := phases[name]
+	names := make([]string, 0, len(sensors))
+	for name := range sensors {
+		names = append(names, name)
+	}
+	return forEach(ctx, names, func(name string) error {
+		ns, node, phase := sensors[name], governed[name], phases[name]
 		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase), now)
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			return err
 		}
 		if written && phase == nodestate.Verified {
 			observeSelfTest(ns.Status.SelfTest)
 			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
 				"Node %s verified with driver %s", name, ns.Spec.Driver)
 		}
-		if err := setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && phase != nodestate.Verified); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return joinErrors(errs)
+		return setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && phase != nodestate.Verified)
+	})
 }

@@ -125,14 +125,22 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		}
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		ns := newNodeSensor(profile, governed[name])
-		if err := r.Create(ctx, ns); err != nil {
-			return nil, fmt.Errorf("create node sensor %s: %w", name, err)
-		}
-		sensors[name] = ns
+	created := make([]*v1alpha1.NodeSensor, len(names))
+	for i, name := range names {
+		created[i] = newNodeSensor(profile, governed[name])
 	}
-	return sensors, nil
+	err := forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
+		if err := r.Create(ctx, ns); err != nil {
+			return fmt.Errorf("create node sensor %s: %w", ns.Name, err)
+		}
+		return nil
+	})
+	for _, ns := range created {
+		if !ns.CreationTimestamp.IsZero() {
+			sensors[ns.Name] = ns
+		}
+	}
+	return sensors, err
 }
 
 func newNodeSensor(profile *v1alpha1.SecurityProfile, node *corev1.Node) *v1alpha1.NodeSensor {

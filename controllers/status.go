@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -101,4 +102,33 @@ func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1
 	return nil
 }
 
-func joinErrors(errs []error) error { return errors.Join(errs...) }
+// parallelWrites bounds the API writes one reconcile has in flight at once.
+const parallelWrites = 16
+
+// forEach runs fn for each item with up to parallelWrites at once and joins the errors: one
+// node's failure neither stops nor hides the others'.
+func forEach[T any](ctx context.Context, items []T, fn func(T) error) error {
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	sem := make(chan struct{}, parallelWrites)
+	for _, it := range items {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(it); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
