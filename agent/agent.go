@@ -31,8 +31,9 @@ type Options struct {
 	Client client.WithWatch
 	// Prober measures the node's facts.
 	Prober *probe.Prober
-	// NewSensor returns a stopped sensor; the agent starts it with the decided driver.
-	NewSensor func() sensor.Sensor
+	// NewSensor returns a stopped sensor for the NodeSensor's spec (its sensor kind and image);
+	// the agent starts it with the decided driver.
+	NewSensor func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error)
 	// WorkDir is where the self-test stages its private overlay.
 	WorkDir string
 	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
@@ -144,7 +145,13 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.stopSensor()
 	}
 	if a.sensor == nil {
-		a.sensor, a.driver = a.opts.NewSensor(), spec.Driver
+		s, err := a.opts.NewSensor(spec)
+		if err != nil {
+			a.opts.Log.Error(err, "No sensor for this spec")
+			a.reportFailure(ctx, ns, "SensorUnavailable", err.Error())
+			return
+		}
+		a.sensor, a.driver = s, spec.Driver
 	}
 	var timeout time.Duration
 	if spec.SelfTest.Timeout != nil {
@@ -166,6 +173,21 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
 		a.opts.Log.Error(err, "Report self-test failed")
 		a.tested = 0 // report again on the next wake
+	}
+}
+
+// reportFailure reports a failed self-test for the current attempt without running one.
+func (a *Agent) reportFailure(ctx context.Context, ns *v1alpha1.NodeSensor, reason, msg string) {
+	now := metav1.Now()
+	result := v1alpha1.SelfTestStatus{
+		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Result: v1alpha1.SelfTestFailed,
+		Reason: reason, Message: msg, StartTime: &now, FinishTime: &now,
+		BootID: a.facts.Kernel.BootID.Value, AgentVersion: version.Version,
+	}
+	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+		a.opts.Log.Error(err, "Report self-test failed")
+		a.tested = 0
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/driverpilot/driverpilot/agent"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/agent/sensor"
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 )
 
@@ -79,7 +80,7 @@ func runAgent(args []string) error {
 		NodeName:          *nodeName,
 		Client:            c,
 		Prober:            probe.New(*hostRoot),
-		NewSensor:         func() sensor.Sensor { return sensor.NewBuiltin(sensor.Options{Alerts: alertOut, Hostname: *nodeName}) },
+		NewSensor:         builtinOnly(alertOut, *nodeName),
 		WorkDir:           *workdir,
 		HeartbeatInterval: *heartbeat,
 		Log:               log,
@@ -100,4 +101,15 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	return cfg, nil
+}
+
+// builtinOnly runs the built-in sensor; a Falco profile needs the Falco receiver, which this
+// agent does not have yet.
+func builtinOnly(alerts io.Writer, nodeName string) func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+	return func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+		if spec.Sensor.Kind == v1alpha1.SensorFalco {
+			return nil, fmt.Errorf("sensor kind Falco is not supported by this agent")
+		}
+		return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}), nil
+	}
 }

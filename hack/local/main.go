@@ -108,7 +108,9 @@ func run() error {
 	}
 	a := agent.New(agent.Options{
 		NodeName: nodeName, Client: wc, Prober: probe.New("/"),
-		NewSensor:         func() sensor.Sensor { return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}) },
+		NewSensor: func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+			return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}), nil
+		},
 		WorkDir:           os.TempDir(),
 		HeartbeatInterval: 10 * time.Second,
 		Log:               ctrl.Log.WithName("agent"),
