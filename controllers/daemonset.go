@@ -124,6 +124,9 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 			hostPath("host-root", "/"), hostPath("host-proc", "/proc"), hostPath("host-sys", "/sys"),
 		},
 	}
+	if profile.Spec.Sensor.Kind == v1alpha1.SensorFalco {
+		spec = falcoPodSpec(profile, cfg, spec)
+	}
 	if aff := nodeAffinity(profile.Spec.NodeSelector); aff != nil {
 		spec.Affinity = &corev1.Affinity{NodeAffinity: aff}
 	}
