@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -8,6 +9,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -15,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/driverpilot/driverpilot/agent"
+	"github.com/driverpilot/driverpilot/agent/falco"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -31,6 +36,8 @@ func runAgent(args []string) error {
 	workdir := fs.String("workdir", os.TempDir(), "where the self-test stages its private overlay")
 	alerts := fs.String("alerts", "-", "where Falco-shaped alerts go: - for stdout, a file, or empty for none")
 	mountSecurityfs := fs.Bool("mount-securityfs", true, "mount securityfs below the host root when it is not mounted, to read the lockdown mode")
+	var fo falcoFlags
+	fo.bind(fs)
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -76,16 +83,17 @@ func runAgent(args []string) error {
 		defer f.Close()
 		alertOut = f
 	}
+	ctx := ctrl.SetupSignalHandler()
 	a := agent.New(agent.Options{
 		NodeName:          *nodeName,
 		Client:            c,
 		Prober:            probe.New(*hostRoot),
-		NewSensor:         builtinOnly(alertOut, *nodeName),
+		NewSensor:         chooseSensor(ctx, alertOut, *nodeName, fo, c, log),
 		WorkDir:           *workdir,
 		HeartbeatInterval: *heartbeat,
 		Log:               log,
 	})
-	return a.Run(ctrl.SetupSignalHandler())
+	return a.Run(ctx)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
@@ -103,13 +111,60 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-// builtinOnly runs the built-in sensor; a Falco profile needs the Falco receiver, which this
-// agent does not have yet.
-func builtinOnly(alerts io.Writer, nodeName string) func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+// falcoFlags configure the agent's end of a Falco sensor (sensor.kind: Falco): the pod's Falco
+// posts its alerts to the receiver, and the init step (driverpilot falco-config) wrote the
+// configuration Falco runs with.
+type falcoFlags struct {
+	listen, configDir, healthURL, restart string
+	startTimeout                          time.Duration
+}
+
+func (f *falcoFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.listen, "falco-listen", "", "address of the receiver for Falco's http_output (e.g. "+falco.DefaultListen+"); empty: this agent cannot use a Falco sensor")
+	fs.StringVar(&f.configDir, "falco-config-dir", "", "the configuration tree `driverpilot falco-config` wrote; Falco must run with the driver named there")
+	fs.StringVar(&f.healthURL, "falco-health-url", "", "Falco's health endpoint (e.g. http://127.0.0.1:8765/healthz); the self-test starts once it answers 200")
+	fs.DurationVar(&f.startTimeout, "falco-start-timeout", 3*time.Minute, "how long to wait for Falco to be healthy, or to be restarted with a new driver")
+	fs.StringVar(&f.restart, "falco-restart", "none", "how to restart Falco when the driver decision changes: delete-pod (the agent deletes its own pod $POD_NAMESPACE/$POD_NAME, so the init step writes the new driver and the driver loader installs it; needs RBAC delete on pods) or none")
+}
+
+// chooseSensor returns the sensor a NodeSensor spec asks for: the built-in eBPF sensor, or the
+// receiver for the pod's Falco.
+func chooseSensor(ctx context.Context, alerts io.Writer, nodeName string, fo falcoFlags, c client.Client, log logr.Logger) func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 	return func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
-		if spec.Sensor.Kind == v1alpha1.SensorFalco {
-			return nil, fmt.Errorf("sensor kind Falco is not supported by this agent")
+		if spec.Sensor.Kind != v1alpha1.SensorFalco {
+			return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}), nil
 		}
-		return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}), nil
+		if fo.listen == "" {
+			return nil, fmt.Errorf("sensor kind Falco: this agent runs without a Falco receiver (--falco-listen); it must run as the sidecar of the profile's Falco pod")
+		}
+		o := falco.Options{
+			Listen: fo.listen, ConfigDir: fo.configDir, HealthURL: fo.healthURL, StartTimeout: fo.startTimeout,
+			Context: ctx, Log: log.WithName("falco"),
+		}
+		switch fo.restart {
+		case "none":
+		case "delete-pod":
+			o.Restart = deleteOwnPod(c)
+		default:
+			return nil, fmt.Errorf("--falco-restart %q: want none or delete-pod", fo.restart)
+		}
+		return falco.New(o), nil
+	}
+}
+
+// deleteOwnPod restarts Falco by deleting the agent's own pod: the DaemonSet recreates it, its
+// init step writes the new decision and the driver loader installs that driver. Restarting only
+// the Falco container would not rerun the loader.
+func deleteOwnPod(c client.Client) func(ctx context.Context, configured, wanted v1alpha1.Driver) error {
+	return func(ctx context.Context, _, _ v1alpha1.Driver) error {
+		name, ns := os.Getenv("POD_NAME"), os.Getenv("POD_NAMESPACE")
+		if name == "" || ns == "" {
+			return fmt.Errorf("POD_NAME and POD_NAMESPACE must name the agent's pod")
+		}
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}}
+		if err := c.Delete(ctx, pod); err != nil {
+			return fmt.Errorf("delete pod %s/%s: %w", ns, name, err)
+		}
+		return nil
 	}
 }
