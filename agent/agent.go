@@ -141,6 +141,12 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if spec.Attempt == a.tested && time.Since(a.testedAt) < interval {
 		return
 	}
+	if a.tested == 0 && provenByOtherAgent(ns, a.facts.Kernel.BootID.Value) {
+		// After an operator upgrade the old agent's proof stands until the manager, pacing the
+		// upgrade like a rollout, asks for a new attempt; meanwhile the sensor keeps running.
+		a.keepProof(ctx, ns)
+		return
+	}
 	if a.sensor != nil && a.driver != spec.Driver {
 		a.stopSensor()
 	}
@@ -174,6 +180,30 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.opts.Log.Error(err, "Report self-test failed")
 		a.tested = 0 // report again on the next wake
 	}
+}
+
+// provenByOtherAgent reports whether the current decision passed its self-test in this boot
+// under another agent version.
+func provenByOtherAgent(ns *v1alpha1.NodeSensor, bootID string) bool {
+	t := ns.Status.SelfTest
+	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Attempt == ns.Spec.Attempt &&
+		t.Driver == ns.Spec.Driver && t.BootID == bootID && t.AgentVersion != version.Version
+}
+
+// keepProof starts the sensor with the proven driver without testing it again.
+func (a *Agent) keepProof(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	s, err := a.opts.NewSensor(ns.Spec)
+	if err == nil {
+		err = s.Start(ns.Spec.Driver)
+	}
+	if err != nil {
+		a.reportFailure(ctx, ns, "SensorLoadFailed", err.Error())
+		return
+	}
+	a.sensor, a.driver = s, ns.Spec.Driver
+	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
+	a.opts.Log.Info("Sensor started on the proof of a previous agent; waiting for the manager to ask for re-verification",
+		"driver", ns.Spec.Driver, "provedBy", ns.Status.SelfTest.AgentVersion)
 }
 
 // reportFailure reports a failed self-test for the current attempt without running one.

@@ -2,9 +2,11 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -35,6 +37,11 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	sort.Strings(names)
 
+	for _, name := range names {
+		if r.expect.stale(sensors[name]) {
+			return progress{}, errStaleCache
+		}
+	}
 	phases := map[string]nodestate.Phase{}
 	decisions := map[string]selection.Decision{}
 	for _, name := range names {
@@ -47,6 +54,19 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				return progress{}, err
 			}
 			phase = nodestate.Classify(ns, now, r.HeartbeatTimeout)
+		case nodestate.Verified:
+			switch {
+			case nodestate.NeedsReverify(ns, r.AgentVersion):
+				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+				if err != nil {
+					return progress{}, err
+				}
+				decisions[name] = d
+				phase = nodestate.Reverify
+			case nodestate.ProvedByOlderAgent(ns, r.AgentVersion):
+				// A canary proven by the old agent does not open the upgrade to the others.
+				phase = nodestate.Outdated
+			}
 		case nodestate.Queued, nodestate.NoSupportedDriver:
 			d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
 			if err != nil {
@@ -121,6 +141,7 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("assign driver to %s: %w", ns.Name, err)
 	}
+	r.expect.set(ns.Name, ns.Spec.Attempt)
 	if d.Driver == "" {
 		r.Recorder.Eventf(profile, nil, corev1.EventTypeWarning, "NoSupportedDriver", "SelectDriver",
 			"Node %s: no supported driver: %s", ns.Name, reasonsText(d.Reasons))
@@ -200,4 +221,36 @@ func reasonsText(reasons []v1alpha1.DriverReason) string {
 		return "the profile allows no driver"
 	}
 	return strings.Join(parts, "; ")
+}
+
+// errStaleCache says the informer cache has not yet seen this manager's own last writes.
+var errStaleCache = errors.New("cache has not caught up with the last decisions")
+
+// expectations remember the attempt each node was last assigned, so a reconcile that reads a
+// cache older than its own writes waits instead of pacing on stale phases (which could start
+// more than maxUnavailable nodes at once).
+type expectations struct {
+	mu       sync.Mutex
+	attempts map[string]int32
+}
+
+func (e *expectations) set(node string, attempt int32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.attempts == nil {
+		e.attempts = map[string]int32{}
+	}
+	e.attempts[node] = attempt
+}
+
+func (e *expectations) forget(node string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.attempts, node)
+}
+
+func (e *expectations) stale(ns *v1alpha1.NodeSensor) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return ns.Spec.Attempt < e.attempts[ns.Name]
 }

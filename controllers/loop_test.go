@@ -364,3 +364,102 @@ func hasUnverifiedTaint(n *corev1.Node) bool {
 	}
 	return false
 }
+
+// TestUpgradeReverifiesPacedWithoutLosingReadiness plays an operator upgrade: nodes verified by
+// agent 0.1.0 get agent 0.2.0 (the manager's version). Every node re-verifies, canary first,
+// never more than maxUnavailable at once, and no node leaves RuntimeSecurityReady=True.
+func TestUpgradeReverifiesPacedWithoutLosingReadiness(t *testing.T) {
+	nodes := []string{"upgrade-a", "upgrade-b", "upgrade-c", "upgrade-d"}
+	createNodes(t, "upgrade", nodes...)
+	p := profileFor("upgrade", "upgrade")
+	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromInt32(1))
+	p.Spec.Rollout.Canary = &v1alpha1.CanarySpec{Count: ptr.To[int32](1)} // upgrade-a, first by name
+	agents := startAgents(t, 400*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
+	for _, a := range agents {
+		a.upgrade("0.1.0")
+	}
+	createProfile(t, p)
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n+" verified by the old agent", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
+	}
+	// An old agent still running is not asked to re-verify.
+	time.Sleep(500 * time.Millisecond)
+	attempts := map[string]int32{}
+	for _, n := range nodes {
+		ns := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: n}, ns); err != nil {
+			t.Fatal(err)
+		}
+		attempts[n] = ns.Spec.Attempt
+	}
+
+	// Sample readiness, in-flight re-verifications and the canary order while the upgrade rolls.
+	var notReady, earlyStart atomic.Value
+	notReady.Store("")
+	earlyStart.Store("")
+	maxInFlight, stop := watchInFlight(t, nodes)
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for ctx.Err() == nil {
+			// Others first, the canary after: the canary's pass can only come later, never undo.
+			var started []string
+			for _, n := range nodes {
+				if c := nodeCondition(t, n); c == nil || c.Status != corev1.ConditionTrue {
+					notReady.Store(fmt.Sprintf("%s left Ready: %+v", n, c))
+				}
+				ns := &v1alpha1.NodeSensor{}
+				if n != "upgrade-a" && env.Client.Get(ctx, client.ObjectKey{Name: n}, ns) == nil && ns.Spec.Attempt > attempts[n] {
+					started = append(started, n)
+				}
+			}
+			canaryReverified := false
+			if ns := (&v1alpha1.NodeSensor{}); env.Client.Get(ctx, client.ObjectKey{Name: "upgrade-a"}, ns) == nil {
+				st := ns.Status.SelfTest
+				canaryReverified = st != nil && st.AgentVersion == agentVersion && st.Result == v1alpha1.SelfTestPassed
+			}
+			if len(started) > 0 && !canaryReverified {
+				earlyStart.Store(fmt.Sprintf("%v asked to re-verify before the canary had passed", started))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	for _, a := range agents {
+		a.upgrade(agentVersion)
+	}
+	eventually(t, 30*time.Second, "every node re-verified by the new agent", func() error {
+		for _, n := range nodes {
+			ns := &v1alpha1.NodeSensor{}
+			if err := env.Client.Get(context.Background(), client.ObjectKey{Name: n}, ns); err != nil {
+				return err
+			}
+			st := ns.Status.SelfTest
+			if st == nil || st.AgentVersion != agentVersion || st.Attempt != ns.Spec.Attempt || st.Result != v1alpha1.SelfTestPassed {
+				return fmt.Errorf("%s not re-verified yet: attempt %d, verdict %+v", n, ns.Spec.Attempt, st)
+			}
+		}
+		return nil
+	})
+	cancel()
+	<-sampled
+	stop()
+	if msg := notReady.Load().(string); msg != "" {
+		t.Errorf("a node left RuntimeSecurityReady=True during the upgrade: %s", msg)
+	}
+	if msg := earlyStart.Load().(string); msg != "" {
+		t.Error(msg)
+	}
+	if got := maxInFlight.Load(); got > 1 {
+		t.Errorf("%d nodes re-verified at once, maxUnavailable is 1", got)
+	}
+	for _, n := range nodes {
+		ns := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: n}, ns); err != nil {
+			t.Fatal(err)
+		}
+		if ns.Spec.Attempt != attempts[n]+1 {
+			t.Errorf("%s: attempt %d after the upgrade, want %d (one re-verification)", n, ns.Spec.Attempt, attempts[n]+1)
+		}
+	}
+}

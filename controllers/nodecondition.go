@@ -27,8 +27,8 @@ const (
 // nodeCondition is the RuntimeSecurityReady condition a phase calls for.
 func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCondition {
 	c := corev1.NodeCondition{Type: v1alpha1.NodeConditionRuntimeSecurityReady}
-	switch phase {
-	case nodestate.Verified:
+	switch {
+	case phase.Proven():
 		c.Status, c.Reason = corev1.ConditionTrue, ReasonVerified
 		t := ns.Status.SelfTest
 		checks := make([]string, 0, len(t.Checks))
@@ -36,14 +36,14 @@ func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCo
 			checks = append(checks, string(ch.Name))
 		}
 		c.Message = fmt.Sprintf("Runtime security verified with driver %s: self-test passed (%s), attempt %d",
-			ns.Spec.Driver, strings.Join(checks, ", "), ns.Spec.Attempt)
-	case nodestate.NoSupportedDriver:
+			ns.Spec.Driver, strings.Join(checks, ", "), t.Attempt)
+	case phase == nodestate.NoSupportedDriver:
 		c.Status, c.Reason = corev1.ConditionFalse, ReasonNoSupportedDriver
 		c.Message = "No supported driver: " + reasonsText(ns.Spec.Reasons)
 		if n := len(ns.Spec.FailedAttempts); n > 0 {
 			c.Message += fmt.Sprintf("; %d self-test(s) failed, last with %s", n, ns.Spec.FailedAttempts[n-1].Driver)
 		}
-	case nodestate.HeartbeatExpired:
+	case phase == nodestate.HeartbeatExpired:
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonHeartbeatExpired
 		c.Message = fmt.Sprintf("The agent stopped reporting (last heartbeat %s); driver %s is no longer proven",
 			ns.Status.HeartbeatTime.UTC().Format(time.RFC3339), orNone(ns.Spec.Driver))
@@ -149,11 +149,11 @@ func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1al
 		if err != nil {
 			return err
 		}
-		if written && phase == nodestate.Verified {
+		if written && phase.Proven() {
 			observeSelfTest(ns.Status.SelfTest)
 			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
 				"Node %s verified with driver %s", name, ns.Spec.Driver)
 		}
-		return setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && phase != nodestate.Verified)
+		return setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && !phase.Proven())
 	})
 }

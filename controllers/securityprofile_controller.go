@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,8 +35,14 @@ type SecurityProfileReconciler struct {
 	HeartbeatTimeout time.Duration
 	// Agent describes the agent DaemonSet the manager deploys per profile.
 	Agent AgentConfig
+	// AgentVersion is the agent version this manager deploys. A node verified by another version
+	// keeps its verified state and re-verifies, paced like a first rollout, once the new agent
+	// runs there. Empty turns re-verification on upgrade off.
+	AgentVersion string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	expect expectations
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch
@@ -78,6 +85,9 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	now := r.now()
 	progress, err := r.advance(ctx, profile, selected, sensors, now)
+	if errors.Is(err, errStaleCache) {
+		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+	}
 	if err != nil {
 		return ctrl.Result{}, err
 	}
@@ -137,6 +147,7 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 		if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
 			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
 		}
+		r.expect.forget(ns.Name)
 	}
 	ds := &appsv1.DaemonSet{}
 	ds.Namespace, ds.Name = r.Agent.Namespace, agentDaemonSetName(profile)

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -115,6 +116,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 			if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
 				return nil, fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
 			}
+			r.expect.forget(ns.Name)
 			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s left the profile's selection", ns.Name)
 		}
 	}
@@ -130,7 +132,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		created[i] = newNodeSensor(profile, governed[name])
 	}
 	err := forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
-		if err := r.Create(ctx, ns); err != nil {
+		if err := r.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("create node sensor %s: %w", ns.Name, err)
 		}
 		return nil

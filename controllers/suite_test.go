@@ -26,6 +26,9 @@ var env *testenv.Env
 // heartbeatTimeout is short so expiry tests run quickly.
 const heartbeatTimeout = 3 * time.Second
 
+// agentVersion is the agent version the manager under test deploys.
+const agentVersion = "0.2.0"
+
 func TestMain(m *testing.M) { testenv.Main(m, &env, startManager) }
 
 func startManager(e *testenv.Env) (func(), error) {
@@ -40,7 +43,7 @@ func startManager(e *testenv.Env) (func(), error) {
 	}
 	r := &controllers.SecurityProfileReconciler{
 		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("driverpilot-test"),
-		KnownIssues: issues, HeartbeatTimeout: heartbeatTimeout,
+		KnownIssues: issues, HeartbeatTimeout: heartbeatTimeout, AgentVersion: agentVersion,
 		Agent: controllers.AgentConfig{Namespace: "driverpilot-system", Image: "driverpilot:test", ServiceAccount: "driverpilot-agent"},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
@@ -137,6 +140,7 @@ type fakeAgent struct {
 
 	mu        sync.Mutex
 	heartbeat bool
+	version   string
 }
 
 func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver) v1alpha1.SelfTestResult, nodes ...string) map[string]*fakeAgent {
@@ -145,7 +149,7 @@ func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver
 	var wg sync.WaitGroup
 	agents := map[string]*fakeAgent{}
 	for _, n := range nodes {
-		a := &fakeAgent{node: n, delay: delay, verdict: verdict, bootID: "boot-" + n, heartbeat: true}
+		a := &fakeAgent{node: n, delay: delay, verdict: verdict, bootID: "boot-" + n, heartbeat: true, version: agentVersion}
 		agents[n] = a
 		wg.Add(1)
 		go func() { defer wg.Done(); a.run(ctx) }()
@@ -155,6 +159,10 @@ func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver
 }
 
 func (a *fakeAgent) stopHeartbeat() { a.mu.Lock(); a.heartbeat = false; a.mu.Unlock() }
+
+// upgrade plays the DaemonSet replacing this node's agent with another version. Like the real
+// agent, the new one keeps a passed verdict of an older version until a new attempt comes.
+func (a *fakeAgent) upgrade(version string) { a.mu.Lock(); a.version = version; a.mu.Unlock() }
 
 func (a *fakeAgent) run(ctx context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -171,7 +179,11 @@ func (a *fakeAgent) run(ctx context.Context) {
 			continue
 		}
 		base := ns.DeepCopy()
-		changed := false
+		a.mu.Lock()
+		version := a.version
+		a.mu.Unlock()
+		changed := ns.Status.AgentVersion != version
+		ns.Status.AgentVersion = version
 		if ns.Status.Probe == nil {
 			ns.Status.Probe = typicalFacts(a.bootID)
 			changed = true
@@ -183,7 +195,7 @@ func (a *fakeAgent) run(ctx context.Context) {
 			finish := metav1.Now()
 			result := a.verdict(spec.Driver)
 			st := &v1alpha1.SelfTestStatus{
-				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: a.bootID,
+				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: a.bootID, AgentVersion: version,
 				StartTime: &start, FinishTime: &finish,
 				Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: result, Expected: "upper layer"}},
 			}

@@ -27,6 +27,15 @@ const (
 	NoSupportedDriver Phase = "NoSupportedDriver"
 	// HeartbeatExpired: the agent stopped reporting; what it proved may no longer hold.
 	HeartbeatExpired Phase = "HeartbeatExpired"
+	// Outdated: verified by an older agent that still runs there (its replacement has not
+	// started yet); it keeps its verified state.
+	Outdated Phase = "Outdated"
+	// Reverify: verified by an older agent while a newer one now runs; it keeps its verified
+	// state and waits for the rollout to let it re-verify (an operator upgrade).
+	Reverify Phase = "Reverify"
+	// Reverifying: a new attempt with the driver that passed the previous one, in the same
+	// boot; the node stays verified on that proof until the new verdict is in.
+	Reverifying Phase = "Reverifying"
 )
 
 // Classify returns the phase of a NodeSensor at time now. A heartbeat older than
@@ -46,11 +55,12 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 		return Queued
 	}
 	t := st.SelfTest
-	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver {
-		return Verifying
-	}
 	// A verdict from an earlier boot says nothing about this one: the agent tests again.
-	if t.BootID != "" && st.Probe.Kernel.BootID.Value != "" && t.BootID != st.Probe.Kernel.BootID.Value {
+	sameBoot := t != nil && (t.BootID == "" || st.Probe.Kernel.BootID.Value == "" || t.BootID == st.Probe.Kernel.BootID.Value)
+	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver || !sameBoot {
+		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed {
+			return Reverifying
+		}
 		return Verifying
 	}
 	switch t.Result {
@@ -64,7 +74,28 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 }
 
 // InFlight reports whether the phase occupies one of the rollout's maxUnavailable slots.
-func (p Phase) InFlight() bool { return p == Verifying || p == AttemptFailed }
+func (p Phase) InFlight() bool { return p == Verifying || p == AttemptFailed || p == Reverifying }
+
+// Proven reports whether the node counts as verified: its current driver passed a self-test.
+func (p Phase) Proven() bool {
+	return p == Verified || p == Outdated || p == Reverify || p == Reverifying
+}
+
+// Waiting reports whether the node waits for the rollout to start (or restart) its verification.
+func (p Phase) Waiting() bool { return p == Queued || p == Reverify }
+
+// NeedsReverify reports whether a verified node's proof came from another agent version than
+// the desired one, which now runs on the node: after an operator upgrade it must be proven again.
+func NeedsReverify(ns *v1alpha1.NodeSensor, desiredAgent string) bool {
+	return ProvedByOlderAgent(ns, desiredAgent) && ns.Status.AgentVersion == desiredAgent
+}
+
+// ProvedByOlderAgent reports whether the node's proof came from another agent version than the
+// desired one.
+func ProvedByOlderAgent(ns *v1alpha1.NodeSensor, desiredAgent string) bool {
+	t := ns.Status.SelfTest
+	return desiredAgent != "" && t != nil && t.AgentVersion != desiredAgent
+}
 
 // Node is one node's phase and driver, the input of Rollup.
 type Node struct {
@@ -79,11 +110,11 @@ func Rollup(nodes []Node) (v1alpha1.NodeCounts, []v1alpha1.DriverCount) {
 	perDriver := map[v1alpha1.Driver]int32{}
 	for _, n := range nodes {
 		c.Selected++
-		switch n.Phase {
-		case Verified:
+		switch {
+		case n.Phase.Proven():
 			c.Verified++
 			perDriver[n.Driver]++
-		case NoSupportedDriver:
+		case n.Phase == NoSupportedDriver:
 			c.Failed++
 		default:
 			c.Pending++

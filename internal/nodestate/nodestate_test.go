@@ -27,8 +27,14 @@ func TestClassify(t *testing.T) {
 		{"probed, no decision", v1alpha1.NodeSensorSpec{}, v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &fresh}, Queued},
 		{"decided nothing", v1alpha1.NodeSensorSpec{Attempt: 3}, v1alpha1.NodeSensorStatus{Probe: probe}, NoSupportedDriver},
 		{"decided, no verdict", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 1}, v1alpha1.NodeSensorStatus{Probe: probe}, Verifying},
-		{"verdict of an older attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+		{"re-verifying the driver that passed the previous attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Reverifying},
+		{"a new driver after another passed", v1alpha1.NodeSensorSpec{Driver: "kmod", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
+		{"a pass two attempts back proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
+		{"a previous pass in an earlier boot proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-1")}, Verifying},
 		{"passed", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verified},
 		{"passed in an earlier boot", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
@@ -63,5 +69,27 @@ func TestRollup(t *testing.T) {
 	}
 	if len(drivers) != 2 || drivers[0] != (v1alpha1.DriverCount{Driver: "modern_ebpf", Nodes: 2}) || drivers[1] != (v1alpha1.DriverCount{Driver: "kmod", Nodes: 1}) {
 		t.Errorf("drivers %+v", drivers)
+	}
+}
+
+func TestNeedsReverify(t *testing.T) {
+	ns := func(running, proved string) *v1alpha1.NodeSensor {
+		return &v1alpha1.NodeSensor{Status: v1alpha1.NodeSensorStatus{
+			AgentVersion: running, SelfTest: &v1alpha1.SelfTestStatus{AgentVersion: proved, Result: v1alpha1.SelfTestPassed},
+		}}
+	}
+	cases := []struct {
+		running, proved, desired string
+		want                     bool
+	}{
+		{"0.2.0", "0.1.0", "0.2.0", true},  // new agent runs, proof is old
+		{"0.1.0", "0.1.0", "0.2.0", false}, // old agent still runs: wait for the DaemonSet
+		{"0.2.0", "0.2.0", "0.2.0", false}, // already proven by the new agent
+		{"0.2.0", "0.1.0", "", false},      // feature off
+	}
+	for _, c := range cases {
+		if got := NeedsReverify(ns(c.running, c.proved), c.desired); got != c.want {
+			t.Errorf("running %s proved %s desired %s: %v, want %v", c.running, c.proved, c.desired, got, c.want)
+		}
 	}
 }

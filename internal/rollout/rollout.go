@@ -35,13 +35,15 @@ type Plan struct {
 	Paused bool
 }
 
-// Decide returns which queued nodes may start verifying. Canaries start first; other nodes wait
-// until every canary is verified. Nodes start in name order so the rollout is reproducible.
+// Decide returns which waiting nodes may start verifying. Canaries start first. Other queued
+// nodes wait until every canary is proven; other nodes waiting to re-verify after an upgrade wait
+// until every canary is verified by the new agent. Nodes start in name order, so the rollout is
+// reproducible.
 func Decide(in Input) Plan {
 	var p Plan
 	var failed int
-	canariesDone := true
-	var queuedCanaries, queuedOthers []string
+	canariesProven, canariesCurrent := true, true
+	var waitingCanaries, queuedOthers, reverifyOthers []string
 	for _, n := range in.Nodes {
 		if n.Phase.InFlight() {
 			p.InFlight++
@@ -49,30 +51,38 @@ func Decide(in Input) Plan {
 		if n.Phase == nodestate.NoSupportedDriver {
 			failed++
 		}
-		if in.Canaries[n.Name] && n.Phase != nodestate.Verified {
-			canariesDone = false
+		if in.Canaries[n.Name] {
+			canariesProven = canariesProven && n.Phase.Proven()
+			canariesCurrent = canariesCurrent && n.Phase == nodestate.Verified
 		}
-		if n.Phase == nodestate.Queued {
-			if in.Canaries[n.Name] {
-				queuedCanaries = append(queuedCanaries, n.Name)
-			} else {
-				queuedOthers = append(queuedOthers, n.Name)
-			}
+		switch {
+		case !n.Phase.Waiting():
+		case in.Canaries[n.Name]:
+			waitingCanaries = append(waitingCanaries, n.Name)
+		case n.Phase == nodestate.Queued:
+			queuedOthers = append(queuedOthers, n.Name)
+		default:
+			reverifyOthers = append(reverifyOthers, n.Name)
 		}
 	}
-	sort.Strings(queuedCanaries)
-	sort.Strings(queuedOthers)
 	if in.PauseOnFailures > 0 && failed >= in.PauseOnFailures {
 		p.Paused = true
 		p.Blocked = fmt.Sprintf("rollout paused: %d nodes have no supported driver (pauseOnFailures is %d)", failed, in.PauseOnFailures)
 		return p
 	}
-	candidates := queuedCanaries
-	if canariesDone {
+	candidates := waitingCanaries
+	if canariesProven {
 		candidates = append(candidates, queuedOthers...)
 	} else if len(queuedOthers) > 0 {
 		p.Blocked = fmt.Sprintf("%d nodes wait for the canary nodes to be verified", len(queuedOthers))
 	}
+	if canariesCurrent {
+		candidates = append(candidates, reverifyOthers...)
+	} else if len(reverifyOthers) > 0 {
+		p.Blocked = fmt.Sprintf("%d nodes wait for the canary nodes to be re-verified by the new agent", len(reverifyOthers))
+	}
+	sort.Strings(candidates[len(waitingCanaries):])
+	sort.Strings(candidates[:len(waitingCanaries)])
 	slots := max(in.MaxUnavailable, 1) - p.InFlight
 	for _, name := range candidates {
 		if slots <= 0 {

@@ -23,6 +23,9 @@ const (
 	f = nodestate.AttemptFailed
 	k = nodestate.Verified
 	x = nodestate.NoSupportedDriver
+	o = nodestate.Outdated
+	r = nodestate.Reverify
+	g = nodestate.Reverifying
 )
 
 func TestDecide(t *testing.T) {
@@ -43,6 +46,10 @@ func TestDecide(t *testing.T) {
 		{name: "others wait while a canary verifies", in: Input{Nodes: nodes(q, v), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", inFlight: 1, blockedOK: true},
 		{name: "others go once canaries are verified", in: Input{Nodes: nodes(q, k, q), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0 n2]"},
 		{name: "a failed canary stops the rollout", in: Input{Nodes: nodes(q, x), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
+		{name: "re-verification is paced like a rollout", in: Input{Nodes: nodes(r, r, g), MaxUnavailable: 2}, start: "[n0]", inFlight: 1},
+		{name: "an outdated canary holds re-verification back", in: Input{Nodes: nodes(r, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
+		{name: "an outdated canary does not hold a first verification back", in: Input{Nodes: nodes(q, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0]"},
+		{name: "the canary re-verifies first", in: Input{Nodes: nodes(r, r), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n1]", blockedOK: true},
 		{name: "pause after failures", in: Input{Nodes: nodes(x, x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[]", paused: true, blockedOK: true},
 		{name: "below the pause threshold", in: Input{Nodes: nodes(x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[n1]"},
 	}
