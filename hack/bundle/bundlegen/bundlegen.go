@@ -28,7 +28,7 @@ import (
 // Names of the package, its channel and image.
 const (
 	Package        = "driverpilot"
-	Channel        = "alpha"
+	Channel        = "candidate"
 	ImageRepo      = "ghcr.io/driverpilot/driverpilot"
 	ManagerName    = "driverpilot-manager"
 	ManagerPrefix  = "--agent-image="
