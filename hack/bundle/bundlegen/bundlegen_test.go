@@ -42,8 +42,8 @@ func TestCheckOwned(t *testing.T) {
 	}{
 		"misspelt spec path": {owned("Thing", []string{"item.name"}), []object{crd}, `specDescriptor "item.name"`},
 		"misspelt status":    {owned("Thing", nil, "redy"), []object{crd}, `statusDescriptor "redy"`},
-		"wrong kind":         {owned("Thin"), []object{crd}, `kind "Thin"`},
-		"CRD not in config":  {owned("Thing"), nil, "is not in config/crd"},
+		"wrong kind":         {owned("Thin", nil), []object{crd}, `kind "Thin"`},
+		"CRD not in config":  {owned("Thing", nil), nil, "is not in config/crd"},
 		"CRD without owned":  {object{}, []object{crd}, "has no owned entry"},
 	} {
 		err := checkOwned(c.spec, c.crds)
