@@ -9,7 +9,7 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor bench-rollout
+.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor bench-rollout image bundle
 
 all: build
 
@@ -57,3 +57,13 @@ bench-sensor: ## In-kernel cost per exec and exec throughput with and without th
 
 bench-rollout: ## N simulated nodes and agents: time to converge, manager API writes per node, peak memory.
 	hack/bench-rollout.sh
+
+IMG ?= ghcr.io/driverpilot/driverpilot:$(VERSION)
+DIST ?= dist
+
+image: build ## The container image without a container engine: $(DIST)/driverpilot-$(VERSION).tar (docker load) and $(DIST)/oci (OCI layout).
+	go run ./hack/image --binary bin/driverpilot --version $(VERSION) --revision "$$(git rev-parse HEAD)" \
+	  --source-date-epoch "$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}" --tag $(IMG) --out $(DIST)
+
+bundle: ## The OLM bundle (bundle/, bundle.Dockerfile) from config/ for VERSION; REPLACES=x.y.z overrides the version it upgrades from.
+	go run ./hack/bundle --version $(VERSION) $(if $(REPLACES),--replaces $(REPLACES))
