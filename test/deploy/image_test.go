@@ -193,3 +193,35 @@ func TestImageRefusesDynamicBinary(t *testing.T) {
 		t.Errorf("building from %s (dynamically linked): %v, want ErrNotStatic", ls, err)
 	}
 }
+
+// TestDockerfileMatchesImage keeps the Dockerfile and `make image` describing one image, and
+// the Dockerfile's Go the one go.mod names.
+func TestDockerfileMatchesImage(t *testing.T) {
+	root := repoRoot(t)
+	df, err := os.ReadFile(filepath.Join(root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var goVersion string
+	for _, l := range strings.Split(string(gomod), "\n") {
+		if v, ok := strings.CutPrefix(l, "go "); ok {
+			goVersion = strings.TrimSpace(v)
+		}
+	}
+	for _, want := range []string{
+		"golang:" + goVersion + "-",
+		"USER " + imagebuild.User + "\n",
+		`ENTRYPOINT ["` + imagebuild.Entrypoint + `"]`,
+		`CMD ["` + imagebuild.Command + `"]`,
+		"org.opencontainers.image.source=" + imagebuild.Source,
+		"CGO_ENABLED=0",
+	} {
+		if !strings.Contains(string(df), want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+}
