@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/driverpilot/driverpilot/agent/falco"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/agent/selftest"
 	"github.com/driverpilot/driverpilot/agent/sensor"
@@ -169,6 +170,12 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	})
 	if ctx.Err() != nil {
 		return // interrupted: report nothing rather than a verdict of a cut-short test
+	}
+	if result.Reason == falco.ReasonFalcoRestarting {
+		// Falco is being restarted with the new driver (this pod goes away): no verdict yet.
+		a.opts.Log.Info("Falco restarting with the decided driver; self-test deferred", "driver", spec.Driver)
+		a.stopSensor()
+		return
 	}
 	a.tested, a.testedAt = spec.Attempt, time.Now()
 	a.opts.Log.Info("Self-test finished", "driver", spec.Driver, "attempt", spec.Attempt, "result", result.Result, "reason", result.Reason)

@@ -463,3 +463,38 @@ func TestUpgradeReverifiesPacedWithoutLosingReadiness(t *testing.T) {
 		}
 	}
 }
+
+func TestSpecTheAPICannotCheckIsReportedAsInvalidSpec(t *testing.T) {
+	createNodes(t, "invalid", "invalid-a")
+	cases := map[string]func(*v1alpha1.SecurityProfile){
+		"invalid-regexp": func(p *v1alpha1.SecurityProfile) {
+			p.Spec.Drivers.Overrides = []v1alpha1.DriverOverride{{
+				Match: v1alpha1.OverrideMatch{KernelRelease: "^5.10.(amzn2"}, Preference: []v1alpha1.Driver{v1alpha1.DriverKmod},
+			}}
+		},
+		"old-falco": func(p *v1alpha1.SecurityProfile) {
+			p.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.35.1"}
+		},
+	}
+	wants := map[string]string{"invalid-regexp": "kernelRelease", "old-falco": "0.38.0"}
+	for name, mutate := range cases {
+		p := profileFor(name, "invalid")
+		mutate(p)
+		createProfile(t, p)
+		eventually(t, 10*time.Second, name+" InvalidSpec", func() error {
+			got := &v1alpha1.SecurityProfile{}
+			if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(p), got); err != nil {
+				return err
+			}
+			c := meta.FindStatusCondition(got.Status.Conditions, controllers.ConditionReady)
+			if c == nil || c.Reason != controllers.ReasonInvalidSpec || !strings.Contains(c.Message, wants[name]) {
+				return fmt.Errorf("Ready: %+v", c)
+			}
+			return nil
+		})
+	}
+	// No node was started under an invalid spec.
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: "invalid-a"}, &v1alpha1.NodeSensor{}); err == nil {
+		t.Error("a NodeSensor was created for a profile with an invalid spec")
+	}
+}

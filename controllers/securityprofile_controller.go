@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
+	"github.com/driverpilot/driverpilot/agent/falco"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
 	"github.com/driverpilot/driverpilot/internal/selection"
@@ -68,7 +69,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			return ctrl.Result{}, fmt.Errorf("add finalizer: %w", err)
 		}
 	}
-	if err := selection.ValidatePolicy(profile.Spec.Drivers); err != nil {
+	if err := validateSpec(profile); err != nil {
 		return ctrl.Result{}, r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
 	}
 
@@ -102,6 +103,22 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, err
 	}
 	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
+}
+
+// validateSpec checks what the API server could not: the override regexps and, for Falco, a
+// version DriverPilot can configure.
+func validateSpec(profile *v1alpha1.SecurityProfile) error {
+	if err := selection.ValidatePolicy(profile.Spec.Drivers); err != nil {
+		return err
+	}
+	if profile.Spec.Sensor.Kind == v1alpha1.SensorFalco {
+		if v, ok := selection.FalcoVersion(profile.Spec.Sensor); ok {
+			if err := falco.Offers(&v, ""); err != nil {
+				return fmt.Errorf("spec.sensor: %w; use a Falco image 0.38.0 or later", err)
+			}
+		}
+	}
+	return nil
 }
 
 func (r *SecurityProfileReconciler) now() time.Time {

@@ -59,8 +59,8 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func printUsage() {
 	fmt.Fprintf(os.Stderr, "usage: driverpilot <command> [flags]\n\ncommands:\n")
-	for _, name := range []string{"manager", "agent", "probe", "selftest"} {
-		fmt.Fprintf(os.Stderr, "  %-9s %s\n", name, subcommands[name].usage)
+	for _, name := range []string{"manager", "agent", "probe", "selftest", "falco-config"} {
+		fmt.Fprintf(os.Stderr, "  %-12s %s\n", name, subcommands[name].usage)
 	}
-	fmt.Fprintf(os.Stderr, "  %-9s %s\n", "version", "print the version")
+	fmt.Fprintf(os.Stderr, "  %-12s %s\n", "version", "print the version")
 }

@@ -185,3 +185,38 @@ func TestAgentWritesOnlyItsOwnNodeSensor(t *testing.T) {
 		t.Errorf("the agent created a NodeSensor (err %v), want Forbidden", err)
 	}
 }
+
+func TestAgentDeletesOnlyItsOwnPod(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	for _, name := range []string{"agent-a", "agent-b"} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "driverpilot-system"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "agent", Image: "driverpilot"}}}}
+		if err := env.Client.Create(ctx, pod); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const sa = "system:serviceaccount:driverpilot-system:driverpilot-agent"
+	groups := []string{"system:serviceaccounts", "system:serviceaccounts:driverpilot-system", "system:authenticated"}
+	agentA := impersonate(t, sa, groups, map[string][]string{
+		"authentication.kubernetes.io/node-name": {"node-a"}, "authentication.kubernetes.io/pod-name": {"agent-a"},
+	})
+	pod := func(name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "driverpilot-system"}}
+	}
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err = agentA.Delete(ctx, pod("agent-b"), client.DryRunAll); err != nil {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "may delete only its own pod") {
+		t.Fatalf("the agent of pod agent-a deleted pod agent-b or was refused for another reason: %v", err)
+	}
+	if err := agentA.Delete(ctx, pod("agent-a")); err != nil {
+		t.Errorf("the agent cannot delete its own pod: %v", err)
+	}
+	if err := agentA.Delete(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "x", Namespace: "default"}}); !apierrors.IsForbidden(err) {
+		t.Errorf("the agent deleted a pod outside its namespace (err %v), want Forbidden", err)
+	}
+}
