@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf/rlimit"
@@ -26,6 +27,37 @@ type probeOutput struct {
 	Sensor v1alpha1.SensorSpec `json:"sensor"`
 	// KnownIssues names the known-issue matrix used.
 	KnownIssues string `json:"knownIssues"`
+	// Drivers says, for every driver, what the decision made of it and why.
+	Drivers []driverVerdict `json:"drivers"`
+}
+
+// driverVerdict is one driver's place in the decision: chosen, a fallback, or skipped.
+type driverVerdict struct {
+	Driver  v1alpha1.Driver `json:"driver"`
+	Verdict string          `json:"verdict"`
+	Why     []string        `json:"why"`
+}
+
+// explain gives every driver a verdict with its reasons, so no driver goes unexplained.
+func explain(d selection.Decision) []driverVerdict {
+	out := make([]driverVerdict, 0, len(v1alpha1.AllDrivers))
+	for _, drv := range v1alpha1.AllDrivers {
+		v := driverVerdict{Driver: drv, Verdict: "skipped"}
+		if i := slices.Index(d.Candidates, drv); i == 0 {
+			v.Verdict = "chosen"
+			v.Why = append(v.Why, fmt.Sprintf("first eligible driver of the preference %v", d.Preference))
+		} else if i > 0 {
+			v.Verdict = "fallback"
+			v.Why = append(v.Why, fmt.Sprintf("eligible; tried if the self-test of %v fails", d.Candidates[:i]))
+		}
+		for _, r := range d.Reasons {
+			if r.Driver == drv {
+				v.Why = append(v.Why, fmt.Sprintf("%s (%s %s)", r.Message, r.Source, r.Rule))
+			}
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 // runProbe prints this machine's facts and the driver decision for a profile.
@@ -38,7 +70,7 @@ func runProbe(args []string) error {
 	issuesPath := fs.String("known-issues", "", "known-issue file replacing the embedded matrix")
 	providerID := fs.String("provider-id", "", "node.spec.providerID, for the cloud provider")
 	labels := fs.String("node-labels", "", "node labels as k=v,k=v, for the cloud provider")
-	mountSecurityfs := fs.Bool("mount-securityfs", false, "mount securityfs for the lockdown mode when it is not mounted, and unmount it after")
+	mountSecurityfs := fs.Bool("mount-securityfs", os.Geteuid() == 0, "mount securityfs for the lockdown mode when it is not mounted, and unmount it after (default when root)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -87,7 +119,7 @@ func runProbe(args []string) error {
 	if err != nil {
 		return err
 	}
-	out := probeOutput{Probe: facts, Decision: decision, Sensor: spec.Sensor, KnownIssues: source}
+	out := probeOutput{Probe: facts, Decision: decision, Sensor: spec.Sensor, KnownIssues: source, Drivers: explain(decision)}
 	return write(os.Stdout, *output, out)
 }
 

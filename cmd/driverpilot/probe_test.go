@@ -58,3 +58,21 @@ spec:
 		t.Errorf("bad regexp: %v, want ErrInvalidPolicy", err)
 	}
 }
+
+func TestExplainGivesEveryDriverAVerdict(t *testing.T) {
+	d := selection.Decision{
+		Driver: v1alpha1.DriverKmod, Candidates: []v1alpha1.Driver{v1alpha1.DriverKmod, v1alpha1.DriverModernEBPF},
+		Preference: []v1alpha1.Driver{v1alpha1.DriverKmod, v1alpha1.DriverModernEBPF},
+		Reasons: []v1alpha1.DriverReason{{Driver: v1alpha1.DriverEBPF, Source: v1alpha1.ReasonSourceProfile, Rule: "not-in-preference", Message: "not allowed"}},
+	}
+	got := explain(d)
+	want := map[v1alpha1.Driver]string{v1alpha1.DriverKmod: "chosen", v1alpha1.DriverModernEBPF: "fallback", v1alpha1.DriverEBPF: "skipped"}
+	if len(got) != 3 {
+		t.Fatalf("%d verdicts, want 3", len(got))
+	}
+	for _, v := range got {
+		if v.Verdict != want[v.Driver] || len(v.Why) == 0 {
+			t.Errorf("%s: verdict %q why %q, want %q with a reason", v.Driver, v.Verdict, v.Why, want[v.Driver])
+		}
+	}
+}
