@@ -63,7 +63,7 @@ func TestExplainGivesEveryDriverAVerdict(t *testing.T) {
 	d := selection.Decision{
 		Driver: v1alpha1.DriverKmod, Candidates: []v1alpha1.Driver{v1alpha1.DriverKmod, v1alpha1.DriverModernEBPF},
 		Preference: []v1alpha1.Driver{v1alpha1.DriverKmod, v1alpha1.DriverModernEBPF},
-		Reasons: []v1alpha1.DriverReason{{Driver: v1alpha1.DriverEBPF, Source: v1alpha1.ReasonSourceProfile, Rule: "not-in-preference", Message: "not allowed"}},
+		Reasons:    []v1alpha1.DriverReason{{Driver: v1alpha1.DriverEBPF, Source: v1alpha1.ReasonSourceProfile, Rule: "not-in-preference", Message: "not allowed"}},
 	}
 	got := explain(d)
 	want := map[v1alpha1.Driver]string{v1alpha1.DriverKmod: "chosen", v1alpha1.DriverModernEBPF: "fallback", v1alpha1.DriverEBPF: "skipped"}
