@@ -36,11 +36,7 @@ func watchInFlight(t *testing.T, nodes []string) (max *atomic.Int32, stop func()
 		defer close(done)
 		for ctx.Err() == nil {
 			var n int32
-			for _, name := range nodes {
-				ns := &v1alpha1.NodeSensor{}
-				if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, ns); err != nil {
-					continue
-				}
+			for _, ns := range snapshot(ctx, nodes) {
 				st := ns.Status.SelfTest
 				if ns.Spec.Driver != "" && (st == nil || st.Attempt != ns.Spec.Attempt) {
 					n++
@@ -53,6 +49,24 @@ func watchInFlight(t *testing.T, nodes []string) (max *atomic.Int32, stop func()
 		}
 	}()
 	return max, func() { cancel(); <-done }
+}
+
+// snapshot lists the NodeSensors of the given nodes in one request: one consistent moment, so
+// a sample never counts a node as still verifying after another one started in its place.
+func snapshot(ctx context.Context, nodes []string) map[string]*v1alpha1.NodeSensor {
+	var list v1alpha1.NodeSensorList
+	if err := env.Client.List(ctx, &list); err != nil {
+		return nil
+	}
+	out := map[string]*v1alpha1.NodeSensor{}
+	for i := range list.Items {
+		for _, n := range nodes {
+			if list.Items[i].Name == n {
+				out[n] = &list.Items[i]
+			}
+		}
+	}
+	return out
 }
 
 func TestRolloutVerifiesEveryNodeWithinMaxUnavailable(t *testing.T) {
@@ -285,6 +299,7 @@ func TestRelabelledNodeLeavesTheProfile(t *testing.T) {
 	p := profileFor("relabel", "relabel")
 	startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), "relabel-a", "relabel-b")
 	createProfile(t, p)
+	eventually(t, 20*time.Second, "relabel-a verified", conditionIs(t, "relabel-a", corev1.ConditionTrue, controllers.ReasonVerified))
 	eventually(t, 20*time.Second, "relabel-b verified", conditionIs(t, "relabel-b", corev1.ConditionTrue, controllers.ReasonVerified))
 
 	n := &corev1.Node{}
@@ -403,24 +418,26 @@ func TestUpgradeReverifiesPacedWithoutLosingReadiness(t *testing.T) {
 	go func() {
 		defer close(sampled)
 		for ctx.Err() == nil {
-			// Others first, the canary after: the canary's pass can only come later, never undo.
-			var started []string
 			for _, n := range nodes {
 				if c := nodeCondition(t, n); c == nil || c.Status != corev1.ConditionTrue {
 					notReady.Store(fmt.Sprintf("%s left Ready: %+v", n, c))
 				}
-				ns := &v1alpha1.NodeSensor{}
-				if n != "upgrade-a" && env.Client.Get(ctx, client.ObjectKey{Name: n}, ns) == nil && ns.Spec.Attempt > attempts[n] {
+			}
+			sensors := snapshot(ctx, nodes)
+			canary := sensors["upgrade-a"]
+			if canary == nil {
+				continue
+			}
+			st := canary.Status.SelfTest
+			canaryReverified := st != nil && st.AgentVersion == agentVersion && st.Result == v1alpha1.SelfTestPassed
+			var started []string
+			for _, n := range nodes[1:] {
+				if ns := sensors[n]; ns != nil && ns.Spec.Attempt > attempts[n] {
 					started = append(started, n)
 				}
 			}
-			canaryReverified := false
-			if ns := (&v1alpha1.NodeSensor{}); env.Client.Get(ctx, client.ObjectKey{Name: "upgrade-a"}, ns) == nil {
-				st := ns.Status.SelfTest
-				canaryReverified = st != nil && st.AgentVersion == agentVersion && st.Result == v1alpha1.SelfTestPassed
-			}
 			if len(started) > 0 && !canaryReverified {
-				earlyStart.Store(fmt.Sprintf("%v asked to re-verify before the canary had passed", started))
+				earlyStart.Store(fmt.Sprintf("%v asked to re-verify before the canary had passed (canary spec %+v, self-test %+v)", started, canary.Spec, st))
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
