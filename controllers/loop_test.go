@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/controllers"
@@ -120,6 +121,32 @@ func TestRolloutVerifiesEveryNodeWithinMaxUnavailable(t *testing.T) {
 		}
 		if !meta.IsStatusConditionTrue(st.Conditions, controllers.ConditionReady) {
 			return fmt.Errorf("Ready not True: %+v", st.Conditions)
+		}
+		return nil
+	})
+	// The metrics say the same: five verified nodes on modern_ebpf, and self-test durations observed.
+	eventually(t, 10*time.Second, "metrics", func() error {
+		families, err := metrics.Registry.Gather()
+		if err != nil {
+			return err
+		}
+		var verified, durations float64
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				labels := map[string]string{}
+				for _, l := range m.GetLabel() {
+					labels[l.GetName()] = l.GetValue()
+				}
+				switch {
+				case f.GetName() == "driverpilot_nodes" && labels["profile"] == "paced" && labels["phase"] == "Verified" && labels["driver"] == "modern_ebpf":
+					verified = m.GetGauge().GetValue()
+				case f.GetName() == "driverpilot_selftest_duration_seconds" && labels["driver"] == "modern_ebpf":
+					durations += float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+		if verified != 5 || durations < 5 {
+			return fmt.Errorf("driverpilot_nodes verified=%v, self-test durations observed=%v", verified, durations)
 		}
 		return nil
 	})
