@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/version"
 )
 
 // sim plays N node agents with one shared informer and a small pool of writers, writing what
@@ -157,7 +158,7 @@ func (s *sim) step(ctx context.Context, name string) time.Duration {
 	}
 	verdict := &v1alpha1.SelfTestStatus{
 		Driver: spec.Driver, Attempt: spec.Attempt, Result: v1alpha1.SelfTestPassed, BootID: a.bootID,
-		StartTime: &start, FinishTime: &finish, Checks: checks, AgentVersion: "bench",
+		StartTime: &start, FinishTime: &finish, Checks: checks, AgentVersion: version.Version,
 	}
 	if err := s.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = verdict }); err != nil {
 		return 200 * time.Millisecond
@@ -173,7 +174,7 @@ func (s *sim) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func(*
 	change(&ns.Status)
 	now := metav1.Now()
 	ns.Status.HeartbeatTime = &now
-	ns.Status.AgentVersion = "bench"
+	ns.Status.AgentVersion = version.Version
 	s.writes.Add(1)
 	if err := s.c.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		s.writeErrors.Add(1)

@@ -15,6 +15,7 @@ import (
 	"github.com/driverpilot/driverpilot/config/knownissues"
 	"github.com/driverpilot/driverpilot/controllers"
 	"github.com/driverpilot/driverpilot/internal/scheme"
+	"github.com/driverpilot/driverpilot/internal/version"
 )
 
 // Options configure the manager.
@@ -75,6 +76,8 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		KnownIssues:      issues,
 		HeartbeatTimeout: o.HeartbeatTimeout,
 		Agent:            controllers.AgentConfig{Namespace: o.Namespace, Image: o.AgentImage, ServiceAccount: o.AgentSA},
+		// The agent ships in the manager's own image, so they share a version.
+		AgentVersion: version.Version,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
