@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -16,59 +15,30 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/driverpilot/driverpilot/agent"
 	"github.com/driverpilot/driverpilot/agent/falco"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
-	"github.com/driverpilot/driverpilot/internal/scheme"
 )
 
 // runAgent runs the node agent until it is interrupted.
 func runAgent(args []string) error {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
-	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "name of the node this agent runs on (default $NODE_NAME)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or the in-cluster service account)")
-	hostRoot := fs.String("host-root", "/", "where the host's root filesystem is visible (/host in a pod)")
-	heartbeat := fs.Duration("heartbeat", 30*time.Second, "how often the agent reports it is alive")
+	var nf nodeFlags
+	nf.bind(fs, "how often the agent reports it is alive")
 	workdir := fs.String("workdir", os.TempDir(), "where the self-test stages its private overlay")
 	alerts := fs.String("alerts", "-", "where Falco-shaped alerts go: - for stdout, a file, or empty for none")
-	mountSecurityfs := fs.Bool("mount-securityfs", true, "mount securityfs below the host root when it is not mounted, to read the lockdown mode")
 	var fo falcoFlags
 	fo.bind(fs)
-	zapOpts := zap.Options{}
-	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	if *nodeName == "" {
-		fmt.Fprintln(os.Stderr, "driverpilot agent: --node-name (or $NODE_NAME) is required")
-		return errUsage
-	}
-	log := zap.New(zap.UseFlagOptions(&zapOpts)).WithValues("node", *nodeName)
-	ctrl.SetLogger(log)
-
-	cfg, err := restConfig(*kubeconfig)
+	log, c, cleanup, err := nf.setup("agent")
+	defer cleanup()
 	if err != nil {
 		return err
-	}
-	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return fmt.Errorf("client: %w", err)
-	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("raise memlock limit: %w", err)
-	}
-	if *mountSecurityfs {
-		unmount, err := probe.MountSecurityFS(*hostRoot)
-		if err != nil {
-			log.Info("Lockdown mode will be unknown: securityfs not mounted", "error", err.Error())
-		} else {
-			defer unmount()
-		}
 	}
 	var alertOut io.Writer
 	switch *alerts {
@@ -85,12 +55,12 @@ func runAgent(args []string) error {
 	}
 	ctx := ctrl.SetupSignalHandler()
 	a := agent.New(agent.Options{
-		NodeName:          *nodeName,
+		NodeName:          nf.nodeName,
 		Client:            c,
-		Prober:            probe.New(*hostRoot),
-		NewSensor:         chooseSensor(ctx, alertOut, *nodeName, fo, c, log),
+		Prober:            probe.New(nf.hostRoot),
+		NewSensor:         chooseSensor(ctx, alertOut, nf.nodeName, fo, c, log),
 		WorkDir:           *workdir,
-		HeartbeatInterval: *heartbeat,
+		HeartbeatInterval: nf.heartbeat,
 		Log:               log,
 	})
 	return a.Run(ctx)

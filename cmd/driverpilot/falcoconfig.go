@@ -5,22 +5,18 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/driverpilot/driverpilot/agent/falco"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/kernelversion"
-	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/selection"
 	"github.com/driverpilot/driverpilot/internal/version"
 )
@@ -31,43 +27,19 @@ import (
 // the step probes the node and reports the facts (and heartbeats) itself while it waits.
 func runFalcoConfig(args []string) error {
 	fs := flag.NewFlagSet("falco-config", flag.ContinueOnError)
-	nodeName := fs.String("node-name", os.Getenv("NODE_NAME"), "name of the node this runs on (default $NODE_NAME)")
-	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or the in-cluster service account)")
-	hostRoot := fs.String("host-root", "/", "where the host's root filesystem is visible (/host in a pod)")
+	var nf nodeFlags
+	nf.bind(fs, "how often to report alive while waiting for the decision")
 	outDir := fs.String("output-dir", "/etc/driverpilot/falco", "where to write the configuration tree (the pod's shared volume)")
-	heartbeat := fs.Duration("heartbeat", 30*time.Second, "how often to report alive while waiting for the decision")
-	mountSecurityfs := fs.Bool("mount-securityfs", true, "mount securityfs below the host root when it is not mounted, to read the lockdown mode")
-	zapOpts := zap.Options{}
-	zapOpts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	if *nodeName == "" {
-		fmt.Fprintln(os.Stderr, "driverpilot falco-config: --node-name (or $NODE_NAME) is required")
-		return errUsage
-	}
-	log := zap.New(zap.UseFlagOptions(&zapOpts)).WithValues("node", *nodeName)
-	ctrl.SetLogger(log)
-	cfg, err := restConfig(*kubeconfig)
+	log, c, cleanup, err := nf.setup("falco-config")
+	defer cleanup()
 	if err != nil {
 		return err
 	}
-	c, err := client.NewWithWatch(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return fmt.Errorf("client: %w", err)
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return fmt.Errorf("raise memlock limit: %w", err)
-	}
-	if *mountSecurityfs {
-		if unmount, err := probe.MountSecurityFS(*hostRoot); err != nil {
-			log.Info("Lockdown mode will be unknown: securityfs not mounted", "error", err.Error())
-		} else {
-			defer unmount()
-		}
-	}
 	ctx := ctrl.SetupSignalHandler()
-	w := &decisionWaiter{c: c, node: *nodeName, prober: probe.New(*hostRoot), heartbeat: *heartbeat, log: log}
+	w := &decisionWaiter{c: c, node: nf.nodeName, prober: probe.New(nf.hostRoot), heartbeat: nf.heartbeat, log: log}
 	spec, err := w.wait(ctx)
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -65,7 +64,7 @@ func runFalcoLoop(t *testing.T, name string, dropUpper bool) *v1alpha1.NodeSenso
 	testenv.Require(t)
 	requireRootAndBPF(t)
 	bin := buildBinary(t)
-	emu := buildFalcoEmu(t)
+	emu := buildPackage(t, "./test/e2e/falcoemu")
 	cfg := kubeconfig(t)
 	ctx := context.Background()
 
@@ -176,22 +175,6 @@ func start(t *testing.T, cmd *exec.Cmd, logs *strings.Builder) {
 			t.Errorf("%s did not stop within 10s of SIGTERM", filepath.Base(cmd.Path))
 		}
 	})
-}
-
-func buildFalcoEmu(t *testing.T) string {
-	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), "falcoemu")
-	cmd := exec.Command("go", "build", "-o", bin, "./test/e2e/falcoemu")
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build falcoemu: %v\n%s", err, out)
-	}
-	return bin
 }
 
 func freeAddr(t *testing.T) string {
