@@ -40,7 +40,7 @@ func startManager(ctx context.Context, bin, kubeconfig, tmp, extra string) (*man
 		return nil, err
 	}
 	args := []string{"manager",
-		"--metrics-bind-address=" + m.metricsAddr,
+		"--metrics-bind-address=" + m.metricsAddr, "--metrics-secure=false", // plain HTTP on loopback for the benchmark
 		"--health-probe-bind-address=0",
 		"--namespace=" + namespace,
 		"--leader-elect=false",

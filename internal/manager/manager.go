@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/driverpilot/driverpilot/config/knownissues"
@@ -21,6 +22,7 @@ import (
 // Options configure the manager.
 type Options struct {
 	MetricsAddr      string
+	MetricsSecure    bool
 	ProbeAddr        string
 	LeaderElect      bool
 	Namespace        string
@@ -32,7 +34,8 @@ type Options struct {
 
 // Bind registers the options as command-line flags.
 func (o *Options) Bind(fs *flag.FlagSet) {
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", "address of the Prometheus metrics endpoint (0 disables it)")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443", "address of the Prometheus metrics endpoint (0 disables it)")
+	fs.BoolVar(&o.MetricsSecure, "metrics-secure", true, "serve metrics over HTTPS to callers the API server authenticates and authorizes (get /metrics)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes (0 disables them)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", false, "elect a leader so only one manager replica is active")
 	fs.StringVar(&o.Namespace, "namespace", "driverpilot-system", "namespace of the agent DaemonSets and the leader lease")
@@ -49,6 +52,18 @@ func Defaults() Options {
 	return o
 }
 
+// metricsOptions protects the metrics endpoint the way kubebuilder projects do: HTTPS with a
+// self-signed certificate, and each scrape authenticated (TokenReview) and authorized
+// (SubjectAccessReview on the /metrics URL) by the API server.
+func metricsOptions(o Options) metricsserver.Options {
+	m := metricsserver.Options{BindAddress: o.MetricsAddr}
+	if o.MetricsSecure {
+		m.SecureServing = true
+		m.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return m
+}
+
 // New creates a manager with the profile reconciler and health checks; Start runs it.
 func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	issues, err := knownissues.Default()
@@ -60,7 +75,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme.New(),
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.ProbeAddr,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "driverpilot-manager.security.driverpilot.io",

@@ -402,7 +402,11 @@ func TestManagerRunsWithShippedRBAC(t *testing.T) {
 	objs := installDefault(t)
 	d := managerDeployment(t, objs)
 	o, _ := managerOptions(t, d)
-	o.MetricsAddr, o.ProbeAddr = "0", "0" // ports are not what this test is about; other packages may hold them
+	if !o.MetricsSecure {
+		t.Error("the shipped manager serves metrics without authentication (--metrics-secure=false)")
+	}
+	// A free loopback port for the metrics check; the probes are not what this test is about.
+	o.MetricsAddr, o.ProbeAddr = freeLoopbackAddr(t), "0"
 
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{
@@ -427,6 +431,8 @@ func TestManagerRunsWithShippedRBAC(t *testing.T) {
 			t.Logf("manager log:\n%s", logs.String())
 		}
 	})
+
+	checkMetricsServeOnlyAuthorizedScrapers(t, o.MetricsAddr, d.Namespace)
 
 	profile := find(t, render(t, "config/samples"), "SecurityProfile", "default").DeepCopy()
 	profile.SetName("deploy-test")
