@@ -8,11 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -37,6 +39,8 @@ type Options struct {
 	NewSensor func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error)
 	// WorkDir is where the self-test stages its private overlay.
 	WorkDir string
+	// Profile is the SecurityProfile whose DaemonSet runs this agent; empty serves any profile.
+	Profile string
 	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
 	HeartbeatInterval time.Duration
 	// Log receives the agent's progress.
@@ -53,6 +57,12 @@ type Agent struct {
 	// tested is the attempt last tested, and when.
 	tested   int32
 	testedAt time.Time
+	// reportedUID is the NodeSensor the facts were last reported to.
+	reportedUID types.UID
+	// active says this agent's profile governs the node, so it heartbeats.
+	active atomic.Bool
+	// restartWaits counts wakes spent waiting for Falco to restart, per attempt.
+	restartWaits map[int32]int
 }
 
 // New returns an agent.
@@ -81,12 +91,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.facts = a.opts.Prober.Probe(ctx, in)
 	log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
 		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
-	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
-		return err
-	}
 
-	heartbeat := time.NewTicker(a.opts.HeartbeatInterval)
-	defer heartbeat.Stop()
+	// Heartbeats have their own goroutine: a long self-test or a Falco restart must not make the
+	// node look dead (an expired heartbeat also frees the node's rollout slot).
+	hbCtx, stopHeartbeats := context.WithCancel(ctx)
+	defer stopHeartbeats()
+	go a.heartbeats(hbCtx)
+
+	// Re-checks the self-test interval even when the NodeSensor does not change.
+	tick := time.NewTicker(a.opts.HeartbeatInterval)
+	defer tick.Stop()
 	for ctx.Err() == nil {
 		w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
 		if err != nil {
@@ -96,14 +110,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		a.follow(ctx, w, ns, heartbeat.C)
+		a.follow(ctx, w, ns, tick.C)
 		w.Stop()
 	}
 	return nil
 }
 
+// mine reports whether this agent's profile governs the node (an agent started without a
+// profile serves whichever does). The agent of a profile that lost the node to an older one
+// stays idle: one sensor and one writer per node.
+func (a *Agent) mine(ns *v1alpha1.NodeSensor) bool {
+	return a.opts.Profile == "" || ns.Spec.Profile == a.opts.Profile
+}
+
 // follow handles one watch until it closes or ctx ends.
-func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, heartbeat <-chan time.Time) {
+func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, tick <-chan time.Time) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -112,15 +133,58 @@ func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.Node
 			if !ok {
 				return
 			}
-			if got, isNS := ev.Object.(*v1alpha1.NodeSensor); isNS && ev.Type != watch.Deleted {
-				*ns = *got
-				a.step(ctx, ns)
+			got, isNS := ev.Object.(*v1alpha1.NodeSensor)
+			if !isNS || ev.Type == watch.Deleted {
+				continue
 			}
-		case <-heartbeat:
-			if err := a.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err != nil {
-				a.opts.Log.Error(err, "Heartbeat failed")
+			*ns = *got
+			a.active.Store(a.mine(ns))
+			if !a.mine(ns) {
+				if a.sensor != nil {
+					a.opts.Log.Info("Another profile governs this node: sensor stopped", "profile", ns.Spec.Profile)
+					a.stopSensor()
+				}
+				continue
+			}
+			// A new object (recreated under the same name) or one without facts gets them again,
+			// and its decisions are tested afresh.
+			if ns.UID != a.reportedUID || ns.Status.Probe == nil {
+				if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
+					a.opts.Log.Error(err, "Report probe failed")
+					continue
+				}
+				if ns.UID != a.reportedUID {
+					a.tested = 0
+				}
+				a.reportedUID = ns.UID
 			}
 			a.step(ctx, ns)
+		case <-tick:
+			if a.mine(ns) && ns.Status.Probe != nil {
+				a.step(ctx, ns)
+			}
+		}
+	}
+}
+
+// heartbeats patches status.heartbeatTime every interval while this agent serves the node.
+func (a *Agent) heartbeats(ctx context.Context) {
+	t := time.NewTicker(a.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.active.Load() {
+			continue
+		}
+		patch := fmt.Sprintf(`{"status":{"heartbeatTime":%q,"agentVersion":%q}}`,
+			metav1.Now().UTC().Format(time.RFC3339), version.Version)
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: a.opts.NodeName}}
+		if err := a.opts.Client.Status().Patch(ctx, ns, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil && ctx.Err() == nil {
+			a.opts.Log.Error(err, "Heartbeat failed")
 		}
 	}
 }
@@ -172,10 +236,20 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		return // interrupted: report nothing rather than a verdict of a cut-short test
 	}
 	if result.Reason == falco.ReasonFalcoRestarting {
-		// Falco is being restarted with the new driver (this pod goes away): no verdict yet.
-		a.opts.Log.Info("Falco restarting with the decided driver; self-test deferred", "driver", spec.Driver)
 		a.stopSensor()
-		return
+		if a.restartWaits == nil {
+			a.restartWaits = map[int32]int{}
+		}
+		a.restartWaits[spec.Attempt]++
+		if a.restartWaits[spec.Attempt] <= maxRestartWaits {
+			// Falco is being restarted with the new driver (this pod goes away): no verdict yet.
+			a.opts.Log.Info("Falco restarting with the decided driver; self-test deferred", "driver", spec.Driver)
+			return
+		}
+		// A restart that never completes must not hold a rollout slot forever.
+		result.Result = v1alpha1.SelfTestFailed
+		result.Reason = "FalcoRestartTimedOut"
+		result.Message = fmt.Sprintf("Falco did not come back with driver %s after %d tries: %s", spec.Driver, maxRestartWaits, result.Message)
 	}
 	a.tested, a.testedAt = spec.Attempt, time.Now()
 	a.opts.Log.Info("Self-test finished", "driver", spec.Driver, "attempt", spec.Attempt, "result", result.Result, "reason", result.Reason)
@@ -188,6 +262,9 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.tested = 0 // report again on the next wake
 	}
 }
+
+// maxRestartWaits bounds the wakes an attempt waits for Falco to restart before it fails.
+const maxRestartWaits = 10
 
 // provenByOtherAgent reports whether the current decision passed its self-test in this boot
 // under another agent version.

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -141,7 +142,7 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("assign driver to %s: %w", ns.Name, err)
 	}
-	r.expect.set(ns.Name, ns.Spec.Attempt)
+	r.expect.set(ns)
 	if d.Driver == "" {
 		r.Recorder.Eventf(profile, nil, corev1.EventTypeWarning, "NoSupportedDriver", "SelectDriver",
 			"Node %s: no supported driver: %s", ns.Name, reasonsText(d.Reasons))
@@ -226,21 +227,27 @@ func reasonsText(reasons []v1alpha1.DriverReason) string {
 // errStaleCache says the informer cache has not yet seen this manager's own last writes.
 var errStaleCache = errors.New("cache has not caught up with the last decisions")
 
-// expectations remember the attempt each node was last assigned, so a reconcile that reads a
-// cache older than its own writes waits instead of pacing on stale phases (which could start
-// more than maxUnavailable nodes at once).
+// expectations remember the attempt each NodeSensor was last assigned, so a reconcile that reads
+// a cache older than its own writes waits instead of pacing on stale phases (which could start
+// more than maxUnavailable nodes at once). Keyed by UID: a NodeSensor deleted and created again
+// under the same name starts afresh.
 type expectations struct {
 	mu       sync.Mutex
-	attempts map[string]int32
+	attempts map[string]expected
 }
 
-func (e *expectations) set(node string, attempt int32) {
+type expected struct {
+	uid     types.UID
+	attempt int32
+}
+
+func (e *expectations) set(ns *v1alpha1.NodeSensor) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.attempts == nil {
-		e.attempts = map[string]int32{}
+		e.attempts = map[string]expected{}
 	}
-	e.attempts[node] = attempt
+	e.attempts[ns.Name] = expected{uid: ns.UID, attempt: ns.Spec.Attempt}
 }
 
 func (e *expectations) forget(node string) {
@@ -252,5 +259,6 @@ func (e *expectations) forget(node string) {
 func (e *expectations) stale(ns *v1alpha1.NodeSensor) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return ns.Spec.Attempt < e.attempts[ns.Name]
+	want, ok := e.attempts[ns.Name]
+	return ok && want.uid == ns.UID && ns.Spec.Attempt < want.attempt
 }

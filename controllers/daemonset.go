@@ -86,7 +86,7 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 	container := corev1.Container{
 		Name:  "agent",
 		Image: cfg.Image,
-		Args:  []string{"agent", "--node-name=$(NODE_NAME)", "--host-root=/host"},
+		Args:  []string{"agent", "--node-name=$(NODE_NAME)", "--host-root=/host", "--profile=" + profile.Name},
 		Env: []corev1.EnvVar{{
 			Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}},
 		}},
@@ -104,6 +104,9 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 				},
 			},
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
+			// The runtimes' default AppArmor profile denies mount, which the self-test's private
+			// overlay needs (Ubuntu and COS nodes run AppArmor).
+			AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
 		},
 		Resources: corev1.ResourceRequirements{
 			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20m"), corev1.ResourceMemory: resource.MustParse("64Mi")},

@@ -83,7 +83,7 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 	agent := *agentPod.Containers[0].DeepCopy()
 	configStep := agent.DeepCopy()
 	configStep.Name = "falco-config"
-	configStep.Args = []string{"falco-config", "--node-name=$(NODE_NAME)", "--host-root=/host", "--output-dir=" + falcoConfigDir}
+	configStep.Args = []string{"falco-config", "--node-name=$(NODE_NAME)", "--host-root=/host", "--profile=" + profile.Name, "--output-dir=" + falcoConfigDir}
 	configStep.Env = []corev1.EnvVar{nodeName}
 	configStep.VolumeMounts = append(configStep.VolumeMounts, mount("driverpilot-falco", falcoConfigDir, false))
 	spec.InitContainers = []corev1.Container{*configStep}

@@ -3,6 +3,8 @@ package controllers
 import (
 	"context"
 	"sort"
+	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -28,7 +30,7 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.DaemonSet{}).
 		Watches(&v1alpha1.NodeSensor{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.(*v1alpha1.NodeSensor).Spec.Profile}}}
-		}), builder.WithPredicates(notOnlyHeartbeat())).
+		}), builder.WithPredicates(notOnlyHeartbeat(r.HeartbeatTimeout))).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(nodeMembershipChanged())).
 		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
@@ -46,12 +48,16 @@ func (r *SecurityProfileReconciler) allProfiles(ctx context.Context, _ client.Ob
 	return reqs
 }
 
-// notOnlyHeartbeat drops NodeSensor updates that change nothing but the heartbeat.
-func notOnlyHeartbeat() predicate.Predicate {
+// notOnlyHeartbeat drops NodeSensor updates that change nothing but the heartbeat, except the
+// first heartbeat after an expiry: it brings the node back from Unknown.
+func notOnlyHeartbeat(timeout time.Duration) predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		o, okO := e.ObjectOld.(*v1alpha1.NodeSensor)
 		n, okN := e.ObjectNew.(*v1alpha1.NodeSensor)
 		if !okO || !okN {
+			return true
+		}
+		if hb := o.Status.HeartbeatTime; hb != nil && time.Since(hb.Time) > timeout {
 			return true
 		}
 		o, n = o.DeepCopy(), n.DeepCopy()
@@ -69,6 +75,11 @@ func nodeMembershipChanged() predicate.Predicate {
 	}}
 }
 
+// sortRequirements orders requirements fully (key, operator, values), so the rendered template,
+// and so its hash, never depends on map order.
 func sortRequirements(reqs []corev1.NodeSelectorRequirement) {
-	sort.Slice(reqs, func(i, j int) bool { return reqs[i].Key < reqs[j].Key })
+	key := func(r corev1.NodeSelectorRequirement) string {
+		return r.Key + "\x00" + string(r.Operator) + "\x00" + strings.Join(r.Values, "\x00")
+	}
+	sort.SliceStable(reqs, func(i, j int) bool { return key(reqs[i]) < key(reqs[j]) })
 }

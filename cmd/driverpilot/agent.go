@@ -56,6 +56,7 @@ func runAgent(args []string) error {
 	ctx := ctrl.SetupSignalHandler()
 	a := agent.New(agent.Options{
 		NodeName:          nf.nodeName,
+		Profile:           nf.profile,
 		Client:            c,
 		Prober:            probe.New(nf.hostRoot),
 		NewSensor:         chooseSensor(ctx, alertOut, nf.nodeName, fo, c, log),

@@ -39,7 +39,7 @@ func runFalcoConfig(args []string) error {
 		return err
 	}
 	ctx := ctrl.SetupSignalHandler()
-	w := &decisionWaiter{c: c, node: nf.nodeName, prober: probe.New(nf.hostRoot), heartbeat: nf.heartbeat, log: log}
+	w := &decisionWaiter{c: c, node: nf.nodeName, profile: nf.profile, prober: probe.New(nf.hostRoot), heartbeat: nf.heartbeat, log: log}
 	spec, err := w.wait(ctx)
 	if err != nil {
 		return err
@@ -62,6 +62,7 @@ func runFalcoConfig(args []string) error {
 type decisionWaiter struct {
 	c         client.WithWatch
 	node      string
+	profile   string // empty: any profile
 	prober    *probe.Prober
 	heartbeat time.Duration
 	log       logr.Logger
@@ -90,7 +91,7 @@ func (w *decisionWaiter) wait(ctx context.Context) (v1alpha1.NodeSensorSpec, err
 	tick := time.NewTicker(w.heartbeat)
 	defer tick.Stop()
 	for {
-		if ns.Spec.Driver != "" {
+		if w.decided(ns) {
 			if ns.Spec.Sensor.Kind != v1alpha1.SensorFalco {
 				return v1alpha1.NodeSensorSpec{}, fmt.Errorf("node sensor %s is for a %s sensor, not Falco", w.node, ns.Spec.Sensor.Kind)
 			}
@@ -112,6 +113,12 @@ func (w *decisionWaiter) wait(ctx context.Context) (v1alpha1.NodeSensorSpec, err
 	}
 }
 
+// decided reports a driver decided by this pod's profile: the pod of a profile that lost the
+// node to an older one never configures a second Falco there.
+func (w *decisionWaiter) decided(ns *v1alpha1.NodeSensor) bool {
+	return ns.Spec.Driver != "" && (w.profile == "" || ns.Spec.Profile == w.profile)
+}
+
 // follow returns when the watch closes or a driver is decided.
 func (w *decisionWaiter) follow(ctx context.Context, wi watch.Interface, ns *v1alpha1.NodeSensor, tick <-chan time.Time) error {
 	for {
@@ -124,7 +131,7 @@ func (w *decisionWaiter) follow(ctx context.Context, wi watch.Interface, ns *v1a
 			}
 			if got, isNS := ev.Object.(*v1alpha1.NodeSensor); isNS && ev.Type != watch.Deleted {
 				*ns = *got
-				if ns.Spec.Driver != "" {
+				if w.decided(ns) {
 					return nil
 				}
 			}

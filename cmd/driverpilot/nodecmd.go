@@ -19,6 +19,7 @@ import (
 // nodeFlags are the flags of the commands that run on a node and talk to the API as its agent.
 type nodeFlags struct {
 	nodeName        string
+	profile         string
 	kubeconfig      string
 	hostRoot        string
 	heartbeat       time.Duration
@@ -28,6 +29,7 @@ type nodeFlags struct {
 
 func (f *nodeFlags) bind(fs *flag.FlagSet, heartbeatHelp string) {
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "name of the node this agent runs on (default $NODE_NAME)")
+	fs.StringVar(&f.profile, "profile", "", "the SecurityProfile whose DaemonSet runs this pod; it stays idle on a node another profile governs (empty: any)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or the in-cluster service account)")
 	fs.StringVar(&f.hostRoot, "host-root", "/", "where the host's root filesystem is visible (/host in a pod)")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 30*time.Second, heartbeatHelp)

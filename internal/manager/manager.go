@@ -39,7 +39,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes (0 disables them)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", false, "elect a leader so only one manager replica is active")
 	fs.StringVar(&o.Namespace, "namespace", "driverpilot-system", "namespace of the agent DaemonSets and the leader lease")
-	fs.StringVar(&o.AgentImage, "agent-image", "ghcr.io/driverpilot/driverpilot:latest", "image of the node agent")
+	fs.StringVar(&o.AgentImage, "agent-image", "ghcr.io/driverpilot/driverpilot:"+version.Version, "image of the node agent (the manager's own version: a different one never re-verifies after an upgrade)")
 	fs.StringVar(&o.AgentSA, "agent-service-account", "driverpilot-agent", "service account of the node agents")
 	fs.DurationVar(&o.HeartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "how old an agent heartbeat may be before its node turns Unknown")
 	fs.StringVar(&o.KnownIssuesFile, "known-issues", "", "known-issue file replacing the embedded one")

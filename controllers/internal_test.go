@@ -1,0 +1,76 @@
+package controllers
+
+import (
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8stypes "k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+)
+
+func sensor(uid string, attempt int32) *v1alpha1.NodeSensor {
+	ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: v1alpha1.NodeSensorSpec{Attempt: attempt}}
+	ns.UID = k8stypes.UID("uid-" + uid)
+	return ns
+}
+
+func TestExpectationsFollowTheObjectNotTheName(t *testing.T) {
+	var e expectations
+	e.set(sensor("a", 3))
+	if !e.stale(sensor("a", 2)) {
+		t.Error("a cache showing attempt 2 after this manager wrote 3 is stale")
+	}
+	if e.stale(sensor("a", 3)) || e.stale(sensor("a", 4)) {
+		t.Error("a cache at or past the written attempt is not stale")
+	}
+	// The NodeSensor was deleted and created again under the same name: a new object at attempt 0.
+	if e.stale(sensor("b", 0)) {
+		t.Error("a recreated NodeSensor must not wait forever for the old object's attempt")
+	}
+	e.forget("n1")
+	if e.stale(sensor("a", 0)) {
+		t.Error("a forgotten node is never stale")
+	}
+}
+
+func TestHeartbeatPredicate(t *testing.T) {
+	p := notOnlyHeartbeat(time.Minute)
+	at := func(ago time.Duration) *v1alpha1.NodeSensor {
+		ns := &v1alpha1.NodeSensor{}
+		hb := metav1.NewTime(time.Now().Add(-ago))
+		ns.Status.HeartbeatTime = &hb
+		return ns
+	}
+	if p.Update(event.UpdateEvent{ObjectOld: at(10 * time.Second), ObjectNew: at(0)}) {
+		t.Error("a plain heartbeat must not trigger a reconcile")
+	}
+	if !p.Update(event.UpdateEvent{ObjectOld: at(5 * time.Minute), ObjectNew: at(0)}) {
+		t.Error("the first heartbeat after an expiry must trigger a reconcile, or the node stays Unknown")
+	}
+	changed := at(0)
+	changed.Status.SelfTest = &v1alpha1.SelfTestStatus{Result: v1alpha1.SelfTestPassed}
+	if !p.Update(event.UpdateEvent{ObjectOld: at(10 * time.Second), ObjectNew: changed}) {
+		t.Error("a new verdict must trigger a reconcile")
+	}
+}
+
+func TestNodeAffinityIsStable(t *testing.T) {
+	sel := &metav1.LabelSelector{
+		MatchLabels: map[string]string{"a": "1", "b": "2", "c": "3", "zone": "x"},
+		MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: "zone", Operator: metav1.LabelSelectorOpIn, Values: []string{"y"}},
+			{Key: "a", Operator: metav1.LabelSelectorOpExists},
+		},
+	}
+	first := templateHash(corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: &corev1.Affinity{NodeAffinity: nodeAffinity(sel)}}})
+	for i := 0; i < 50; i++ {
+		got := templateHash(corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: &corev1.Affinity{NodeAffinity: nodeAffinity(sel)}}})
+		if got != first {
+			t.Fatal("the agent template changes between renders of one selector: every reconcile would restart the agents")
+		}
+	}
+}
