@@ -265,6 +265,25 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 		t.Errorf("no upper-layer alert written to %s (err %v): %q", alerts, err, data)
 	}
 
+	// A NodeSensor deleted by hand comes back: the manager recreates it, the running agent
+	// reports its facts to the new object and verifies again.
+	oldUID := ns.UID
+	if err := env.Client.Delete(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		got := &v1alpha1.NodeSensor{}
+		err := env.Client.Get(ctx, client.ObjectKey{Name: nodeName}, got)
+		if err == nil && got.UID != oldUID && got.Status.Probe != nil && got.Status.SelfTest != nil &&
+			got.Status.SelfTest.Result == v1alpha1.SelfTestPassed && got.Status.SelfTest.Attempt == got.Spec.Attempt && got.Spec.Attempt > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			stopAgent()
+			t.Fatalf("recreated NodeSensor not verified again within 30s (err %v): %+v\nagent log:\n%s", err, got, logs.String())
+		}
+	}
+
 	stopAgent()
 	// The kernel frees a program shortly after its last reference goes; allow it a moment.
 	var left []string
