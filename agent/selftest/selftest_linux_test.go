@@ -16,21 +16,13 @@ import (
 
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/testutil"
 )
 
 var drivers = []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF}
 
-// requireKernel skips where the kernel tests cannot run; CI runs as root and turns a skip into
-// a failure.
-func requireKernel(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to load BPF programs and mount overlayfs")
-	}
-	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
-		t.Skipf("needs kernel BTF: %v", err)
-	}
-}
+// requireKernel skips where the kernel tests cannot run; CI turns a skip into a failure.
+func requireKernel(t *testing.T) { testutil.RequireKernel(t) }
 
 // expectedMethod is CORE where struct ovl_inode is in vmlinux or overlay's module BTF, else
 // InodeOffset.

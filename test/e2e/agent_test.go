@@ -25,6 +25,7 @@ import (
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/manager"
 	"github.com/driverpilot/driverpilot/internal/testenv"
+	"github.com/driverpilot/driverpilot/internal/testutil"
 )
 
 var env *testenv.Env
@@ -48,12 +49,7 @@ func startManager(e *testenv.Env) (func(), error) {
 	return func() { cancel(); <-done }, nil
 }
 
-func requireRootAndBPF(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the agent loads eBPF programs and mounts a private overlay")
-	}
-}
+func requireRootAndBPF(t *testing.T) { testutil.RequireKernel(t) }
 
 // buildBinary builds driverpilot for the test.
 func buildBinary(t *testing.T) string { return buildPackage(t, "./cmd/driverpilot") }
