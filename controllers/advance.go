@@ -125,8 +125,20 @@ func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns
 		Policy:         profile.Spec.Drivers,
 		Sensor:         profile.Spec.Sensor,
 		KnownIssues:    r.KnownIssues,
-		FailedAttempts: failed,
+		FailedAttempts: onKernel(failed, ns.Status.Probe.Kernel.Release.Value),
 	})
+}
+
+// onKernel keeps the failed attempts recorded on this kernel: a driver that failed on another
+// kernel deserves a new self-test on this one.
+func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.FailedAttempt {
+	var out []v1alpha1.FailedAttempt
+	for _, f := range failed {
+		if f.KernelRelease == "" || f.KernelRelease == release {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // assign writes a decision as the node's next attempt (an empty driver means NoSupportedDriver).
@@ -167,6 +179,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	}
 	failed := append(append([]v1alpha1.FailedAttempt(nil), ns.Spec.FailedAttempts...), v1alpha1.FailedAttempt{
 		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Reason: reason, Time: metav1.NewTime(now),
+		KernelRelease: ns.Status.Probe.Kernel.Release.Value,
 	})
 	if len(failed) > 16 {
 		failed = failed[len(failed)-16:]

@@ -542,3 +542,28 @@ func TestSpecTheAPICannotCheckIsReportedAsInvalidSpec(t *testing.T) {
 		t.Error("a NodeSensor was created for a profile with an invalid spec")
 	}
 }
+
+// TestNewKernelGivesFailedDriversANewChance: a node that failed every driver on one kernel is
+// decided again when it reboots into another, and verifies there.
+func TestNewKernelGivesFailedDriversANewChance(t *testing.T) {
+	createNodes(t, "newkernel", "newkernel-a")
+	p := profileFor("newkernel", "newkernel")
+	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestFailed), "newkernel-a")
+	createProfile(t, p)
+	eventually(t, 20*time.Second, "no supported driver on the old kernel",
+		conditionIs(t, "newkernel-a", corev1.ConditionFalse, controllers.ReasonNoSupportedDriver))
+
+	agents["newkernel-a"].reboot("6.12.48+deb13-cloud-amd64", always(v1alpha1.SelfTestPassed))
+	eventually(t, 20*time.Second, "verified on the new kernel",
+		conditionIs(t, "newkernel-a", corev1.ConditionTrue, controllers.ReasonVerified))
+	ns := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: "newkernel-a"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	if len(ns.Spec.FailedAttempts) == 0 || ns.Spec.FailedAttempts[0].KernelRelease != "6.1.0-28-cloud-amd64" {
+		t.Errorf("the old kernel's failures are not kept with their kernel: %+v", ns.Spec.FailedAttempts)
+	}
+	if ns.Spec.Driver != v1alpha1.DriverModernEBPF {
+		t.Errorf("driver %q on the new kernel, want modern_ebpf tried again first", ns.Spec.Driver)
+	}
+}

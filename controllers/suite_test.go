@@ -113,12 +113,15 @@ func selectorFor(testLabel string) *metav1.LabelSelector {
 }
 
 // typicalFacts are those of a node where every driver can work (modules allowed, no lockdown).
-func typicalFacts(bootID string) *v1alpha1.ProbeFacts {
+func typicalFacts(bootID string) *v1alpha1.ProbeFacts { return factsOn(bootID, "6.1.0-28-cloud-amd64") }
+
+// factsOn are typicalFacts on another kernel release.
+func factsOn(bootID, release string) *v1alpha1.ProbeFacts {
 	yes := v1alpha1.BoolFact{Answer: v1alpha1.AnswerYes, Source: "test"}
 	no := v1alpha1.BoolFact{Answer: v1alpha1.AnswerNo, Source: "test"}
 	s := func(v string) v1alpha1.StringFact { return v1alpha1.StringFact{Value: v, Source: "test"} }
 	return &v1alpha1.ProbeFacts{
-		Kernel:     v1alpha1.KernelFacts{Release: s("6.1.0-28-cloud-amd64"), Version: s("6.1.119"), Architecture: s("amd64"), BootID: s(bootID)},
+		Kernel:     v1alpha1.KernelFacts{Release: s(release), Version: s("6.1.119"), Architecture: s("amd64"), BootID: s(bootID)},
 		BTF:        v1alpha1.BTFFacts{Vmlinux: yes, OverlayTypes: s(v1alpha1.OverlayTypesModule)},
 		EBPF:       v1alpha1.EBPFFacts{TPBTF: yes, RawTracepoint: yes, RingBuffer: yes},
 		Lockdown:   s("none"),
@@ -141,6 +144,18 @@ type fakeAgent struct {
 	mu        sync.Mutex
 	heartbeat bool
 	version   string
+	// rebooted holds the facts of a new boot, written on the next pass.
+	rebooted *v1alpha1.ProbeFacts
+}
+
+// reboot plays the node rebooting into another kernel: the agent starts again, reports the new
+// facts, and from then on answers with verdict.
+func (a *fakeAgent) reboot(release string, verdict func(v1alpha1.Driver) v1alpha1.SelfTestResult) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.bootID += "-rebooted"
+	a.rebooted = factsOn(a.bootID, release)
+	a.verdict = verdict
 }
 
 func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver) v1alpha1.SelfTestResult, nodes ...string) map[string]*fakeAgent {
@@ -180,12 +195,17 @@ func (a *fakeAgent) run(ctx context.Context) {
 		}
 		base := ns.DeepCopy()
 		a.mu.Lock()
-		version := a.version
+		version, rebooted, verdict, bootID := a.version, a.rebooted, a.verdict, a.bootID
+		a.rebooted = nil
 		a.mu.Unlock()
 		changed := ns.Status.AgentVersion != version
 		ns.Status.AgentVersion = version
 		if ns.Status.Probe == nil {
-			ns.Status.Probe = typicalFacts(a.bootID)
+			ns.Status.Probe = typicalFacts(bootID)
+			changed = true
+		}
+		if rebooted != nil {
+			ns.Status.Probe = rebooted
 			changed = true
 		}
 		spec := ns.Spec
@@ -193,9 +213,9 @@ func (a *fakeAgent) run(ctx context.Context) {
 			time.Sleep(a.delay)
 			start := metav1.NewTime(time.Now().Add(-a.delay))
 			finish := metav1.Now()
-			result := a.verdict(spec.Driver)
+			result := verdict(spec.Driver)
 			st := &v1alpha1.SelfTestStatus{
-				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: a.bootID, AgentVersion: version,
+				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: bootID, AgentVersion: version,
 				StartTime: &start, FinishTime: &finish,
 				Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: result, Expected: "upper layer"}},
 			}

@@ -100,6 +100,11 @@ type FailedAttempt struct {
 	Reason string `json:"reason"`
 	// time is when the manager recorded the failure.
 	Time metav1.Time `json:"time"`
+	// kernelRelease is the kernel the self-test failed on. A failure counts only against the same
+	// kernel: after an upgrade to another kernel the driver is eligible again.
+	// +optional
+	// +kubebuilder:validation:MaxLength=256
+	KernelRelease string `json:"kernelRelease,omitempty"`
 }
 
 // Answer is a three-valued probe answer.
