@@ -91,7 +91,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 
 	nodes := make([]nodestate.Node, 0, len(names))
 	for _, name := range names {
-		nodes = append(nodes, nodestate.Node{Name: name, Phase: phases[name], Driver: sensors[name].Spec.Driver})
+		stalled := phases[name] == nodestate.HeartbeatExpired && nodestate.StalledWhileVerifying(sensors[name], now)
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: phases[name], Driver: sensors[name].Spec.Driver, Stalled: stalled})
 	}
 	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(names))
 	if err != nil {

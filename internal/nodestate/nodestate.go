@@ -102,6 +102,15 @@ type Node struct {
 	Name   string
 	Phase  Phase
 	Driver v1alpha1.Driver
+	// Stalled marks a node whose agent went silent while it was verifying: it still holds its
+	// rollout slot, or a silent fleet would let the rollout start every node.
+	Stalled bool
+}
+
+// StalledWhileVerifying reports whether a node with an expired heartbeat was verifying.
+func StalledWhileVerifying(ns *v1alpha1.NodeSensor, now time.Time) bool {
+	const forever = time.Duration(1<<63 - 1)
+	return Classify(ns, now, forever).InFlight()
 }
 
 // Rollup counts nodes by state and verified nodes by driver.

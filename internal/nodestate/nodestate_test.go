@@ -93,3 +93,19 @@ func TestNeedsReverify(t *testing.T) {
 		}
 	}
 }
+
+func TestStalledWhileVerifying(t *testing.T) {
+	now := time.Now()
+	stale := metav1.NewTime(now.Add(-time.Hour))
+	probe := &v1alpha1.ProbeFacts{}
+	verifying := &v1alpha1.NodeSensor{Spec: v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 1},
+		Status: v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &stale}}
+	if !StalledWhileVerifying(verifying, now) {
+		t.Error("a silent node with a driver and no verdict was verifying")
+	}
+	verified := verifying.DeepCopy()
+	verified.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: "ebpf", Attempt: 1, Result: v1alpha1.SelfTestPassed}
+	if StalledWhileVerifying(verified, now) {
+		t.Error("a silent verified node was not verifying")
+	}
+}

@@ -45,7 +45,7 @@ func Decide(in Input) Plan {
 	canariesProven, canariesCurrent := true, true
 	var waitingCanaries, queuedOthers, reverifyOthers []string
 	for _, n := range in.Nodes {
-		if n.Phase.InFlight() {
+		if n.Phase.InFlight() || n.Stalled {
 			p.InFlight++
 		}
 		if n.Phase == nodestate.NoSupportedDriver {

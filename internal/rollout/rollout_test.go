@@ -50,6 +50,12 @@ func TestDecide(t *testing.T) {
 		{name: "an outdated canary holds re-verification back", in: Input{Nodes: nodes(r, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
 		{name: "an outdated canary does not hold a first verification back", in: Input{Nodes: nodes(q, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0]"},
 		{name: "the canary re-verifies first", in: Input{Nodes: nodes(r, r), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n1]", blockedOK: true},
+		{name: "a node that went silent while verifying keeps its slot",
+			in:    Input{Nodes: []nodestate.Node{{Name: "n0", Phase: nodestate.HeartbeatExpired, Stalled: true}, {Name: "n1", Phase: q}}, MaxUnavailable: 1},
+			start: "[]", inFlight: 1},
+		{name: "a silent verified node takes no slot",
+			in:    Input{Nodes: []nodestate.Node{{Name: "n0", Phase: nodestate.HeartbeatExpired}, {Name: "n1", Phase: q}}, MaxUnavailable: 1},
+			start: "[n1]"},
 		{name: "pause after failures", in: Input{Nodes: nodes(x, x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[]", paused: true, blockedOK: true},
 		{name: "below the pause threshold", in: Input{Nodes: nodes(x, q), MaxUnavailable: 5, PauseOnFailures: 2}, start: "[n1]"},
 	}
