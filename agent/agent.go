@@ -81,16 +81,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	in := probe.Inputs{}
-	node := &corev1.Node{}
-	if err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, node); err != nil {
-		log.Info("Node not readable: cloud provider from DMI only", "error", err.Error())
-	} else {
-		in.ProviderID, in.Labels = node.Spec.ProviderID, node.Labels
-	}
-	a.facts = a.opts.Prober.Probe(ctx, in)
-	log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
-		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
+	a.probeNode(ctx)
 
 	// Heartbeats have their own goroutine: a long self-test or a Falco restart must not make the
 	// node look dead (an expired heartbeat also frees the node's rollout slot).
@@ -146,22 +137,103 @@ func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.Node
 				}
 				continue
 			}
-			// A new object (recreated under the same name) or one without facts gets them again,
-			// and its decisions are tested afresh.
-			if ns.UID != a.reportedUID || ns.Status.Probe == nil {
-				if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
-					a.opts.Log.Error(err, "Report probe failed")
-					continue
-				}
-				if ns.UID != a.reportedUID {
-					a.tested = 0
-				}
-				a.reportedUID = ns.UID
+			if err := a.ensureFacts(ctx, ns); err != nil {
+				a.opts.Log.Error(err, "Report probe failed")
+				continue
 			}
 			a.step(ctx, ns)
 		case <-tick:
 			if a.mine(ns) && ns.Status.Probe != nil {
 				a.step(ctx, ns)
+			}
+		}
+	}
+}
+
+// probeNode measures the node's facts, with its providerID and labels when the node is readable.
+func (a *Agent) probeNode(ctx context.Context) {
+	in := probe.Inputs{}
+	node := &corev1.Node{}
+	if err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, node); err != nil {
+		a.opts.Log.Info("Node not readable: cloud provider from DMI only", "error", err.Error())
+	} else {
+		in.ProviderID, in.Labels = node.Spec.ProviderID, node.Labels
+	}
+	a.facts = a.opts.Prober.Probe(ctx, in)
+	a.opts.Log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
+		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
+}
+
+// ensureFacts reports the facts to a NodeSensor that lacks them: a new object (recreated under
+// the same name) gets them again, and its decisions are tested afresh.
+func (a *Agent) ensureFacts(ctx context.Context, ns *v1alpha1.NodeSensor) error {
+	if ns.UID == a.reportedUID && ns.Status.Probe != nil {
+		return nil
+	}
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
+		return err
+	}
+	if ns.UID != a.reportedUID {
+		a.tested = 0
+	}
+	a.reportedUID = ns.UID
+	return nil
+}
+
+// WaitForDecision reports the node's facts and heartbeats until this agent's profile has decided
+// a driver, and returns that decision. It is the init step of a Falco pod, which must configure
+// Falco before Falco starts (and cannot wait in the sidecar, which starts after it).
+func (a *Agent) WaitForDecision(ctx context.Context) (v1alpha1.NodeSensorSpec, error) {
+	ns, err := a.waitForNodeSensor(ctx)
+	if err != nil {
+		return v1alpha1.NodeSensorSpec{}, err
+	}
+	a.probeNode(ctx)
+	hbCtx, stopHeartbeats := context.WithCancel(ctx)
+	defer stopHeartbeats()
+	go a.heartbeats(hbCtx)
+	for ctx.Err() == nil {
+		w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
+		if err != nil {
+			a.opts.Log.Error(err, "Watch failed; retrying")
+			sleep(ctx, 2*time.Second)
+			continue
+		}
+		decided := a.untilDecided(ctx, w, ns)
+		w.Stop()
+		if decided {
+			return ns.Spec, nil
+		}
+	}
+	return v1alpha1.NodeSensorSpec{}, ctx.Err()
+}
+
+// untilDecided follows one watch until this agent's profile decides a driver (true), the watch
+// closes or ctx ends.
+func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return false
+			}
+			got, isNS := ev.Object.(*v1alpha1.NodeSensor)
+			if !isNS || ev.Type == watch.Deleted {
+				continue
+			}
+			*ns = *got
+			a.active.Store(a.mine(ns))
+			if !a.mine(ns) {
+				continue
+			}
+			if err := a.ensureFacts(ctx, ns); err != nil {
+				a.opts.Log.Error(err, "Report probe failed")
+				continue
+			}
+			if ns.Spec.Driver != "" {
+				return true
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -59,17 +60,20 @@ func TestHeartbeatPredicate(t *testing.T) {
 }
 
 func TestNodeAffinityIsStable(t *testing.T) {
-	sel := &metav1.LabelSelector{
-		MatchLabels: map[string]string{"a": "1", "b": "2", "c": "3", "zone": "x"},
-		MatchExpressions: []metav1.LabelSelectorRequirement{
-			{Key: "zone", Operator: metav1.LabelSelectorOpIn, Values: []string{"y"}},
-			{Key: "a", Operator: metav1.LabelSelectorOpExists},
-		},
+	// Enough requirements for sort to leave insertion sort, and keys that appear in both
+	// matchLabels (map order) and matchExpressions: an order by key alone would vary.
+	sel := &metav1.LabelSelector{MatchLabels: map[string]string{}}
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("k%02d", i)
+		sel.MatchLabels[key] = "v"
+		sel.MatchExpressions = append(sel.MatchExpressions, metav1.LabelSelectorRequirement{Key: key, Operator: metav1.LabelSelectorOpExists})
 	}
-	first := templateHash(corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: &corev1.Affinity{NodeAffinity: nodeAffinity(sel)}}})
+	render := func() string {
+		return templateHash(corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: &corev1.Affinity{NodeAffinity: nodeAffinity(sel)}}})
+	}
+	first := render()
 	for i := 0; i < 50; i++ {
-		got := templateHash(corev1.PodTemplateSpec{Spec: corev1.PodSpec{Affinity: &corev1.Affinity{NodeAffinity: nodeAffinity(sel)}}})
-		if got != first {
+		if render() != first {
 			t.Fatal("the agent template changes between renders of one selector: every reconcile would restart the agents")
 		}
 	}

@@ -31,7 +31,6 @@ const (
 	ReasonIdle          = "Idle"
 	ReasonVerifying     = "Verifying"
 	ReasonNodesConflict = "NodesGovernedByOtherProfile"
-	ReasonNoConflict    = "NoConflict"
 )
 
 func invalidSpecStatus(profile *v1alpha1.SecurityProfile, err error) v1alpha1.SecurityProfileStatus {

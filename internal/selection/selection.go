@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
@@ -81,7 +82,7 @@ func ValidatePolicy(p v1alpha1.DriverPolicy) error {
 			errs = append(errs, fmt.Errorf("%s.match: set at least one of kernelRelease, distro, cloudProvider, architecture", field))
 		}
 		if m.KernelRelease != "" {
-			if _, err := regexp.Compile(m.KernelRelease); err != nil {
+			if _, err := compileRelease(m.KernelRelease); err != nil {
 				errs = append(errs, fmt.Errorf("%s.match.kernelRelease: %w", field, err))
 			}
 		}
@@ -236,6 +237,24 @@ func sensorReason(drv v1alpha1.Driver, kind v1alpha1.SensorKind, falco *kernelve
 	return v1alpha1.DriverReason{}, false
 }
 
+// releasePatterns memoizes compiled kernelRelease expressions: the manager decides for every
+// node of a profile with the same few patterns, and validates them before each decision.
+var releasePatterns sync.Map // pattern -> compiled
+
+type compiled struct {
+	re  *regexp.Regexp
+	err error
+}
+
+func compileRelease(pattern string) (*regexp.Regexp, error) {
+	if c, ok := releasePatterns.Load(pattern); ok {
+		return c.(compiled).re, c.(compiled).err
+	}
+	re, err := regexp.Compile(pattern)
+	releasePatterns.Store(pattern, compiled{re, err})
+	return re, err
+}
+
 // overrideMatches says whether every set field of m holds on known facts; unknown names the fact
 // that prevented a match when one did.
 func overrideMatches(m v1alpha1.OverrideMatch, f v1alpha1.ProbeFacts) (bool, string) {
@@ -253,7 +272,7 @@ func overrideMatches(m v1alpha1.OverrideMatch, f v1alpha1.ProbeFacts) (bool, str
 	}
 	conds := []cond{
 		{m.KernelRelease != "", f.Kernel.Release.Value, func(s string) bool {
-			re, err := regexp.Compile(m.KernelRelease)
+			re, err := compileRelease(m.KernelRelease)
 			return err == nil && re.MatchString(s)
 		}, "kernel release"},
 		{len(m.Distro) > 0, f.Distro.ID, func(s string) bool { return slices.Contains(m.Distro, s) }, "distro"},

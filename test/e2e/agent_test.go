@@ -88,6 +88,21 @@ func kubeconfig(t *testing.T) string {
 	return path
 }
 
+// readyCondition returns the node's RuntimeSecurityReady condition, or nil.
+func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
+	t.Helper()
+	n := &corev1.Node{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: nodeName}, n); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == v1alpha1.NodeConditionRuntimeSecurityReady {
+			return &n.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
 // unheldSensorPrograms lists sensor programs that no live process holds (a teammate's benchmark
 // may run the sensor at the same time; its programs are not this agent's leak).
 func unheldSensorPrograms(t *testing.T) []string {
@@ -209,16 +224,7 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	var ready time.Duration
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		n := &corev1.Node{}
-		if err := env.Client.Get(ctx, client.ObjectKey{Name: nodeName}, n); err != nil {
-			t.Fatal(err)
-		}
-		var cond *corev1.NodeCondition
-		for i := range n.Status.Conditions {
-			if n.Status.Conditions[i].Type == v1alpha1.NodeConditionRuntimeSecurityReady {
-				cond = &n.Status.Conditions[i]
-			}
-		}
+		cond := readyCondition(t, nodeName)
 		if cond != nil && cond.Status == corev1.ConditionTrue {
 			ready = time.Since(start)
 			if !strings.Contains(cond.Message, "modern_ebpf") {

@@ -128,16 +128,7 @@ func runFalcoLoop(t *testing.T, name string, dropUpper bool) *v1alpha1.NodeSenso
 	}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		n := &corev1.Node{}
-		if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, n); err != nil {
-			t.Fatal(err)
-		}
-		var cond *corev1.NodeCondition
-		for i := range n.Status.Conditions {
-			if n.Status.Conditions[i].Type == v1alpha1.NodeConditionRuntimeSecurityReady {
-				cond = &n.Status.Conditions[i]
-			}
-		}
+		cond := readyCondition(t, name)
 		if cond != nil && cond.Status == want && cond.Reason == reason {
 			break
 		}
