@@ -1,26 +1,34 @@
 #!/usr/bin/env bash
-# Builds the control-plane binaries that envtest runs (kube-apiserver, etcd) from the Go
-# module proxy, pinned, and caches them outside the clone keyed by version, so a fresh clone
-# reuses them. Prints the directory to use as KUBEBUILDER_ASSETS on its last line of stdout.
+# Builds the Kubernetes binaries the tests and the local cluster run (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl) from the Go module proxy,
+# pinned, and caches them outside the clone keyed by version, so a fresh clone reuses them.
+# Prints the directory to use as KUBEBUILDER_ASSETS on its last line of stdout.
 #
 # Kubernetes cannot be `go install`ed at a version (its go.mod replaces the staging modules
-# with local paths), so each binary is built inside a throwaway module that requires it and
-# points every staging module at its published version.
+# with local paths), so the binaries are built inside a throwaway module that requires it and
+# points every staging module at its published version. All Kubernetes binaries come from one
+# `go build`, so the packages they share compile once.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.7.3}"
 CACHE_ROOT="${DRIVERPILOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/driverpilot}"
 ASSETS="$CACHE_ROOT/envtest/k8s-v${KUBE_VERSION}-etcd-v${ETCD_VERSION}"
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 log() { echo "envtest-assets: $*" >&2; }
 die() { echo "envtest-assets: error: $*" >&2; exit 1; }
 
 command -v go >/dev/null || die "go is not on PATH"
+mkdir -p "$ASSETS"
+# One builder at a time: a second caller (a parallel test run) waits for the first.
+exec 9>"$ASSETS/.lock"
+if ! flock -n 9; then log "another build holds $ASSETS/.lock; waiting"; flock 9; fi
 
-# build_from_module MODULE VERSION PKG OUT [STAGING_PREFIX STAGING_VERSION]
+# build_from_module MODULE VERSION OUTDIR STAGING_PREFIX STAGING_VERSION PKG...
 build_from_module() {
-  local module="$1" version="$2" pkg="$3" out="$4" staging_prefix="${5:-}" staging_version="${6:-}"
+  local module="$1" version="$2" outdir="$3" staging_prefix="$4" staging_version="$5"
+  shift 5
   local work; work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
   log "resolving $module@$version"
@@ -42,32 +50,30 @@ build_from_module() {
     fi
   } > "$work/go.mod"
   echo "package tools" > "$work/tools.go"
-  echo "import _ \"$pkg\"" >> "$work/tools.go"
+  for pkg in "$@"; do echo "import _ \"$pkg\"" >> "$work/tools.go"; done
   log "downloading dependencies of $module@$version (this prints nothing for a while)"
   (cd "$work" && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>"$work/tidy.log") \
     || die "go mod tidy failed for $module@$version: $(tail -20 "$work/tidy.log")"
-  log "building $(basename "$out") from $pkg (several minutes on 2 cores, once per version)"
+  log "building $* (several minutes on 2 cores, once per version)"
   local start=$SECONDS
-  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$out.tmp" "$pkg") \
-    || die "build of $pkg failed"
-  mv "$out.tmp" "$out"
-  log "built $(basename "$out") in $((SECONDS - start))s"
+  mkdir -p "$work/out"
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/out/" "$@") \
+    || die "build of $* failed"
+  mv "$work"/out/* "$outdir/"
+  log "built $* in $((SECONDS - start))s"
 }
 
-mkdir -p "$ASSETS"
 if [ ! -x "$ASSETS/etcd" ]; then
-  build_from_module go.etcd.io/etcd/server/v3 "v${ETCD_VERSION}" go.etcd.io/etcd/server/v3 "$ASSETS/etcd"
+  build_from_module go.etcd.io/etcd/server/v3 "v${ETCD_VERSION}" "$ASSETS" "" "" go.etcd.io/etcd/server/v3
+  mv "$ASSETS/server" "$ASSETS/etcd" # the package path ends in v3: go names the binary "server"
 else
   log "etcd v${ETCD_VERSION} cached"
 fi
-if [ ! -x "$ASSETS/kube-apiserver" ]; then
-  build_from_module k8s.io/kubernetes "v${KUBE_VERSION}" k8s.io/kubernetes/cmd/kube-apiserver \
-    "$ASSETS/kube-apiserver" "k8s.io/" "v0.${KUBE_VERSION#1.}"
+missing=()
+for b in "${KUBE_BINARIES[@]}"; do [ -x "$ASSETS/$b" ] || missing+=("k8s.io/kubernetes/cmd/$b"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  build_from_module k8s.io/kubernetes "v${KUBE_VERSION}" "$ASSETS" "k8s.io/" "v0.${KUBE_VERSION#1.}" "${missing[@]}"
 else
-  log "kube-apiserver v${KUBE_VERSION} cached"
-fi
-# envtest looks for kubectl beside the others; use the one on PATH when there is one.
-if [ ! -x "$ASSETS/kubectl" ] && command -v kubectl >/dev/null; then
-  ln -sf "$(command -v kubectl)" "$ASSETS/kubectl"
+  log "Kubernetes v${KUBE_VERSION} binaries cached"
 fi
 echo "$ASSETS"
