@@ -9,7 +9,7 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor bench-rollout image bundle
+.PHONY: all build generate manifests verify-generated test vet fmt run run-processes print-version tools kernel-matrix bench-sensor bench-rollout image bundle
 
 all: build
 
@@ -46,8 +46,14 @@ fmt:
 test: ## The whole suite: generated code, vet, unit, envtest and root kernel tests.
 	hack/test.sh
 
-run: ## The product's main job on this machine.
+run: ## The product's main job: a real single-node cluster here, the operator installed as the README says, the sample profile.
+	hack/cluster.sh run
+
+run-processes: ## The loop without a cluster: embedded control plane, manager and agent as processes.
 	hack/run-local.sh
+
+print-version:
+	@echo $(VERSION)
 
 kernel-matrix: ## Boots Debian 6.1 kernels under qemu and runs the self-test in each.
 	hack/kernel-matrix.sh

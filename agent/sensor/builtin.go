@@ -28,6 +28,9 @@ type Options struct {
 	SubscriberBuffer int
 	// PerfBufferBytes is the per-CPU perf buffer of the ebpf driver (default 64 KiB).
 	PerfBufferBytes int
+	// ProcRoot is where the host's /proc is visible ("/proc"; "/host/proc" in the agent pod), to
+	// name the container of an alerting process.
+	ProcRoot string
 	// ForceInodeOffset skips the CO-RE method, as on a kernel whose BTF lacks overlay's types
 	// (falco#3286), so the InodeOffset method decides. For tests and diagnostics.
 	ForceInodeOffset bool
@@ -60,6 +63,9 @@ var _ Sensor = (*Builtin)(nil)
 func NewBuiltin(opts Options) *Builtin {
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
+	}
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = "/proc"
 	}
 	if opts.SubscriberBuffer <= 0 {
 		opts.SubscriberBuffer = 1024
@@ -206,6 +212,9 @@ func (b *Builtin) deliver(ev Event) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.opts.Alerts != nil && b.alertErr == nil {
+		if ev.UpperLayer() {
+			ev.Container = ContainerOf(b.opts.ProcRoot, ev.TGID)
+		}
 		b.alertErr = WriteAlert(b.opts.Alerts, ev, b.opts.Hostname)
 	}
 	for _, ch := range b.subs {

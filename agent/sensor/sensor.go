@@ -172,6 +172,8 @@ type Event struct {
 	Agreement Agreement
 	// Driver is the driver the event came through.
 	Driver v1alpha1.Driver
+	// Container is where the process ran; resolved only for events that alert.
+	Container Container
 }
 
 // UpperLayer reports whether the exe came from an overlayfs upper layer.

@@ -157,7 +157,7 @@ func installDefault(t *testing.T) []*unstructured.Unstructured {
 			t.Fatalf("ServiceMonitor CRD: %v", err)
 		}
 		waitEstablished(t, smCRD.GetName())
-		objs := render(t, "config/default")
+		objs := append(render(t, "config/default"), render(t, "config/prometheus")...)
 		applyAll(t, objs)
 		installOnce.objs, installOnce.ok = objs, !t.Failed()
 	})
@@ -185,6 +185,12 @@ func TestDefaultConfigApplies(t *testing.T) {
 		"Role", "RoleBinding", "Deployment", "Service", "ServiceMonitor"} {
 		if kinds[k] == 0 {
 			t.Errorf("config/default renders no %s", k)
+		}
+	}
+	// config/default alone must apply to a fresh cluster: built-in kinds and its own CRDs only.
+	for _, obj := range render(t, "config/default") {
+		if g := obj.GroupVersionKind().Group; g != "" && !strings.HasSuffix(g, ".k8s.io") && g != "apps" && g != "security.driverpilot.io" {
+			t.Errorf("config/default renders %s of group %s, which a fresh cluster does not serve", id(obj), g)
 		}
 	}
 	if kinds["CustomResourceDefinition"] != 2 {
