@@ -236,7 +236,7 @@ func (c *Cluster) certificates() error {
 		dns      []string
 	}{
 		{"apiserver", "kube-apiserver", nil, apiIPs, apiNames},
-		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"kubeadm:cluster-admins"}, nil, nil},
+		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, nil},
 		{"admin", "driverpilot-local-admin", []string{"system:masters"}, nil, nil},
 		{"kube-controller-manager", "system:kube-controller-manager", nil, nil, nil},
 		{"kube-scheduler", "system:kube-scheduler", nil, nil, nil},

@@ -37,6 +37,7 @@ func (c *Cluster) containerdConfig() string {
 	return fmt.Sprintf(`version = 3
 root = %[1]q
 state = %[2]q
+imports = []
 
 [grpc]
   address = %[3]q
@@ -53,6 +54,7 @@ state = %[2]q
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
   enable_selinux = false
+  cdi_spec_dirs = []
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = 'runc'
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
@@ -70,9 +72,15 @@ state = %[2]q
 
 [plugins.'io.containerd.internal.v1.opt']
   path = %[10]q
+
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[plugins.'io.containerd.image-verifier.v1.bindir']
+  bin_dir = %[11]q
 `, filepath.Join(d, "root"), filepath.Join(d, "state"), c.ContainerdSocket(), c.ContainerdSocket()+".ttrpc",
 		PauseImage, filepath.Join(c.cfg.NodeBin, "runc"), filepath.Join(d, "runc"), c.cfg.CNIBin,
-		c.dir("cni", "net.d"), filepath.Join(d, "opt"))
+		c.dir("cni", "net.d"), filepath.Join(d, "opt"), filepath.Join(d, "image-verifier"))
 }
 
 // cniConfig: one bridge in the node's network namespace, host-local addresses, no masquerade

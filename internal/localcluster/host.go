@@ -34,6 +34,7 @@ type hostRecord struct {
 var runtimePaths = []string{
 	"/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/run/containerd", "/var/lib/containerd",
 	"/var/lib/cni", "/etc/cni", "/opt/cni", "/run/netns", "/etc/kubernetes", "/run/runc", "/run/kubernetes",
+	"/opt/containerd", "/run/nri", "/etc/nri", "/opt/nri", "/etc/cdi", "/run/cdi", "/etc/containerd",
 }
 
 // volatileSysctls change on their own; they are neither compared nor restored.

@@ -51,3 +51,8 @@ func (c *Cluster) kubectlCmd(ctx context.Context, dir string, args ...string) ([
 	}
 	return out, nil
 }
+
+// KubectlIn runs the cluster's kubectl in dir (the repository root for relative paths).
+func (c *Cluster) KubectlIn(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	return c.kubectlCmd(ctx, dir, args...)
+}

@@ -5,7 +5,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -101,55 +99,6 @@ func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
 		}
 	}
 	return nil
-}
-
-// unheldSensorPrograms lists sensor programs that no live process holds (a teammate's benchmark
-// may run the sensor at the same time; its programs are not this agent's leak).
-func unheldSensorPrograms(t *testing.T) []string {
-	t.Helper()
-	held := map[string]bool{}
-	fdinfos, _ := filepath.Glob("/proc/[0-9]*/fdinfo/*")
-	for _, f := range fdinfos {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if id, ok := strings.CutPrefix(line, "prog_id:"); ok {
-				held[strings.TrimSpace(id)] = true
-			}
-		}
-	}
-	var out []string
-	for _, p := range sensorPrograms(t) {
-		id := p[strings.LastIndex(p, " ")+1 : len(p)-1]
-		if !held[id] {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// sensorPrograms lists the loaded BPF programs of the built-in sensor.
-func sensorPrograms(t *testing.T) []string {
-	t.Helper()
-	var names []string
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return names
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "dp_exec") {
-			names = append(names, fmt.Sprintf("%s (id %d)", info.Name, id))
-		}
-		p.Close()
-	}
 }
 
 func overlayMountsOf(t *testing.T, dir string) []string {
@@ -290,7 +239,7 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	// The kernel frees a program shortly after its last reference goes; allow it a moment.
 	var left []string
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if left = unheldSensorPrograms(t); len(left) == 0 {
+		if left = testutil.UnheldSensorPrograms(t); len(left) == 0 {
 			break
 		}
 	}
