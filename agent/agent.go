@@ -161,7 +161,18 @@ func (a *Agent) probeNode(ctx context.Context) {
 	}
 	a.facts = a.opts.Prober.Probe(ctx, in)
 	a.opts.Log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
-		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
+		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value, "memlock", memlockValue(a.facts.EBPF.Memlock))
+}
+
+// memlockValue is the memlock fact for the log: its value, or why it is unknown.
+func memlockValue(f *v1alpha1.StringFact) string {
+	switch {
+	case f == nil:
+		return "not measured"
+	case f.Value == "":
+		return "unknown: " + f.Error
+	}
+	return f.Value
 }
 
 // ensureFacts reports the facts to a NodeSensor that lacks them: a new object (recreated under

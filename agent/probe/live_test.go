@@ -62,6 +62,9 @@ func TestLiveProbeOnThisMachine(t *testing.T) {
 	if f.BTF.OverlayTypes.Value == "" {
 		t.Errorf("overlay types unknown: %s", f.BTF.OverlayTypes.Error)
 	}
+	if m := f.EBPF.Memlock; m == nil || m.Value != v1alpha1.MemlockMemcgAccounting {
+		t.Errorf("ebpf.memlock = %+v, want MemcgAccounting (kernel 6.18)", m)
+	}
 }
 
 func BenchmarkLiveProbe(b *testing.B) {

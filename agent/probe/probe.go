@@ -102,7 +102,7 @@ func (p *Prober) Probe(ctx context.Context, in Inputs) v1alpha1.ProbeFacts {
 			why = "no eBPF abilities prober configured"
 		}
 		u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown, Error: why}
-		f.EBPF = v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u}
+		f.EBPF = v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u, Memlock: &v1alpha1.StringFact{Error: why}}
 	}
 	f.Lockdown = p.lockdown()
 	f.Modules = p.modules()

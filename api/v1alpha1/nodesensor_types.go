@@ -206,7 +206,22 @@ type EBPFFacts struct {
 	RawTracepoint BoolFact `json:"rawTracepoint"`
 	// ringBuffer is whether a BPF ring buffer map can be created.
 	RingBuffer BoolFact `json:"ringBuffer"`
+	// memlock is how the kernel limits the agent's BPF memory: MemcgAccounting (Linux 5.11+:
+	// charged to the memory cgroup, RLIMIT_MEMLOCK does not apply), Unlimited (charged to
+	// RLIMIT_MEMLOCK, which is or was raised to unlimited) or Limited (charged to RLIMIT_MEMLOCK,
+	// and the agent could not raise it: it lacks CAP_SYS_RESOURCE). Measured by creating a map
+	// under a zero limit, as cilium/ebpf's rlimit package does. Absent where it was not measured
+	// (an older agent).
+	// +optional
+	Memlock *StringFact `json:"memlock,omitempty"`
 }
+
+// Values of EBPFFacts.Memlock.
+const (
+	MemlockMemcgAccounting = "MemcgAccounting"
+	MemlockUnlimited       = "Unlimited"
+	MemlockLimited         = "Limited"
+)
 
 // ModuleFacts describe loadable kernel module support.
 type ModuleFacts struct {

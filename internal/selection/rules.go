@@ -2,6 +2,7 @@ package selection
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -12,8 +13,10 @@ import (
 // rule is one selection rule of DESIGN §6: when test answers Yes the drivers are excluded, when it
 // answers Unknown they are ranked lower. test returns the facts it rests on, in words.
 type rule struct {
-	id        string
-	drivers   []v1alpha1.Driver
+	id      string
+	drivers []v1alpha1.Driver
+	// sensors the rule applies to; empty means every sensor.
+	sensors   []v1alpha1.SensorKind
 	why       string
 	reference string
 	test      func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string)
@@ -112,6 +115,25 @@ var rules = []rule{
 		},
 	},
 	{
+		// The agent measured its own process: the built-in sensor loads from it (and, like
+		// cilium/ebpf's rlimit.RemoveMemlock, wants the limit unlimited where it applies). A Falco
+		// container has capabilities of its own (it keeps SYS_RESOURCE, controllers/falco.go).
+		id: "memlock-blocks-builtin-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
+		sensors:   []v1alpha1.SensorKind{v1alpha1.SensorBuiltin},
+		why:       "the kernel charges BPF memory to RLIMIT_MEMLOCK and the agent could not lift it (the agent container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
+		reference: "https://ebpf-go.dev/concepts/rlimit/",
+		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
+			m := f.EBPF.Memlock
+			switch {
+			case m == nil:
+				return v1alpha1.AnswerNo, "memlock not reported by this agent"
+			case m.Value == "":
+				return v1alpha1.AnswerUnknown, "memlock unknown: " + m.Error
+			}
+			return yesIf(m.Value == v1alpha1.MemlockLimited), fmt.Sprintf("memlock %s (%s)", m.Value, m.Source)
+		},
+	},
+	{
 		id: "lockdown-confidentiality-blocks-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
 		why:       "lockdown confidentiality forbids eBPF from reading kernel memory",
 		reference: "https://github.com/falcosecurity/falco/issues/3416",
@@ -194,7 +216,7 @@ func evaluate(drv v1alpha1.Driver, f v1alpha1.ProbeFacts, kind v1alpha1.SensorKi
 			Reference: "https://github.com/falcosecurity/falco/releases/tag/0.44.0"})
 	}
 	for _, r := range rules {
-		if !contains(r.drivers, drv) {
+		if !contains(r.drivers, drv) || (len(r.sensors) > 0 && !slices.Contains(r.sensors, kind)) {
 			continue
 		}
 		switch a, facts := r.test(f); a {

@@ -60,6 +60,16 @@ func lockdown(mode string) func(*v1alpha1.ProbeFacts) {
 	}
 }
 
+// memlock sets the BPF memory limit fact; "" is a failed measurement.
+func memlock(value string) func(*v1alpha1.ProbeFacts) {
+	return func(f *v1alpha1.ProbeFacts) {
+		f.EBPF.Memlock = &v1alpha1.StringFact{Value: value, Source: "test"}
+		if value == "" {
+			f.EBPF.Memlock = &v1alpha1.StringFact{Error: "create a BPF map: operation not permitted"}
+		}
+	}
+}
+
 var (
 	eks = func(opts ...func(*v1alpha1.ProbeFacts)) v1alpha1.ProbeFacts {
 		// Amazon Linux 2 5.10: overlay is a module and module BTF only exists from 5.11.
@@ -110,6 +120,28 @@ func TestDecideSituations(t *testing.T) {
 			facts: eks(), sensor: builtin,
 			candidates: []v1alpha1.Driver{modern, ebpf},
 			reasons:    []string{"kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Builtin sensor without CAP_SYS_RESOURCE: memlock rules out both eBPF drivers",
+			facts: eks(memlock(v1alpha1.MemlockLimited)), sensor: builtin,
+			reasons: []string{"modern_ebpf:memlock-blocks-builtin-ebpf", "ebpf:memlock-blocks-builtin-ebpf", "kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Builtin sensor, memlock raised to unlimited",
+			facts: eks(memlock(v1alpha1.MemlockUnlimited)), sensor: builtin,
+			candidates: []v1alpha1.Driver{modern, ebpf},
+			reasons:    []string{"kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Falco 0.38.2: the agent's memlock limit is not Falco's (its container keeps SYS_RESOURCE)",
+			facts: eks(memlock(v1alpha1.MemlockLimited)), sensor: falcoOnly("0.38.2"),
+			candidates: []v1alpha1.Driver{modern, ebpf, kmod},
+		},
+		{
+			name:  "Builtin sensor, memlock not measured: ranked lower, not ruled out",
+			facts: node("5.10.219", "amd64", "debian", "11", "", memlock("")), sensor: builtin,
+			candidates: []v1alpha1.Driver{modern, ebpf},
+			reasons:    []string{"modern_ebpf:memlock-blocks-builtin-ebpf", "ebpf:memlock-blocks-builtin-ebpf", "kmod:builtin-sensor-no-kmod"},
 		},
 		{
 			name:  "Bottlerocket, lockdown integrity",

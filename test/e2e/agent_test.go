@@ -53,21 +53,7 @@ func requireRootAndBPF(t *testing.T) { testutil.RequireKernel(t) }
 func buildBinary(t *testing.T) string { return buildPackage(t, "./cmd/driverpilot") }
 
 // buildPackage builds a static binary of a package of this module into the test's temp dir.
-func buildPackage(t *testing.T, pkg string) string {
-	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", bin, pkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
+func buildPackage(t *testing.T, pkg string) string { return testutil.BuildPackage(t, pkg) }
 
 func kubeconfig(t *testing.T) string {
 	t.Helper()
