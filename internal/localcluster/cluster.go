@@ -315,7 +315,7 @@ func (c *Cluster) controlPlane(ctx context.Context) error {
 		"--authorization-kubeconfig="+c.kubeconfigPath("kube-controller-manager"),
 		"--service-account-private-key-file="+p("sa.key"), "--root-ca-file="+c.pki.CAFile(),
 		"--use-service-account-credentials=true", "--leader-elect=false", "--bind-address=127.0.0.1",
-		"--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-ipam-controller", "--v=1"); err != nil {
+		"--controllers=*,-node-ipam-controller", "--v=1"); err != nil {
 		return err
 	}
 	return c.start("kube-scheduler", k("kube-scheduler"), "--kubeconfig="+c.kubeconfigPath("kube-scheduler"),
