@@ -303,7 +303,7 @@ func (c *Cluster) controlPlane(ctx context.Context) error {
 		"--service-account-key-file="+p("sa.pub"), "--service-account-signing-key-file="+p("sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
-		"--allow-privileged=true", "--profiling=false", "--v=1"); err != nil {
+		"--allow-privileged=true", "--profiling=false", "--kubelet-preferred-address-types=InternalIP", "--v=1"); err != nil {
 		return err
 	}
 	if err := c.waitHealthy(ctx, "https://"+NodeAddress+":6443/readyz", 90*time.Second); err != nil {

@@ -175,7 +175,7 @@ func (c *Cluster) restoreHost() error {
 	if len(restored) > 0 {
 		c.logf("restored sysctls %s", strings.Join(restored, " "))
 	}
-	if err := restorePropagation(record.Private); err != nil {
+	if err := restorePropagation(record.Shared); err != nil {
 		errs = append(errs, err)
 	}
 	for p, existed := range record.Paths {
@@ -307,14 +307,12 @@ func Leftovers(recordFile string) ([]string, error) {
 	for _, g := range groups {
 		out = append(out, "cgroup "+g)
 	}
-	private, err := privateMounts()
+	shared, err := newlyShared(r.Shared)
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range r.Private {
-		if _, err := os.Lstat(p); err == nil && !contains(private, p) {
-			out = append(out, "mount "+p+" is shared (was private)")
-		}
+	for _, p := range shared {
+		out = append(out, "mount "+p+" is shared (was private or absent)")
 	}
 	for p, existed := range r.Paths {
 		if _, err := os.Lstat(p); err == nil && !existed {

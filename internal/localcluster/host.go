@@ -17,8 +17,10 @@ import (
 // hostRecord is what the cluster may change on the host, read before it starts. It is written to
 // the state directory so a later `down` can restore the host after a crash.
 type hostRecord struct {
-	// Private lists the mount points that were not shared ("/" is private on these machines).
-	Private []string `json:"private"`
+	// Shared lists the mount points that were shared ("/" is private on these machines); every
+	// other mount is made private again on teardown, including one made during the run, which
+	// inherits "shared" from its parent while "/" is rshared.
+	Shared []string `json:"shared"`
 	// Sysctls holds every writable sysctl of the host's namespaces and its value.
 	Sysctls map[string]string `json:"sysctls"`
 	// Cgroups lists, per cgroup v1 hierarchy (or the v2 root), its top-level groups.
@@ -47,7 +49,7 @@ var volatileSysctls = []string{
 func recordHost() (*hostRecord, error) {
 	r := &hostRecord{Paths: map[string]bool{}}
 	var err error
-	if r.Private, err = privateMounts(); err != nil {
+	if r.Shared, err = sharedMounts(); err != nil {
 		return nil, fmt.Errorf("read mounts: %w", err)
 	}
 	if r.Sysctls, err = readSysctls(); err != nil {
@@ -138,14 +140,14 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-func privateMounts() ([]string, error) {
+func sharedMounts() ([]string, error) {
 	ms, err := mounts()
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, m := range ms {
-		if !m.Shared {
+		if m.Shared {
 			out = append(out, m.Point)
 		}
 	}
@@ -158,14 +160,30 @@ func makeRShared() error {
 	return unix.Mount("", "/", "", unix.MS_SHARED|unix.MS_REC, "")
 }
 
-// restorePropagation makes private again every mount that was private and still exists.
-func restorePropagation(private []string) error {
-	var errs []error
-	for _, p := range private {
-		if _, err := os.Lstat(p); err != nil {
-			continue
+// newlyShared lists the mounts that are shared now but were not recorded as shared.
+func newlyShared(shared []string) ([]string, error) {
+	now, err := sharedMounts()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range now {
+		if !contains(shared, p) {
+			out = append(out, p)
 		}
-		if err := unix.Mount("", p, "", unix.MS_PRIVATE, ""); err != nil && !errors.Is(err, unix.EINVAL) {
+	}
+	return out, nil
+}
+
+// restorePropagation makes private again every mount that was not shared.
+func restorePropagation(shared []string) error {
+	points, err := newlyShared(shared)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range points {
+		if err := unix.Mount("", p, "", unix.MS_PRIVATE, ""); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("make %s private: %w", p, err))
 		}
 	}
