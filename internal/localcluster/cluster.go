@@ -79,6 +79,9 @@ func (c *Cluster) Kubeconfig() string { return c.kubeconfigPath("admin") }
 // NodeName is the name of the cluster's only node.
 func (c *Cluster) NodeName() string { return c.cfg.NodeName }
 
+// StateDir is where the cluster keeps everything it writes.
+func (c *Cluster) StateDir() string { return c.cfg.StateDir }
+
 // KubeletRootDir is the kubelet's --root-dir (pod volumes live under pods/).
 func (c *Cluster) KubeletRootDir() string { return c.dir("kubelet") }
 

@@ -340,25 +340,30 @@ func testDeleteProfile(t *testing.T, e *env) {
 // DriverPilot runs or stays loaded on the host.
 func testUninstall(t *testing.T, e *env) {
 	e.kubectl(t, "delete", "-k", upgradeOverlay(t, e, nextVersion), "--wait=true", "--timeout=180s", "--ignore-not-found")
-	assertHostClean(t)
+	assertHostClean(t, e)
 }
 
-// assertHostClean checks that no driverpilot process, sensor program or self-test overlay is left.
-func assertHostClean(t *testing.T) {
+// assertHostClean checks that no driverpilot process of the cluster's pods, no sensor program
+// that nothing holds, and no self-test overlay is left on the host. Other driverpilot processes
+// on the machine (a developer's tests) are not the cluster's.
+func assertHostClean(t *testing.T, e *env) {
 	t.Helper()
 	eventually(t, time.Minute, "no driverpilot process, BPF program or overlay left", func() error {
 		var left []string
 		entries, _ := os.ReadDir("/proc")
 		for _, ent := range entries {
 			exe, err := os.Readlink(filepath.Join("/proc", ent.Name(), "exe"))
-			if err == nil && filepath.Base(exe) == "driverpilot" {
+			if err != nil || filepath.Base(exe) != "driverpilot" {
+				continue
+			}
+			if cg, _ := os.ReadFile(filepath.Join("/proc", ent.Name(), "cgroup")); strings.Contains(string(cg), "kubepods") {
 				left = append(left, "process "+ent.Name()+" "+exe)
 			}
 		}
 		left = append(left, testutil.UnheldSensorPrograms(t)...)
 		mounts, _ := os.ReadFile("/proc/self/mountinfo")
 		for _, l := range strings.Split(string(mounts), "\n") {
-			if strings.Contains(l, "driverpilot-selftest") {
+			if strings.Contains(l, "driverpilot-selftest") && strings.Contains(l, e.cluster.StateDir()) {
 				left = append(left, "mount "+l)
 			}
 		}

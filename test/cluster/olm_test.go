@@ -188,7 +188,7 @@ func testOLMBundle(t *testing.T, e *env) {
 	e.kubectl(t, "delete", "-f", "config/agent/admission_policy.yaml")
 	e.kubectl(t, "delete", "namespace", namespace, "--wait=true", "--timeout=120s")
 	e.kubectl(t, "delete", "crd", "-l", olmOwner+"="+newCSV)
-	assertHostClean(t)
+	assertHostClean(t, e)
 	if leftover, err := e.cs.CoreV1().Namespaces().Get(t.Context(), namespace, metav1.GetOptions{}); err == nil {
 		t.Errorf("namespace %s left (%s)", namespace, leftover.Status.Phase)
 	}
