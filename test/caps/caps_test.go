@@ -97,7 +97,14 @@ func (h *harness) checkHarness(t *testing.T, caps []string) {
 			expect = 0
 		}
 		if got != expect {
-			t.Fatalf("%s = %016x under %v, want %016x", name, got, caps, expect)
+			var missing []string
+			for i, c := range h.known {
+				if expect&^got&(1<<i) != 0 {
+					missing = append(missing, c)
+				}
+			}
+			t.Fatalf("%s = %016x under %v, want %016x; missing %v: where the bounding set of the process that starts "+
+				"containers lacks a capability, a container that adds it does not start", name, got, caps, expect, missing)
 		}
 	}
 }
