@@ -3,7 +3,10 @@ package selection
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
@@ -134,6 +137,16 @@ var rules = []rule{
 		},
 	},
 	{
+		id: "no-sys-resource-blocks-falco-modern-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF},
+		sensors: []v1alpha1.SensorKind{v1alpha1.SensorFalco},
+		why: "Falco's modern_ebpf (libpman) raises RLIMIT_MEMLOCK to unlimited on every kernel and exits when it cannot, " +
+			"which takes SYS_RESOURCE (its least-privileged container adds it, and such a container does not start where the host cannot grant it)",
+		reference: "https://github.com/falcosecurity/libs/blob/master/userspace/libpman/src/configuration.c",
+		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
+			return lacksCapability(f.BoundingSet, unix.CAP_SYS_RESOURCE, "SYS_RESOURCE")
+		},
+	},
+	{
 		id: "lockdown-confidentiality-blocks-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
 		why:       "lockdown confidentiality forbids eBPF from reading kernel memory",
 		reference: "https://github.com/falcosecurity/falco/issues/3416",
@@ -181,6 +194,24 @@ func boolTest(b v1alpha1.BoolFact, name string) (v1alpha1.Answer, string) {
 		s += ": " + b.Error
 	}
 	return v1alpha1.AnswerUnknown, s
+}
+
+// lacksCapability answers whether the host's capability bounding set lacks capability bit.
+func lacksCapability(bs *v1alpha1.StringFact, bit int, name string) (v1alpha1.Answer, string) {
+	switch {
+	case bs == nil:
+		return v1alpha1.AnswerNo, "capability bounding set not reported by this agent"
+	case bs.Value == "":
+		return v1alpha1.AnswerUnknown, "capability bounding set unknown: " + bs.Error
+	}
+	mask, err := strconv.ParseUint(bs.Value, 16, 64)
+	if err != nil {
+		return v1alpha1.AnswerUnknown, fmt.Sprintf("capability bounding set %q: %v", bs.Value, err)
+	}
+	if mask&(1<<bit) != 0 {
+		return v1alpha1.AnswerNo, fmt.Sprintf("the host's capability bounding set %s has %s", bs.Value, name)
+	}
+	return v1alpha1.AnswerYes, fmt.Sprintf("the host's capability bounding set %s (%s) lacks %s", bs.Value, bs.Source, name)
 }
 
 func distroIs(f v1alpha1.ProbeFacts, id string) (v1alpha1.Answer, string) {
