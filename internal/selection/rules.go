@@ -137,13 +137,22 @@ var rules = []rule{
 		},
 	},
 	{
-		id: "no-sys-resource-blocks-falco-modern-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF},
+		// Ranked lower, not ruled out: a privileged Falco pod (a profile that also allows kmod or
+		// ebpf) runs where the runtime already gives containers an unlimited hard limit, and the
+		// self-test is the proof either way. Where the pod is least-privileged (modern_ebpf only)
+		// its container does not start, the self-test fails and this reason says why.
+		id: "no-sys-resource-ranks-falco-modern-ebpf-lower", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF},
 		sensors: []v1alpha1.SensorKind{v1alpha1.SensorFalco},
 		why: "Falco's modern_ebpf (libpman) raises RLIMIT_MEMLOCK to unlimited on every kernel and exits when it cannot, " +
-			"which takes SYS_RESOURCE (its least-privileged container adds it, and such a container does not start where the host cannot grant it)",
+			"which takes SYS_RESOURCE unless the container's hard limit is unlimited already, and its least-privileged " +
+			"container adds SYS_RESOURCE, so it does not start where the host cannot grant it",
 		reference: "https://github.com/falcosecurity/libs/blob/master/userspace/libpman/src/configuration.c",
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
-			return lacksCapability(f.BoundingSet, unix.CAP_SYS_RESOURCE, "SYS_RESOURCE")
+			a, facts := lacksCapability(f.BoundingSet, unix.CAP_SYS_RESOURCE, "SYS_RESOURCE")
+			if a == v1alpha1.AnswerYes {
+				a = v1alpha1.AnswerUnknown
+			}
+			return a, facts
 		},
 	},
 	{

@@ -154,10 +154,10 @@ func TestDecideSituations(t *testing.T) {
 			reasons:    []string{"modern_ebpf:memlock-blocks-builtin-ebpf", "ebpf:memlock-blocks-builtin-ebpf", "kmod:builtin-sensor-no-kmod"},
 		},
 		{
-			name:  "host without SYS_RESOURCE in its bounding set, Falco 0.40.0: libpman cannot raise memlock, no modern_ebpf",
+			name:  "host without SYS_RESOURCE in its bounding set, Falco 0.40.0: libpman may not raise memlock, modern_ebpf ranked last",
 			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001fffeffffff")), sensor: falcoOnly("0.40.0"),
-			candidates: []v1alpha1.Driver{ebpf, kmod},
-			reasons:    []string{"modern_ebpf:no-sys-resource-blocks-falco-modern-ebpf"},
+			candidates: []v1alpha1.Driver{ebpf, kmod, modern},
+			reasons:    []string{"modern_ebpf:no-sys-resource-ranks-falco-modern-ebpf-lower"},
 		},
 		{
 			name:  "host with SYS_RESOURCE in its bounding set, Falco 0.40.0",
@@ -174,7 +174,7 @@ func TestDecideSituations(t *testing.T) {
 			name:  "bounding set unknown, Falco 0.40.0: modern_ebpf ranked last",
 			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("")), sensor: falcoOnly("0.40.0"),
 			candidates: []v1alpha1.Driver{ebpf, kmod, modern},
-			reasons:    []string{"modern_ebpf:no-sys-resource-blocks-falco-modern-ebpf"},
+			reasons:    []string{"modern_ebpf:no-sys-resource-ranks-falco-modern-ebpf-lower"},
 		},
 		{
 			name:  "Bottlerocket, lockdown integrity",
@@ -486,7 +486,7 @@ func TestCapabilityReasonsSayWhy(t *testing.T) {
 	}{
 		{eks(memlock(v1alpha1.MemlockLimited)), builtin, []string{"RLIMIT_MEMLOCK", "SYS_RESOURCE", "memlock Limited (test)"}},
 		{node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001fffeffffff")), falcoOnly("0.40.0"),
-			[]string{"libpman", "000001fffeffffff", "lacks SYS_RESOURCE"}},
+			[]string{"ranked lower", "libpman", "000001fffeffffff", "lacks SYS_RESOURCE"}},
 	} {
 		d, err := Decide(Input{Facts: tc.facts, Sensor: tc.sensor, Policy: prefer(modern)})
 		if err != nil {
