@@ -123,7 +123,7 @@ var rules = []rule{
 		// container has capabilities of its own (it keeps SYS_RESOURCE, controllers/falco.go).
 		id: "memlock-blocks-builtin-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
 		sensors:   []v1alpha1.SensorKind{v1alpha1.SensorBuiltin},
-		why:       "the kernel charges BPF memory to RLIMIT_MEMLOCK and the agent could not lift it (the agent container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
+		why:       "the built-in sensor needs RLIMIT_MEMLOCK lifted on this kernel and the agent could not lift it (its container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
 		reference: "https://ebpf-go.dev/concepts/rlimit/",
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			m := f.EBPF.Memlock
