@@ -41,8 +41,8 @@ var AgentCapabilities = []AgentCapability{
 // as "NAME: why", so the manifest a user reads says why each is there.
 const CapabilitiesAnnotation = "security.driverpilot.io/capabilities"
 
-// agentCapabilityNames are the names of AgentCapabilities, in order.
-func agentCapabilityNames() []corev1.Capability {
+// AgentCapabilityNames are the names of AgentCapabilities, in order.
+func AgentCapabilityNames() []corev1.Capability {
 	names := make([]corev1.Capability, len(AgentCapabilities))
 	for i, c := range AgentCapabilities {
 		names[i] = c.Name

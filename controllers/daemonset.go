@@ -95,7 +95,7 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 			Privileged:               ptr.To(false),
 			AllowPrivilegeEscalation: ptr.To(false),
 			// Each capability and why it is there: AgentCapabilities.
-			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: agentCapabilityNames()},
+			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: AgentCapabilityNames()},
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
 			// The runtimes' default AppArmor profile denies mount, which the self-test's private
 			// overlay needs (Ubuntu and COS nodes run AppArmor).

@@ -169,8 +169,10 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 // configuration.c pman_init_state, falco#2626). Unlike the agent's, this set keeps SYS_RESOURCE:
 // without it Falco's modern_ebpf fails wherever the container's hard RLIMIT_MEMLOCK is finite,
 // that is nearly everywhere. On a host whose capability bounding set lacks SYS_RESOURCE this
-// container cannot start; the agent's init step still runs (it does not add SYS_RESOURCE), so the
-// node reports its facts and its self-test fails with a recorded reason instead of hanging.
+// container cannot start, and no container can raise a finite hard limit: the agent's init step
+// (which does not add SYS_RESOURCE) reports the host's bounding set, and the selection ranks
+// modern_ebpf last there with that reason (no-sys-resource-ranks-falco-modern-ebpf-lower), so a
+// profile that allows another driver tries it first, and a failed self-test says why.
 func falcoSecurityContext(privileged bool) *corev1.SecurityContext {
 	if privileged {
 		return &corev1.SecurityContext{Privileged: ptr.To(true)}

@@ -65,6 +65,9 @@ func TestLiveProbeOnThisMachine(t *testing.T) {
 	if m := f.EBPF.Memlock; m == nil || m.Value != v1alpha1.MemlockMemcgAccounting {
 		t.Errorf("ebpf.memlock = %+v, want MemcgAccounting (kernel 6.18)", m)
 	}
+	if bs := f.BoundingSet; bs == nil || !bs.Known() {
+		t.Errorf("boundingSet = %+v, want PID 1's CapBnd", bs)
+	}
 }
 
 func BenchmarkLiveProbe(b *testing.B) {

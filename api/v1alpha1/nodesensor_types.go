@@ -165,6 +165,12 @@ type ProbeFacts struct {
 	Distro DistroFacts `json:"distro"`
 	// cloud is the cloud provider of the node.
 	Cloud StringFact `json:"cloud"`
+	// boundingSet is the capability bounding set of the host's PID 1 (CapBnd of /proc/1/status,
+	// in hexadecimal as the kernel prints it). No process on the node holds a capability outside
+	// it, so a container that adds one does not start. Absent where it was not measured (an older
+	// agent).
+	// +optional
+	BoundingSet *StringFact `json:"boundingSet,omitempty"`
 	// probeTime is when the facts were collected.
 	// +optional
 	ProbeTime *metav1.Time `json:"probeTime,omitempty"`

@@ -462,6 +462,11 @@ func (in *ProbeFacts) DeepCopyInto(out *ProbeFacts) {
 	out.Overlayfs = in.Overlayfs
 	out.Distro = in.Distro
 	out.Cloud = in.Cloud
+	if in.BoundingSet != nil {
+		in, out := &in.BoundingSet, &out.BoundingSet
+		*out = new(StringFact)
+		**out = **in
+	}
 	if in.ProbeTime != nil {
 		in, out := &in.ProbeTime, &out.ProbeTime
 		*out = (*in).DeepCopy()

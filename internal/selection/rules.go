@@ -3,7 +3,10 @@ package selection
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
@@ -120,7 +123,7 @@ var rules = []rule{
 		// container has capabilities of its own (it keeps SYS_RESOURCE, controllers/falco.go).
 		id: "memlock-blocks-builtin-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
 		sensors:   []v1alpha1.SensorKind{v1alpha1.SensorBuiltin},
-		why:       "the kernel charges BPF memory to RLIMIT_MEMLOCK and the agent could not lift it (the agent container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
+		why:       "the built-in sensor needs RLIMIT_MEMLOCK lifted on this kernel and the agent could not lift it (its container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
 		reference: "https://ebpf-go.dev/concepts/rlimit/",
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			m := f.EBPF.Memlock
@@ -131,6 +134,25 @@ var rules = []rule{
 				return v1alpha1.AnswerUnknown, "memlock unknown: " + m.Error
 			}
 			return yesIf(m.Value == v1alpha1.MemlockLimited), fmt.Sprintf("memlock %s (%s)", m.Value, m.Source)
+		},
+	},
+	{
+		// Ranked lower, not ruled out: a privileged Falco pod (a profile that also allows kmod or
+		// ebpf) runs where the runtime already gives containers an unlimited hard limit, and the
+		// self-test is the proof either way. Where the pod is least-privileged (modern_ebpf only)
+		// its container does not start, the self-test fails and this reason says why.
+		id: "no-sys-resource-ranks-falco-modern-ebpf-lower", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF},
+		sensors: []v1alpha1.SensorKind{v1alpha1.SensorFalco},
+		why: "Falco's modern_ebpf (libpman) raises RLIMIT_MEMLOCK to unlimited on every kernel and exits when it cannot, " +
+			"which takes SYS_RESOURCE unless the container's hard limit is unlimited already, and its least-privileged " +
+			"container adds SYS_RESOURCE, so it does not start where the host cannot grant it",
+		reference: "https://github.com/falcosecurity/libs/blob/master/userspace/libpman/src/configuration.c",
+		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
+			a, facts := lacksCapability(f.BoundingSet, unix.CAP_SYS_RESOURCE, "SYS_RESOURCE")
+			if a == v1alpha1.AnswerYes {
+				a = v1alpha1.AnswerUnknown
+			}
+			return a, facts
 		},
 	},
 	{
@@ -181,6 +203,24 @@ func boolTest(b v1alpha1.BoolFact, name string) (v1alpha1.Answer, string) {
 		s += ": " + b.Error
 	}
 	return v1alpha1.AnswerUnknown, s
+}
+
+// lacksCapability answers whether the host's capability bounding set lacks capability bit.
+func lacksCapability(bs *v1alpha1.StringFact, bit int, name string) (v1alpha1.Answer, string) {
+	switch {
+	case bs == nil:
+		return v1alpha1.AnswerNo, "capability bounding set not reported by this agent"
+	case bs.Value == "":
+		return v1alpha1.AnswerUnknown, "capability bounding set unknown: " + bs.Error
+	}
+	mask, err := strconv.ParseUint(bs.Value, 16, 64)
+	if err != nil {
+		return v1alpha1.AnswerUnknown, fmt.Sprintf("capability bounding set %q: %v", bs.Value, err)
+	}
+	if mask&(1<<bit) != 0 {
+		return v1alpha1.AnswerNo, fmt.Sprintf("the host's capability bounding set %s has %s", bs.Value, name)
+	}
+	return v1alpha1.AnswerYes, fmt.Sprintf("the host's capability bounding set %s (%s) lacks %s", bs.Value, bs.Source, name)
 }
 
 func distroIs(f v1alpha1.ProbeFacts, id string) (v1alpha1.Answer, string) {

@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/controllers"
 	"github.com/driverpilot/driverpilot/internal/manager"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 	"github.com/driverpilot/driverpilot/internal/testutil"
@@ -135,8 +135,9 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 
 	workdir := t.TempDir()
 	alerts := filepath.Join(t.TempDir(), "alerts.jsonl")
-	agent := exec.Command(bin, "agent", "--node-name", nodeName, "--kubeconfig", cfg,
-		"--heartbeat", "1s", "--workdir", workdir, "--alerts", alerts)
+	// The agent holds exactly the capabilities its DaemonSet grants, as in its pod.
+	agent := testutil.CapabilityCommand(t, controllers.AgentCapabilityNames(), bin, "agent", "--node-name", nodeName,
+		"--kubeconfig", cfg, "--heartbeat", "1s", "--workdir", workdir, "--alerts", alerts)
 	var logs strings.Builder
 	agent.Stdout, agent.Stderr = &logs, &logs
 	start := time.Now()
