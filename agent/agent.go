@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -43,6 +44,13 @@ type Options struct {
 	Profile string
 	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
 	HeartbeatInterval time.Duration
+	// HealthInterval is how often the agent asks a proven sensor whether it still works
+	// (sensor.HealthChecker); the node leaves verified within about this long of the sensor
+	// dying (default 2s).
+	HealthInterval time.Duration
+	// RetryBackoff is the first wait before a self-test runs again after an inconclusive run or
+	// a sensor that died; it doubles up to MaxRetryBackoff (defaults 5s and 5m).
+	RetryBackoff, MaxRetryBackoff time.Duration
 	// Log receives the agent's progress.
 	Log logr.Logger
 }
@@ -63,12 +71,29 @@ type Agent struct {
 	active atomic.Bool
 	// restartWaits counts wakes spent waiting for Falco to restart, per attempt.
 	restartWaits map[int32]int
+	// proven says the running sensor passed a self-test (or runs on a previous agent's proof),
+	// so its health is watched.
+	proven bool
+	// retryAt, when set, is when the tested attempt runs its self-test again (after an
+	// inconclusive run or a dead sensor) instead of waiting for the interval; retry fires then.
+	retryAt time.Time
+	retry   *time.Timer
+	backoff time.Duration
 }
 
 // New returns an agent.
 func New(o Options) *Agent {
 	if o.HeartbeatInterval <= 0 {
 		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.HealthInterval <= 0 {
+		o.HealthInterval = 2 * time.Second
+	}
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = 5 * time.Second
+	}
+	if o.MaxRetryBackoff <= 0 {
+		o.MaxRetryBackoff = 5 * time.Minute
 	}
 	return &Agent{opts: o}
 }
@@ -92,6 +117,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Re-checks the self-test interval even when the NodeSensor does not change.
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()
+	health := time.NewTicker(a.opts.HealthInterval)
+	defer health.Stop()
+	defer a.stopRetry()
 	for ctx.Err() == nil {
 		w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
 		if err != nil {
@@ -101,7 +129,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		a.follow(ctx, w, ns, tick.C)
+		a.follow(ctx, w, ns, tick.C, health.C)
 		w.Stop()
 	}
 	return nil
@@ -115,7 +143,7 @@ func (a *Agent) mine(ns *v1alpha1.NodeSensor) bool {
 }
 
 // follow handles one watch until it closes or ctx ends.
-func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, tick <-chan time.Time) {
+func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, tick, health <-chan time.Time) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -145,6 +173,15 @@ func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.Node
 		case <-tick:
 			if a.mine(ns) && ns.Status.Probe != nil {
 				a.step(ctx, ns)
+			}
+		case <-a.retryC():
+			a.retry = nil
+			if a.mine(ns) && ns.Status.Probe != nil {
+				a.step(ctx, ns)
+			}
+		case <-health:
+			if a.mine(ns) {
+				a.watchSensor(ctx, ns)
 			}
 		}
 	}
@@ -275,9 +312,17 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if spec.SelfTest.Interval != nil {
 		interval = spec.SelfTest.Interval.Duration
 	}
-	if spec.Attempt == a.tested && time.Since(a.testedAt) < interval {
-		return
+	if spec.Attempt == a.tested {
+		if a.retryAt.IsZero() && time.Since(a.testedAt) < interval {
+			return
+		}
+		if !a.retryAt.IsZero() && time.Now().Before(a.retryAt) {
+			return // an inconclusive run or a dead sensor: its retry timer is armed
+		}
+	} else {
+		a.backoff = 0 // a new decision starts its own backoff
 	}
+	a.stopRetry()
 	if a.tested == 0 && provenByOtherAgent(ns, a.facts.Kernel.BootID.Value) {
 		// After an operator upgrade the old agent's proof stands until the manager, pacing the
 		// upgrade like a rollout, asks for a new attempt; meanwhile the sensor keeps running.
@@ -325,14 +370,112 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	}
 	a.tested, a.testedAt = spec.Attempt, time.Now()
 	a.opts.Log.Info("Self-test finished", "driver", spec.Driver, "attempt", spec.Attempt, "result", result.Result, "reason", result.Reason)
-	if result.Result != v1alpha1.SelfTestPassed {
+	if result.Result == v1alpha1.SelfTestInconclusive {
+		// The sensor lost events: no verdict on the driver. Keep the sensor, try again later.
+		delay := a.scheduleRetry()
+		a.opts.Log.Info("Self-test inconclusive: events were dropped; trying again", "driver", spec.Driver, "attempt", spec.Attempt,
+			"retryIn", delay, "message", result.Message)
+		if standingProof(ns, &result) {
+			return // an inconclusive run does not take back a pass; the retry settles it
+		}
+		if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+			a.opts.Log.Error(err, "Report self-test failed")
+		}
+		return
+	}
+	a.retryAt, a.backoff = time.Time{}, 0
+	health := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionTrue, Reason: "SelfTestPassed",
+		Message: fmt.Sprintf("The sensor passed its self-test with driver %s (attempt %d) and is watched every %s", spec.Driver, spec.Attempt, a.opts.HealthInterval)}
+	a.proven = result.Result == v1alpha1.SelfTestPassed
+	if !a.proven {
 		// A sensor that cannot prove detection protects nothing; the manager picks the next driver.
 		a.stopSensor()
+		health.Status, health.Reason = metav1.ConditionFalse, "SelfTestNotPassed"
+		health.Message = fmt.Sprintf("The self-test with driver %s (attempt %d) did not pass: %s", spec.Driver, spec.Attempt, result.Reason)
 	}
-	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) {
+		st.SelfTest = &result
+		meta.SetStatusCondition(&st.Conditions, health)
+	}); err != nil {
 		a.opts.Log.Error(err, "Report self-test failed")
 		a.tested = 0 // report again on the next wake
 	}
+}
+
+// standingProof reports whether the NodeSensor holds a pass for the same driver in the same boot
+// as result (this attempt's, or the previous one's while re-verifying).
+func standingProof(ns *v1alpha1.NodeSensor, result *v1alpha1.SelfTestStatus) bool {
+	t := ns.Status.SelfTest
+	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Driver == result.Driver && t.BootID == result.BootID &&
+		(t.Attempt == result.Attempt || t.Attempt == result.Attempt-1)
+}
+
+// watchSensor asks a proven sensor whether it still works. When it does not, the agent reports
+// SensorHealthy=False at once (the manager then takes the node out of verified), stops the sensor,
+// and runs the self-test again with a fresh one after a backoff; only its pass sets the condition
+// True again.
+func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	if a.sensor == nil || !a.proven {
+		return
+	}
+	hc, ok := a.sensor.(sensor.HealthChecker)
+	if !ok {
+		return
+	}
+	err := hc.Health()
+	if err == nil {
+		return
+	}
+	reason := "SensorFailed"
+	var he *sensor.HealthError
+	if errors.As(err, &he) {
+		reason = he.Reason
+	}
+	a.proven = false
+	a.stopSensor()
+	delay := a.scheduleRetry()
+	a.opts.Log.Info("Sensor stopped working; node reported unhealthy, self-test again", "driver", ns.Spec.Driver,
+		"reason", reason, "error", err.Error(), "retryIn", delay)
+	cond := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: reason,
+		Message: truncate(fmt.Sprintf("The sensor stopped working (driver %s): %v; a new self-test runs in %s", ns.Spec.Driver, err, delay), 1024)}
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { meta.SetStatusCondition(&st.Conditions, cond) }); err != nil {
+		a.opts.Log.Error(err, "Report sensor health failed")
+	}
+}
+
+// scheduleRetry arms the retry of the tested attempt after the next backoff and returns it.
+func (a *Agent) scheduleRetry() time.Duration {
+	if a.backoff == 0 {
+		a.backoff = a.opts.RetryBackoff
+	} else {
+		a.backoff = min(2*a.backoff, a.opts.MaxRetryBackoff)
+	}
+	a.stopRetry()
+	a.retryAt = time.Now().Add(a.backoff)
+	a.retry = time.NewTimer(a.backoff)
+	return a.backoff
+}
+
+func (a *Agent) stopRetry() {
+	if a.retry != nil {
+		a.retry.Stop()
+		a.retry = nil
+	}
+}
+
+// retryC is the retry timer's channel, nil (never ready) when no retry is armed.
+func (a *Agent) retryC() <-chan time.Time {
+	if a.retry == nil {
+		return nil
+	}
+	return a.retry.C
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // maxRestartWaits bounds the wakes an attempt waits for Falco to restart before it fails.
@@ -358,6 +501,7 @@ func (a *Agent) keepProof(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	}
 	a.sensor, a.driver = s, ns.Spec.Driver
 	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
+	a.proven = true
 	a.opts.Log.Info("Sensor started on the proof of a previous agent; waiting for the manager to ask for re-verification",
 		"driver", ns.Spec.Driver, "provedBy", ns.Status.SelfTest.AgentVersion)
 }
@@ -417,7 +561,7 @@ func (a *Agent) stopSensor() {
 	if err := a.sensor.Close(); err != nil {
 		a.opts.Log.Error(err, "Stop sensor")
 	}
-	a.sensor, a.driver = nil, ""
+	a.sensor, a.driver, a.proven = nil, "", false
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {
