@@ -30,7 +30,8 @@ type Options struct {
 	// PerfBufferBytes is the per-CPU perf buffer of the ebpf driver (default 64 KiB).
 	PerfBufferBytes int
 	// PerfWakeupEvents is how many events a per-CPU perf buffer collects before it wakes the
-	// reader (default 32); the flush interval reads the rest.
+	// reader (default: a quarter of the buffer, 128 events for 64 KiB); the flush interval reads
+	// the rest. A wakeup costs about 10us on a VM (an irq_work self-IPI): it must not come per event.
 	PerfWakeupEvents int
 	// RingBufferBytes is the modern_ebpf driver's ring buffer size, a power of two of at least a
 	// page (default 256 KiB).
@@ -88,7 +89,8 @@ func NewBuiltin(opts Options) *Builtin {
 		opts.PerfBufferBytes = 64 << 10
 	}
 	if opts.PerfWakeupEvents <= 0 {
-		opts.PerfWakeupEvents = 32
+		// A perf record of struct exec_event takes about 128 bytes with its headers.
+		opts.PerfWakeupEvents = max(1, opts.PerfBufferBytes/4/128)
 	}
 	if opts.RingBufferBytes <= 0 {
 		opts.RingBufferBytes = 256 << 10

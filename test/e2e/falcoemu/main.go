@@ -49,6 +49,12 @@ func run(url, health string, driver v1alpha1.Driver, dropUpper bool) error {
 	if err := s.Start(driver); err != nil {
 		return fmt.Errorf("start sensor: %w", err)
 	}
+	// Falco sees every exec; the built-in sensor filters lower-layer ones unless asked.
+	release, err := s.RequestLowerLayer()
+	if err != nil {
+		return fmt.Errorf("ask for lower-layer events: %w", err)
+	}
+	defer release()
 	var up atomic.Bool
 	up.Store(true)
 	go func() {
