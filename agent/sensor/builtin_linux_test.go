@@ -226,3 +226,43 @@ func TestKmodNotSupported(t *testing.T) {
 		t.Errorf("error does not wrap ErrDriverNotSupported: %v", err)
 	}
 }
+
+// TestBatchedEventsArriveWithinTheFlushInterval: the program writes without waking the reader
+// (BPF_RB_NO_WAKEUP; perf wakes only every quarter buffer), so a lone upper-layer exec reaches
+// user space only because the reader comes back every FlushInterval. Its latency is bounded by
+// that interval, and the event is not lost or held until the buffer fills.
+func TestBatchedEventsArriveWithinTheFlushInterval(t *testing.T) {
+	requireKernel(t)
+	const flush = 300 * time.Millisecond
+	for _, d := range drivers {
+		t.Run(string(d), func(t *testing.T) {
+			s := NewBuiltin(Options{FlushInterval: flush})
+			if err := s.Start(d); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			events, unsubscribe := s.Subscribe()
+			t.Cleanup(unsubscribe)
+			lower := randomName(t, "dp-lower-")
+			name := randomName(t, "dp-upper-")
+			upper := filepath.Join(filepath.Dir(mountOverlay(t, lower)), name)
+			copyFile(t, "/bin/true", upper)
+			for i := 0; i < 3; i++ {
+				start := time.Now()
+				if err := exec.Command(upper).Run(); err != nil {
+					t.Fatal(err)
+				}
+				ev := expectOnly(t, events, name, nil)
+				if !ev.UpperLayer() {
+					t.Errorf("flags %s, want upper layer", ev.Flags)
+				}
+				if lat := ev.Received.Sub(start); lat > flush+700*time.Millisecond {
+					t.Errorf("event %d took %s, want within the flush interval %s (plus scheduling)", i, lat, flush)
+				}
+			}
+			if err := s.Health(); err != nil {
+				t.Errorf("idle reader reported unhealthy: %v", err)
+			}
+		})
+	}
+}
