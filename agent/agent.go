@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -48,6 +49,10 @@ type Options struct {
 	// (sensor.HealthChecker); the node leaves verified within about this long of the sensor
 	// dying (default 2s).
 	HealthInterval time.Duration
+	// AlertFlowInterval is how often the agent proves, with an exec of its own, that a sensor
+	// which reports every exec (Falco: sensor.AllExecsReporter) still delivers its alerts; two
+	// misses in a row make it unhealthy (default 60s; each miss waits AlertFlowTimeout, 10s).
+	AlertFlowInterval, AlertFlowTimeout time.Duration
 	// RetryBackoff is the first wait before a self-test runs again after an inconclusive run or
 	// a sensor that died; it doubles up to MaxRetryBackoff (defaults 5s and 5m).
 	RetryBackoff, MaxRetryBackoff time.Duration
@@ -79,6 +84,9 @@ type Agent struct {
 	retryAt time.Time
 	retry   *time.Timer
 	backoff time.Duration
+	// flowCheckedAt is when the alert flow was last proven; flowMisses counts misses in a row.
+	flowCheckedAt time.Time
+	flowMisses    int
 }
 
 // New returns an agent.
@@ -88,6 +96,12 @@ func New(o Options) *Agent {
 	}
 	if o.HealthInterval <= 0 {
 		o.HealthInterval = 2 * time.Second
+	}
+	if o.AlertFlowInterval <= 0 {
+		o.AlertFlowInterval = time.Minute
+	}
+	if o.AlertFlowTimeout <= 0 {
+		o.AlertFlowTimeout = 10 * time.Second
 	}
 	if o.RetryBackoff <= 0 {
 		o.RetryBackoff = 5 * time.Second
@@ -387,6 +401,7 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	health := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionTrue, Reason: "SelfTestPassed",
 		Message: fmt.Sprintf("The sensor passed its self-test with driver %s (attempt %d) and is watched every %s", spec.Driver, spec.Attempt, a.opts.HealthInterval)}
 	a.proven = result.Result == v1alpha1.SelfTestPassed
+	a.flowCheckedAt = time.Now() // the self-test just proved the flow
 	if !a.proven {
 		// A sensor that cannot prove detection protects nothing; the manager picks the next driver.
 		a.stopSensor()
@@ -418,11 +433,7 @@ func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if a.sensor == nil || !a.proven {
 		return
 	}
-	hc, ok := a.sensor.(sensor.HealthChecker)
-	if !ok {
-		return
-	}
-	err := hc.Health()
+	err := a.sensorHealth(ctx)
 	if err == nil {
 		return
 	}
@@ -441,6 +452,43 @@ func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { meta.SetStatusCondition(&st.Conditions, cond) }); err != nil {
 		a.opts.Log.Error(err, "Report sensor health failed")
 	}
+}
+
+// ReasonAlertFlowStopped: a sensor that reports every exec reported none for the agent's own
+// liveness exec, twice in a row.
+const ReasonAlertFlowStopped = "AlertFlowStopped"
+
+// sensorHealth asks the sensor whether it works (sensor.HealthChecker) and, every
+// AlertFlowInterval, proves the event flow of a sensor that reports every exec.
+func (a *Agent) sensorHealth(ctx context.Context) error {
+	if hc, ok := a.sensor.(sensor.HealthChecker); ok {
+		if err := hc.Health(); err != nil {
+			return err
+		}
+	}
+	r, ok := a.sensor.(sensor.AllExecsReporter)
+	if !ok || !r.ReportsAllExecs() || time.Since(a.flowCheckedAt) < a.opts.AlertFlowInterval {
+		return nil
+	}
+	a.flowCheckedAt = time.Now()
+	dir := a.opts.WorkDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if _, err := selftest.ExecAlive(ctx, a.sensor, dir, a.opts.AlertFlowTimeout); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.flowMisses++
+		a.opts.Log.Info("Sensor reported nothing for the liveness exec", "misses", a.flowMisses, "error", err.Error())
+		if a.flowMisses >= 2 {
+			return &sensor.HealthError{Reason: ReasonAlertFlowStopped, Err: fmt.Errorf("%d liveness execs in a row: %w", a.flowMisses, err)}
+		}
+		a.flowCheckedAt = time.Time{} // try again at the next health check
+		return nil
+	}
+	a.flowMisses = 0
+	return nil
 }
 
 // scheduleRetry arms the retry of the tested attempt after the next backoff and returns it.
@@ -562,6 +610,7 @@ func (a *Agent) stopSensor() {
 		a.opts.Log.Error(err, "Stop sensor")
 	}
 	a.sensor, a.driver, a.proven = nil, "", false
+	a.flowMisses = 0
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,22 +60,49 @@ func createNodeSensor(t *testing.T, node string, d v1alpha1.Driver, timeout time
 	return c
 }
 
+// runAgent runs an agent for node with the test's own settings in o, against the test control
+// plane, until the test ends.
+func runAgent(t *testing.T, node string, c client.WithWatch, o agent.Options) {
+	t.Helper()
+	o.NodeName, o.Client, o.Prober, o.Log = node, c, probe.New("/"), testr.New(t)
+	o.HeartbeatInterval = 2 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.New(o).Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// nodeHealth reads the node's SensorHealthy condition and last self-test.
+func nodeHealth(t *testing.T, c client.Client, node string) (*metav1.Condition, *v1alpha1.SelfTestStatus) {
+	t.Helper()
+	got := &v1alpha1.NodeSensor{}
+	if err := c.Get(context.Background(), client.ObjectKey{Name: node}, got); err != nil {
+		t.Fatal(err)
+	}
+	return meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionSensorHealthy), got.Status.SelfTest
+}
+
+// waitHealth polls nodeHealth until ok holds and returns how long that took; it fails the test
+// after limit.
+func waitHealth(t *testing.T, c client.Client, node, what string, limit time.Duration, ok func(*metav1.Condition, *v1alpha1.SelfTestStatus) bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < limit {
+		if ok(nodeHealth(t, c, node)) {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cond, st := nodeHealth(t, c, node)
+	t.Fatalf("%s not seen within %s: condition %+v, self-test %+v", what, limit, cond, st)
+	return 0
+}
+
 // upperExec mounts a private overlay and returns the path of a binary written through it (upper
 // layer), whose exec the built-in sensor always sends and alerts on.
 func upperExec(t *testing.T) string {
 	t.Helper()
-	base := t.TempDir()
-	for _, d := range []string{"lower", "upper", "work", "merged"} {
-		if err := os.Mkdir(filepath.Join(base, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	merged := filepath.Join(base, "merged")
-	opts := "lowerdir=" + base + "/lower,upperdir=" + base + "/upper,workdir=" + base + "/work"
-	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
-		t.Fatalf("mount overlay: %v", err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(merged, unix.MNT_DETACH) })
+	merged := overlayDir(t)
 	in, err := os.Open("/bin/true")
 	if err != nil {
 		t.Fatal(err)
@@ -101,50 +129,25 @@ func upperExec(t *testing.T) string {
 func TestSensorHealthBetweenSelfTests(t *testing.T) {
 	testutil.RequireKernel(t)
 	testenv.Require(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const node = "health-node"
 	c := createNodeSensor(t, node, v1alpha1.DriverModernEBPF, 5*time.Second, v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeLowerLayer)
 
 	kill := &killSwitch{}
 	var sensors atomic.Int32
-	a := agent.New(agent.Options{
-		NodeName: node,
-		Client:   c,
-		Prober:   probe.New("/"),
+	runAgent(t, node, c, agent.Options{
 		NewSensor: func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 			sensors.Add(1)
 			return sensor.NewBuiltin(sensor.Options{Alerts: kill}), nil
 		},
-		WorkDir:           t.TempDir(),
-		HeartbeatInterval: 2 * time.Second,
-		HealthInterval:    500 * time.Millisecond,
-		RetryBackoff:      time.Second,
-		Log:               testr.New(t),
+		WorkDir:        t.TempDir(),
+		HealthInterval: 500 * time.Millisecond,
+		RetryBackoff:   time.Second,
 	})
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
 
-	health := func() (*metav1.Condition, *v1alpha1.SelfTestStatus) {
-		got := &v1alpha1.NodeSensor{}
-		if err := c.Get(ctx, client.ObjectKey{Name: node}, got); err != nil {
-			t.Fatal(err)
-		}
-		return meta.FindStatusCondition(got.Status.Conditions, v1alpha1.ConditionSensorHealthy), got.Status.SelfTest
-	}
+	health := func() (*metav1.Condition, *v1alpha1.SelfTestStatus) { return nodeHealth(t, c, node) }
 	waitFor := func(what string, limit time.Duration, ok func(*metav1.Condition, *v1alpha1.SelfTestStatus) bool) time.Duration {
 		t.Helper()
-		start := time.Now()
-		for time.Since(start) < limit {
-			if ok(health()) {
-				return time.Since(start)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		cond, st := health()
-		t.Fatalf("%s not seen within %s: condition %+v, self-test %+v", what, limit, cond, st)
-		return 0
+		return waitHealth(t, c, node, what, limit, ok)
 	}
 
 	waitFor("a passing self-test with SensorHealthy=True", 90*time.Second, func(c *metav1.Condition, st *v1alpha1.SelfTestStatus) bool {
@@ -203,27 +206,19 @@ func (s *lossySensor) Drops() sensor.Drops {
 func TestInconclusiveRunsAreRetriedNotFailed(t *testing.T) {
 	testutil.RequireKernel(t)
 	testenv.Require(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	const node = "lossy-node"
 	c := createNodeSensor(t, node, v1alpha1.DriverEBPF, 200*time.Millisecond, v1alpha1.CheckExeFromMemfd)
 	s := &lossySensor{}
 	s.lossy.Store(1)
-	a := agent.New(agent.Options{
-		NodeName: node, Client: c, Prober: probe.New("/"),
-		NewSensor:         func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) { return s, nil },
-		WorkDir:           t.TempDir(),
-		HeartbeatInterval: 2 * time.Second,
-		RetryBackoff:      300 * time.Millisecond,
-		Log:               testr.New(t),
+	runAgent(t, node, c, agent.Options{
+		NewSensor:    func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) { return s, nil },
+		WorkDir:      t.TempDir(),
+		RetryBackoff: 300 * time.Millisecond,
 	})
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() { cancel(); <-done }()
 
 	result := func() *v1alpha1.SelfTestStatus {
 		got := &v1alpha1.NodeSensor{}
-		if err := c.Get(ctx, client.ObjectKey{Name: node}, got); err != nil {
+		if err := c.Get(context.Background(), client.ObjectKey{Name: node}, got); err != nil {
 			t.Fatal(err)
 		}
 		return got.Status.SelfTest
@@ -252,4 +247,91 @@ func TestInconclusiveRunsAreRetriedNotFailed(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("a clean run that saw nothing did not fail the driver: %+v", result())
+}
+
+// allExecs is the built-in sensor standing in for Falco: it claims to report every exec (its
+// liveness execs run on an overlay, where the built-in sensor sees them) and, while cut, drops
+// the liveness events the way a Falco with a broken alert output would.
+type allExecs struct {
+	*sensor.Builtin
+	cut *atomic.Bool
+}
+
+func (s allExecs) ReportsAllExecs() bool { return true }
+
+func (s allExecs) Subscribe() (<-chan sensor.Event, func()) {
+	in, unsubscribe := s.Builtin.Subscribe()
+	out := make(chan sensor.Event, 1024)
+	go func() {
+		defer close(out)
+		for ev := range in {
+			if s.cut.Load() && strings.HasPrefix(ev.Filename, "dp-alive-") {
+				continue
+			}
+			out <- ev
+		}
+	}()
+	return out, unsubscribe
+}
+
+// overlayDir mounts a private overlay and returns its merged directory: files written there are
+// upper-layer files.
+func overlayDir(t *testing.T) string {
+	t.Helper()
+	base := t.TempDir()
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(filepath.Join(base, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	merged := filepath.Join(base, "merged")
+	opts := "lowerdir=" + base + "/lower,upperdir=" + base + "/upper,workdir=" + base + "/work"
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(merged, unix.MNT_DETACH) })
+	return merged
+}
+
+// TestAlertFlowBetweenSelfTests: a sensor that reports every exec (Falco) is proven between
+// self-tests by the agent's own liveness exec; when its events stop reaching the agent (a broken
+// alert output: Falco healthy, nothing delivered) the node leaves verified within seconds
+// (SensorHealthy=False, AlertFlowStopped), and comes back with a new passing self-test.
+func TestAlertFlowBetweenSelfTests(t *testing.T) {
+	testutil.RequireKernel(t)
+	testenv.Require(t)
+	const node = "flow-node"
+	c := createNodeSensor(t, node, v1alpha1.DriverModernEBPF, 5*time.Second, v1alpha1.CheckExeUpperLayer)
+	var cut atomic.Bool
+	runAgent(t, node, c, agent.Options{
+		NewSensor: func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+			return allExecs{Builtin: sensor.NewBuiltin(sensor.Options{}), cut: &cut}, nil
+		},
+		WorkDir:           overlayDir(t),
+		HealthInterval:    300 * time.Millisecond,
+		AlertFlowInterval: time.Second,
+		AlertFlowTimeout:  time.Second,
+		RetryBackoff:      time.Second,
+	})
+
+	condition := func() *metav1.Condition { c, _ := nodeHealth(t, c, node); return c }
+	waitFor := func(what string, limit time.Duration, status metav1.ConditionStatus) time.Duration {
+		t.Helper()
+		return waitHealth(t, c, node, what, limit, func(c *metav1.Condition, _ *v1alpha1.SelfTestStatus) bool {
+			return c != nil && c.Status == status
+		})
+	}
+	waitFor("SensorHealthy=True after the self-test", 60*time.Second, metav1.ConditionTrue)
+	time.Sleep(3 * time.Second) // several liveness execs answered: still healthy
+	if c := condition(); c.Status != metav1.ConditionTrue {
+		t.Fatalf("healthy flow reported unhealthy: %+v", c)
+	}
+	cut.Store(true)
+	took := waitFor("SensorHealthy=False after the alert flow stopped", 15*time.Second, metav1.ConditionFalse)
+	t.Logf("alert flow cut: SensorHealthy=False (%s) after %s", condition().Reason, took.Round(time.Millisecond))
+	if r := condition().Reason; r != agent.ReasonAlertFlowStopped {
+		t.Errorf("reason %s, want %s", r, agent.ReasonAlertFlowStopped)
+	}
+	cut.Store(false)
+	waitFor("SensorHealthy=True with a new passing self-test", 60*time.Second, metav1.ConditionTrue)
 }

@@ -213,6 +213,10 @@ func (s *Sensor) Drops() sensor.Drops {
 	return sensor.Drops{User: s.dropped.Load(), Sensor: s.falcoDrops.Load()}
 }
 
+// ReportsAllExecs implements sensor.AllExecsReporter: DriverPilot's rule makes Falco alert on
+// every dp-* exec, so the agent can prove the alert flow between self-tests.
+func (s *Sensor) ReportsAllExecs() bool { return true }
+
 // Reasons of the *sensor.HealthError values Health returns.
 const (
 	// ReasonReceiverStopped: the agent's alert receiver stopped serving.

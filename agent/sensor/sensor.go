@@ -44,6 +44,14 @@ type LowerLayerRequester interface {
 	RequestLowerLayer() (release func(), err error)
 }
 
+// AllExecsReporter is a sensor that reports an exec of a dp-* executable on any filesystem
+// (Falco, with DriverPilot's rule). Between self-tests the agent proves such a sensor's event
+// flow, from the driver to the agent, with an exec of its own (selftest.ExecAlive); the built-in
+// sensor filters those execs in the kernel and is watched through HealthChecker alone.
+type AllExecsReporter interface {
+	ReportsAllExecs() bool
+}
+
 // Drops count lost events by where they were lost.
 type Drops struct {
 	// Kernel is events the kernel program had no buffer room for (ring buffer output failures,
