@@ -152,10 +152,14 @@ type droppingSensor struct {
 	events []sensor.Event
 	drops  uint64
 	step   uint64
+	// lateBy delays the drop reports past the subscription, as Falco's drop alerts come late.
+	lateBy     time.Duration
+	subscribed time.Time
 }
 
 func (d *droppingSensor) Start(v1alpha1.Driver) error { return nil }
 func (d *droppingSensor) Subscribe() (<-chan sensor.Event, func()) {
+	d.subscribed = time.Now()
 	ch := make(chan sensor.Event, len(d.events))
 	for _, ev := range d.events {
 		ch <- ev
@@ -164,6 +168,9 @@ func (d *droppingSensor) Subscribe() (<-chan sensor.Event, func()) {
 }
 func (d *droppingSensor) Close() error { return nil }
 func (d *droppingSensor) Drops() sensor.Drops {
+	if d.lateBy > 0 && time.Since(d.subscribed) < d.lateBy {
+		return sensor.Drops{User: d.drops}
+	}
 	d.drops += d.step
 	return sensor.Drops{User: d.drops}
 }
@@ -182,6 +189,8 @@ func TestVerdictUnderDrops(t *testing.T) {
 		{"no event, drops", &droppingSensor{step: 5}, v1alpha1.SelfTestInconclusive, ReasonEventsDropped},
 		{"no event, no drops", &droppingSensor{}, v1alpha1.SelfTestFailed, ReasonCheckTimedOut},
 		{"wrong event, drops", &droppingSensor{step: 5, events: []sensor.Event{wrong}}, v1alpha1.SelfTestFailed, ReasonCheckFailed},
+		// The drops show up after the check timed out (200ms) but within the grace (1.5s).
+		{"no event, drops reported late", &droppingSensor{step: 5, lateBy: 800 * time.Millisecond}, v1alpha1.SelfTestInconclusive, ReasonEventsDropped},
 	} {
 		st := Run(context.Background(), tc.s, Options{Driver: v1alpha1.DriverEBPF, Checks: checks, Timeout: 200 * time.Millisecond,
 			WorkDir: t.TempDir(), RunID: "drops"})
