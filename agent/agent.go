@@ -87,6 +87,9 @@ type Agent struct {
 	// flowCheckedAt is when the alert flow was last proven; flowMisses counts misses in a row.
 	flowCheckedAt time.Time
 	flowMisses    int
+	// unreported is a SensorHealthy=False condition whose patch failed; sent again every health
+	// check until it lands, so an API hiccup cannot leave a dead sensor's node verified.
+	unreported *metav1.Condition
 }
 
 // New returns an agent.
@@ -414,7 +417,9 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	}); err != nil {
 		a.opts.Log.Error(err, "Report self-test failed")
 		a.tested = 0 // report again on the next wake
+		return
 	}
+	a.unreported = nil // superseded by this verdict
 }
 
 // standingProof reports whether the NodeSensor holds a pass for the same driver in the same boot
@@ -430,6 +435,9 @@ func standingProof(ns *v1alpha1.NodeSensor, result *v1alpha1.SelfTestStatus) boo
 // and runs the self-test again with a fresh one after a backoff; only its pass sets the condition
 // True again.
 func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	if a.unreported != nil {
+		a.reportHealth(ctx, ns, *a.unreported)
+	}
 	if a.sensor == nil || !a.proven {
 		return
 	}
@@ -449,9 +457,21 @@ func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		"reason", reason, "error", err.Error(), "retryIn", delay)
 	cond := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: reason,
 		Message: truncate(fmt.Sprintf("The sensor stopped working (driver %s): %v; a new self-test runs in %s", ns.Spec.Driver, err, delay), 1024)}
+	a.reportHealth(ctx, ns, cond)
+}
+
+// reportHealth patches the SensorHealthy condition, keeping it for the next health check when
+// the patch fails.
+func (a *Agent) reportHealth(ctx context.Context, ns *v1alpha1.NodeSensor, cond metav1.Condition) {
+	// A failed patch already changed the local copy: without the condition in the base, the
+	// patch carries it again.
+	meta.RemoveStatusCondition(&ns.Status.Conditions, cond.Type)
 	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { meta.SetStatusCondition(&st.Conditions, cond) }); err != nil {
-		a.opts.Log.Error(err, "Report sensor health failed")
+		a.opts.Log.Error(err, "Report sensor health failed; retrying at the next health check")
+		a.unreported = &cond
+		return
 	}
+	a.unreported = nil
 }
 
 // ReasonAlertFlowStopped: a sensor that reports every exec reported none for the agent's own
