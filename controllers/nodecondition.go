@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -22,6 +23,7 @@ const (
 	ReasonPending           = "Pending"
 	ReasonNoSupportedDriver = "NoSupportedDriver"
 	ReasonHeartbeatExpired  = "HeartbeatExpired"
+	ReasonSensorUnhealthy   = "SensorUnhealthy"
 )
 
 // nodeCondition is the RuntimeSecurityReady condition a phase calls for.
@@ -42,6 +44,12 @@ func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCo
 		c.Message = "No supported driver: " + reasonsText(ns.Spec.Reasons)
 		if n := len(ns.Spec.FailedAttempts); n > 0 {
 			c.Message += fmt.Sprintf("; %d self-test(s) failed, last with %s", n, ns.Spec.FailedAttempts[n-1].Driver)
+		}
+	case phase == nodestate.SensorUnhealthy:
+		c.Status, c.Reason = corev1.ConditionFalse, ReasonSensorUnhealthy
+		c.Message = fmt.Sprintf("The sensor stopped working after its self-test passed with driver %s; verified again after the next passing self-test", ns.Spec.Driver)
+		if h := meta.FindStatusCondition(ns.Status.Conditions, v1alpha1.ConditionSensorHealthy); h != nil {
+			c.Message += fmt.Sprintf(": %s: %s", h.Reason, h.Message)
 		}
 	case phase == nodestate.HeartbeatExpired:
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonHeartbeatExpired

@@ -257,7 +257,7 @@ type DistroFacts struct {
 }
 
 // SelfTestResult is the verdict of a self-test or of one check.
-// +kubebuilder:validation:Enum=Passed;Failed;NotApplicable
+// +kubebuilder:validation:Enum=Passed;Failed;NotApplicable;Inconclusive
 type SelfTestResult string
 
 const (
@@ -267,7 +267,18 @@ const (
 	SelfTestFailed SelfTestResult = "Failed"
 	// SelfTestNotApplicable means the check could not be staged on this node (never counts as Passed).
 	SelfTestNotApplicable SelfTestResult = "NotApplicable"
+	// SelfTestInconclusive means the run proved nothing either way: a check saw no event while the
+	// sensor was losing events (a busy node). It never counts as Passed, nor as a failed attempt
+	// against the driver: the agent runs the self-test again, with backoff. Only a run without
+	// drops can fail a driver.
+	SelfTestInconclusive SelfTestResult = "Inconclusive"
 )
+
+// ConditionSensorHealthy is the agent's NodeSensor status condition that says whether the sensor
+// still works between self-tests (the built-in sensor's reader alive and draining, Falco's health
+// endpoint answering). The agent sets it False within seconds of the sensor dying, and True again
+// only together with a passing self-test; a node whose condition is False is not verified.
+const ConditionSensorHealthy = "SensorHealthy"
 
 // SelfTestStatus is the agent's report of its last self-test.
 type SelfTestStatus struct {
@@ -276,7 +287,8 @@ type SelfTestStatus struct {
 	// attempt is the NodeSensor spec.attempt this self-test answers.
 	// +kubebuilder:validation:Minimum=0
 	Attempt int32 `json:"attempt"`
-	// result is the verdict: Passed only when every check passed.
+	// result is the verdict: Passed only when every check passed; Inconclusive when a check saw
+	// no event while the sensor was dropping events.
 	Result SelfTestResult `json:"result"`
 	// reason is a CamelCase reason for a failure (for example CheckFailed, SensorLoadFailed).
 	// +optional
@@ -308,7 +320,7 @@ type SelfTestStatus struct {
 type CheckResult struct {
 	// name is the check.
 	Name CheckName `json:"name"`
-	// result is Passed, Failed or NotApplicable.
+	// result is Passed, Failed, NotApplicable or Inconclusive (no event while events were dropped).
 	Result SelfTestResult `json:"result"`
 	// expected is what the sensor had to report, for example "upper layer".
 	// +optional
@@ -341,7 +353,8 @@ type NodeSensorStatus struct {
 	// agentVersion is the version of the agent running on the node.
 	// +optional
 	AgentVersion string `json:"agentVersion,omitempty"`
-	// conditions are the agent's own conditions (for example SensorRunning).
+	// conditions are the agent's own conditions: SensorHealthy says whether the sensor still works
+	// between self-tests.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

@@ -6,6 +6,8 @@ package nodestate
 import (
 	"time"
 
+	"k8s.io/apimachinery/pkg/api/meta"
+
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
 
@@ -36,6 +38,11 @@ const (
 	// Reverifying: a new attempt with the driver that passed the previous one, in the same
 	// boot; the node stays verified on that proof until the new verdict is in.
 	Reverifying Phase = "Reverifying"
+	// SensorUnhealthy: the driver passed its self-test, but the agent has since reported that the
+	// sensor stopped working (its SensorHealthy condition is False). The node is not verified
+	// until the agent reports a new passing self-test, which sets the condition True again. It
+	// holds no rollout slot and is not a failed attempt.
+	SensorUnhealthy Phase = "SensorUnhealthy"
 )
 
 // Classify returns the phase of a NodeSensor at time now. A heartbeat older than
@@ -59,18 +66,31 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 	sameBoot := t != nil && (t.BootID == "" || st.Probe.Kernel.BootID.Value == "" || t.BootID == st.Probe.Kernel.BootID.Value)
 	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver || !sameBoot {
 		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed {
-			return Reverifying
+			return unlessSensorUnhealthy(ns, Reverifying)
 		}
 		return Verifying
 	}
 	switch t.Result {
 	case v1alpha1.SelfTestPassed:
-		return Verified
+		return unlessSensorUnhealthy(ns, Verified)
 	case v1alpha1.SelfTestFailed, v1alpha1.SelfTestNotApplicable:
 		// NotApplicable never counts as proof: the driver cannot be trusted on this node.
 		return AttemptFailed
+	case v1alpha1.SelfTestInconclusive:
+		// The sensor lost events during the run: no proof either way. The agent runs it again
+		// with backoff; it is never recorded as a failed attempt against the driver.
+		return Verifying
 	}
 	return Verifying
+}
+
+// unlessSensorUnhealthy returns SensorUnhealthy instead of a proven phase when the agent reports
+// that the sensor stopped working after its self-test passed.
+func unlessSensorUnhealthy(ns *v1alpha1.NodeSensor, proven Phase) Phase {
+	if meta.IsStatusConditionFalse(ns.Status.Conditions, v1alpha1.ConditionSensorHealthy) {
+		return SensorUnhealthy
+	}
+	return proven
 }
 
 // InFlight reports whether the phase occupies one of the rollout's maxUnavailable slots.

@@ -17,6 +17,8 @@ func TestClassify(t *testing.T) {
 	verdict := func(attempt int32, d v1alpha1.Driver, r v1alpha1.SelfTestResult, boot string) *v1alpha1.SelfTestStatus {
 		return &v1alpha1.SelfTestStatus{Attempt: attempt, Driver: d, Result: r, BootID: boot}
 	}
+	unhealthy := []metav1.Condition{{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: "ReaderStopped"}}
+	healthy := []metav1.Condition{{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionTrue, Reason: "SelfTestPassed"}}
 	cases := []struct {
 		name string
 		spec v1alpha1.NodeSensorSpec
@@ -43,6 +45,16 @@ func TestClassify(t *testing.T) {
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestFailed, "boot-2")}, AttemptFailed},
 		{"not applicable is no proof", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestNotApplicable, "boot-2")}, AttemptFailed},
+		{"inconclusive (events dropped) is no proof and no failed attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestInconclusive, "boot-2")}, Verifying},
+		{"passed, then the sensor died", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: unhealthy}, SensorUnhealthy},
+		{"passed, sensor healthy", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: healthy}, Verified},
+		{"re-verifying on a proof whose sensor died", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: unhealthy}, SensorUnhealthy},
+		{"an unhealthy sensor does not hide a failure", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestFailed, "boot-2"), Conditions: unhealthy}, AttemptFailed},
 		{"heartbeat expired", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &stale, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, HeartbeatExpired},
 	}
@@ -62,8 +74,9 @@ func TestRollup(t *testing.T) {
 		{Name: "d", Phase: NoSupportedDriver},
 		{Name: "e", Phase: Verifying, Driver: v1alpha1.DriverEBPF},
 		{Name: "f", Phase: HeartbeatExpired, Driver: v1alpha1.DriverEBPF},
+		{Name: "g", Phase: SensorUnhealthy, Driver: v1alpha1.DriverEBPF},
 	})
-	want := v1alpha1.NodeCounts{Selected: 6, Verified: 3, Failed: 1, Pending: 2}
+	want := v1alpha1.NodeCounts{Selected: 7, Verified: 3, Failed: 1, Pending: 3}
 	if counts != want {
 		t.Errorf("counts %+v, want %+v", counts, want)
 	}
