@@ -291,7 +291,7 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		s, err := a.opts.NewSensor(spec)
 		if err != nil {
 			a.opts.Log.Error(err, "No sensor for this spec")
-			a.reportFailure(ctx, ns, "SensorUnavailable", err.Error())
+			a.reportFailure(ctx, ns, v1alpha1.ReasonSensorUnavailable, err.Error())
 			return
 		}
 		a.sensor, a.driver = s, spec.Driver
@@ -384,6 +384,7 @@ func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	now := metav1.Now()
 	ns.Status.HeartbeatTime = &now
 	ns.Status.AgentVersion = version.Version
+	ns.Status.Clamp()
 	if err := a.opts.Client.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		return fmt.Errorf("patch node sensor status: %w", err)
 	}
