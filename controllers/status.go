@@ -12,6 +12,7 @@ import (
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/nodestate"
+	"github.com/driverpilot/driverpilot/internal/rollout"
 )
 
 // Profile condition types and reasons.
@@ -20,6 +21,8 @@ const (
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
 	ConditionConflict    = "Conflict"
+	// ConditionBrownout is True while most of the profile's agents stopped reporting together.
+	ConditionBrownout = "Brownout"
 
 	ReasonInvalidSpec   = "InvalidSpec"
 	ReasonAllVerified   = "AllNodesVerified"
@@ -31,6 +34,10 @@ const (
 	ReasonIdle          = "Idle"
 	ReasonVerifying     = "Verifying"
 	ReasonNodesConflict = "NodesGovernedByOtherProfile"
+	ReasonCanaryFailed  = rollout.ReasonCanaryFailed
+	ReasonCanarySilent  = rollout.ReasonCanarySilent
+	ReasonBrownout      = "HeartbeatsExpiredTogether"
+	ReasonNoBrownout    = "AgentsReporting"
 )
 
 func invalidSpecStatus(profile *v1alpha1.SecurityProfile, err error) v1alpha1.SecurityProfileStatus {
@@ -46,6 +53,8 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	st := *profile.Status.DeepCopy()
 	st.ObservedGeneration = profile.Generation
 	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
+	st.Nodes.UpToDate = int32(p.upToDate)
+	st.Canaries = p.canaries
 	n := st.Nodes
 	switch {
 	case n.Selected == 0:
@@ -59,7 +68,11 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	}
 	switch {
 	case p.plan.Paused:
-		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, ReasonRolloutPaused, p.plan.Blocked)
+		reason := ReasonRolloutPaused
+		if p.plan.Reason == ReasonCanaryFailed || p.plan.Reason == ReasonCanarySilent {
+			reason = p.plan.Reason
+		}
+		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, reason, p.plan.Blocked)
 	case n.Pending > 0:
 		msg := fmt.Sprintf("%d nodes verifying, %d pending", p.plan.InFlight+len(p.plan.Start), n.Pending)
 		if p.plan.Blocked != "" {
@@ -73,6 +86,14 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 		setCondition(&st, profile, ConditionDegraded, metav1.ConditionTrue, ReasonNodesFailed, fmt.Sprintf("%d nodes have no supported driver: see their NodeSensor reasons", n.Failed))
 	} else {
 		setCondition(&st, profile, ConditionDegraded, metav1.ConditionFalse, ReasonNoFailures, "No node failed every driver")
+	}
+	if p.brownout {
+		setCondition(&st, profile, ConditionBrownout, metav1.ConditionTrue, ReasonBrownout, fmt.Sprintf(
+			"The agents of %d of %d nodes stopped reporting together (at least %.0f%%, as the node lifecycle controller's unhealthy-zone threshold): "+
+				"they are Unknown but no taint is added, since the cause is more likely the API server or the network than the nodes",
+			p.expired, n.Selected, nodestate.BrownoutThreshold*100))
+	} else {
+		setCondition(&st, profile, ConditionBrownout, metav1.ConditionFalse, ReasonNoBrownout, fmt.Sprintf("%d of %d nodes' heartbeats expired", p.expired, n.Selected))
 	}
 	if len(lost) > 0 {
 		setCondition(&st, profile, ConditionConflict, metav1.ConditionTrue, ReasonNodesConflict, conflictMessage(lost))

@@ -88,6 +88,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Client:           mgr.GetClient(),
 		Scheme:           mgr.GetScheme(),
 		Recorder:         mgr.GetEventRecorder("driverpilot-manager"),
+		APIReader:        mgr.GetAPIReader(),
 		KnownIssues:      issues,
 		HeartbeatTimeout: o.HeartbeatTimeout,
 		Agent:            controllers.AgentConfig{Namespace: o.Namespace, Image: o.AgentImage, ServiceAccount: o.AgentSA},
