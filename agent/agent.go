@@ -343,7 +343,7 @@ const maxRestartWaits = 10
 func provenByOtherAgent(ns *v1alpha1.NodeSensor, bootID string) bool {
 	t := ns.Status.SelfTest
 	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Attempt == ns.Spec.Attempt &&
-		t.Driver == ns.Spec.Driver && t.BootID == bootID && t.AgentVersion != version.Version
+		t.Driver == ns.Spec.Driver && bootID != "" && t.BootID == bootID && t.AgentVersion != version.Version
 }
 
 // keepProof starts the sensor with the proven driver without testing it again.

@@ -1,12 +1,17 @@
 package controllers
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -76,5 +81,27 @@ func TestNodeAffinityIsStable(t *testing.T) {
 		if render() != first {
 			t.Fatal("the agent template changes between renders of one selector: every reconcile would restart the agents")
 		}
+	}
+}
+
+func TestOnlyConflictsRequeueQuietly(t *testing.T) {
+	conflict := apierrors.NewConflict(schema.GroupResource{Resource: "nodesensors"}, "n1", errors.New("stale"))
+	invalid := apierrors.NewInvalid(schema.GroupKind{Kind: "NodeSensor"}, "n2", nil)
+	if !onlyConflicts(errors.Join(conflict, fmt.Errorf("assign driver to n3: %w", conflict))) {
+		t.Error("a pass with only conflicts is retried at once, not reported")
+	}
+	if onlyConflicts(errors.Join(conflict, invalid)) {
+		t.Error("a pass with another error must report it")
+	}
+}
+
+func TestEventNotesFitTheEventsAPI(t *testing.T) {
+	long := strings.Repeat("é", 2000) // two bytes each: the limit is in bytes
+	got := truncateBytes(long, maxNoteBytes)
+	if len(got) > maxNoteBytes || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Errorf("note of %d bytes (valid UTF-8: %v)", len(got), utf8.ValidString(got))
+	}
+	if truncateBytes("short", maxNoteBytes) != "short" {
+		t.Error("a short note is kept")
 	}
 }
