@@ -233,6 +233,18 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	again := f.act(ctx, a, ns)
+	if a.probed && time.Since(a.lastBeat) >= f.o.Heartbeat {
+		if err := f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err == nil {
+			a.lastBeat = time.Now()
+			f.beats.Add(1)
+		}
+	}
+	return again
+}
+
+// act reports the facts to a new NodeSensor and a verdict for a new attempt.
+func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time.Duration {
 	if a.uid != ns.UID {
 		// A new NodeSensor (the first, or one created again): report the facts to it.
 		a.uid, a.probed, a.reported = ns.UID, false, 0
@@ -258,7 +270,7 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 	}
 	verdict := Honest(spec, a.bootID, f.o.AgentVersion, a.testStart)
 	if f.o.Verdict != nil {
-		if v := f.o.Verdict(name, spec, verdict); v != nil {
+		if v := f.o.Verdict(a.name, spec, verdict); v != nil {
 			verdict = v
 		}
 	}
@@ -303,7 +315,8 @@ func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	return nil
 }
 
-// heartbeats renews each probed agent's heartbeat every period.
+// heartbeats wakes every agent a few times per period; step renews a heartbeat that is due, so
+// the writes spread over the workers.
 func (f *Fleet) heartbeats(ctx context.Context) {
 	t := time.NewTicker(f.o.Heartbeat / 4)
 	defer t.Stop()
@@ -317,29 +330,10 @@ func (f *Fleet) heartbeats(ctx context.Context) {
 			continue
 		}
 		f.mu.Lock()
-		agents := make([]*agent, 0, len(f.agents))
-		for _, a := range f.agents {
-			agents = append(agents, a)
+		for name := range f.agents {
+			f.q.Add(name)
 		}
 		f.mu.Unlock()
-		for _, a := range agents {
-			a.mu.Lock()
-			due := a.probed && time.Since(a.lastBeat) >= f.o.Heartbeat
-			a.mu.Unlock()
-			if !due || f.silent.Load() {
-				continue
-			}
-			ns := &v1alpha1.NodeSensor{}
-			if err := f.cache.Get(ctx, client.ObjectKey{Name: a.name}, ns); err != nil {
-				continue
-			}
-			a.mu.Lock()
-			if err := f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err == nil {
-				a.lastBeat = time.Now()
-				f.beats.Add(1)
-			}
-			a.mu.Unlock()
-		}
 	}
 }
 

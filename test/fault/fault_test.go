@@ -26,11 +26,11 @@ const (
 	label          = "driverpilot.io/fault-suite"
 	namespace      = "driverpilot-system"
 	// heartbeatTimeout is the manager's; the agents beat every second.
-	heartbeatTimeout = 6 * time.Second
+	heartbeatTimeout = 10 * time.Second
 	selfTestDelay    = 1500 * time.Millisecond
 	// grace is how long a node may stay True after its NodeSensor stopped proving it (the
 	// manager's reaction time).
-	grace = 5 * time.Second
+	grace = 10 * time.Second
 	// recover bounds each wait for the loop to reconverge after a fault.
 	recover = 45 * time.Second
 )
@@ -365,7 +365,7 @@ func hostiles() []hostile {
 		})},
 		{name: "Passed with another boot ID", status: passed(func(st *v1alpha1.SelfTestStatus, _ v1alpha1.NodeSensorSpec) { st.BootID = "another-boot" })},
 		{name: "Passed with an empty boot ID", status: passed(func(st *v1alpha1.SelfTestStatus, _ v1alpha1.NodeSensorSpec) { st.BootID = "" })},
-		{name: "Passed for the previous attempt", status: passed(func(st *v1alpha1.SelfTestStatus, spec v1alpha1.NodeSensorSpec) { st.Attempt = spec.Attempt - 1 })},
+		{name: "Passed for the attempt before (never proven)", status: passed(func(st *v1alpha1.SelfTestStatus, spec v1alpha1.NodeSensorSpec) { st.Attempt = spec.Attempt - 1 })},
 		{name: "Passed for the next attempt", status: passed(func(st *v1alpha1.SelfTestStatus, spec v1alpha1.NodeSensorSpec) { st.Attempt = spec.Attempt + 1 })},
 		{name: "Passed for another driver", status: passed(func(st *v1alpha1.SelfTestStatus, spec v1alpha1.NodeSensorSpec) {
 			st.Driver = v1alpha1.DriverKmod
@@ -440,7 +440,7 @@ func (s *suite) hostileStatuses() {
 			outcomes[i].refused = err
 		}
 	}
-	time.Sleep(grace + 3*time.Second)
+	time.Sleep(grace + 5*time.Second)
 	// The hostile agents are replaced by honest ones: they test the current attempt again.
 	for i, h := range hs {
 		if h.facts == nil && outcomes[i].refused == nil {
