@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -54,18 +55,26 @@ func startCluster(t *testing.T, root string) *cluster {
 	return &cluster{env: e, config: cfg, client: c}
 }
 
-// restartAPIServer stops kube-apiserver, waits, and starts it again on the same port.
-func (c *cluster) restartAPIServer(down time.Duration) (time.Duration, error) {
+// restartAPIServer stops kube-apiserver (SIGTERM, then SIGKILL after stopTimeout: with watches
+// open it takes about 20s to go gracefully), waits, and starts it again on the same port.
+func (c *cluster) restartAPIServer(stopTimeout, down time.Duration) (killed bool, took time.Duration, err error) {
 	start := time.Now()
 	api := c.env.ControlPlane.GetAPIServer()
-	if err := api.Stop(); err != nil {
-		return 0, fmt.Errorf("stop api server: %w", err)
+	saved := api.StopTimeout
+	api.StopTimeout = stopTimeout
+	err = api.Stop()
+	api.StopTimeout = saved
+	if err != nil {
+		if !strings.Contains(err.Error(), "timeout waiting for process") {
+			return false, 0, fmt.Errorf("stop api server: %w", err)
+		}
+		killed = true // process.State.Stop sent SIGKILL after the timeout
 	}
 	time.Sleep(down)
 	if err := api.Start(); err != nil {
-		return 0, fmt.Errorf("start api server: %w", err)
+		return killed, 0, fmt.Errorf("start api server: %w", err)
 	}
-	return time.Since(start), nil
+	return killed, time.Since(start), nil
 }
 
 // kubeconfig writes a kubeconfig for a new user of the system:masters group.

@@ -8,11 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/scheme"
@@ -53,6 +55,7 @@ type suite struct {
 func TestFaultsDuringRollout(t *testing.T) {
 	root := repoRoot(t)
 	start := time.Now()
+	log.SetLogger(logr.Discard())
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 
@@ -139,7 +142,21 @@ func TestFaultsDuringRollout(t *testing.T) {
 		t.Errorf("invariant %q broken during %q at t+%.1fs: %s", v.kind, v.phase, v.at.Seconds(), v.msg)
 	}
 	if t.Failed() {
-		t.Logf("manager log (end):\n%s", s.mgr.tail(6000))
+		s.logStories()
+		t.Logf("manager log (end):\n%s", s.mgr.tail(4000))
+	}
+}
+
+// logStories logs, for every node an invariant names, what happened to it from the start.
+func (s *suite) logStories() {
+	seen := map[string]bool{}
+	for _, v := range s.w.allViolations() {
+		for _, f := range strings.FieldsFunc(v.msg, func(r rune) bool { return r == ' ' || r == ',' || r == ':' }) {
+			if strings.HasPrefix(f, "fault-") && !seen[f] {
+				seen[f] = true
+				s.t.Logf("story of %s: %s", f, s.w.story(f, s.w.t0))
+			}
+		}
 	}
 }
 
@@ -236,19 +253,27 @@ func (s *suite) apiServerRestarted() {
 	before := s.w.snapshot()
 	at := time.Now()
 	s.w.beginBrownout() // an API outage is a brownout for the heartbeats, too
-	down, err := s.cl.restartAPIServer(time.Second)
+	killed, down, err := s.cl.restartAPIServer(3*time.Second, time.Second)
 	if err != nil {
 		s.t.Fatalf("%s: %v", name, err)
 	}
-	took := s.settle(name, at, before.verified, before.verifiedNodes)
-	s.w.endBrownout()
+	time.Sleep(2 * time.Second)
 	alive := "kept running"
 	if !s.mgr.running() {
-		alive = "EXITED"
+		alive = "EXITED (restarted by the suite)"
 		s.t.Errorf("the manager exited when the API server restarted:\n%s", s.mgr.tail(3000))
+		if err := s.mgr.start(s.ctx); err != nil {
+			s.t.Fatalf("restart manager: %v", err)
+		}
 	}
-	s.record(name, fmt.Sprintf("API down %.1fs with %d verified, %d verifying; the manager %s; %d nodes left True, %d tainted meanwhile",
-		down.Seconds(), before.verified, before.inFlight, alive, s.w.countSince(at, "Unknown/"), s.w.taintedSince(at)), took)
+	took := s.settle(name, at, before.verified, before.verifiedNodes)
+	s.w.endBrownout()
+	how := "stopped (SIGTERM)"
+	if killed {
+		how = "SIGTERM, SIGKILL after 3s"
+	}
+	s.record(name, fmt.Sprintf("API server %s, down %.1fs with %d verified, %d verifying; the manager %s; %d nodes went Unknown, %d tainted meanwhile",
+		how, down.Seconds(), before.verified, before.inFlight, alive, s.w.countSince(at, "Unknown/"), s.w.taintedSince(at)), took)
 }
 
 func (s *suite) nodeDeleted() {

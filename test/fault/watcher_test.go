@@ -503,8 +503,8 @@ func (w *watcher) story(name string, since time.Time) string {
 	if len(parts) == 0 {
 		return "no change"
 	}
-	if len(parts) > 8 {
-		parts = append(parts[:7], fmt.Sprintf("... %d more, last %s", len(parts)-7, parts[len(parts)-1]))
+	if len(parts) > 12 && since.After(w.t0) {
+		parts = append(parts[:11], fmt.Sprintf("... %d more, last %s", len(parts)-11, parts[len(parts)-1]))
 	}
 	return strings.Join(parts, " → ")
 }
