@@ -70,7 +70,10 @@ func provenByOldAgent(t *testing.T, name, bootID string) *v1alpha1.NodeSensor {
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
 	now := metav1.Now()
-	ns.Status.Probe = &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: bootID}}}
+	u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown}
+	ns.Status.Probe = &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: bootID}},
+		BTF: v1alpha1.BTFFacts{Vmlinux: u}, EBPF: v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u},
+		Modules: v1alpha1.ModuleFacts{Supported: u, Disabled: u}, SecureBoot: u, Overlayfs: u}
 	ns.Status.AgentVersion = "0.0.1-old"
 	ns.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: v1alpha1.DriverModernEBPF, Attempt: 3, Result: v1alpha1.SelfTestPassed,
 		BootID: bootID, AgentVersion: "0.0.1-old", StartTime: &now, FinishTime: &now,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -81,7 +82,10 @@ func watchReady(t *testing.T, nodes []string) (lost *atomic.Value, stop func()) 
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	return lost, func() { cancel(); <-done }
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop) // before the nodes go, even when the test fails early
+	return lost, stop
 }
 
 // TestProfileEditReverifiesPaced (item 1): a change to what nodes must prove re-verifies every
@@ -363,7 +367,10 @@ func TestPassedWithoutChecksIsNoProof(t *testing.T) {
 	agents["hostile-b"].mu.Unlock()
 	lostNever := make(chan string, 1)
 	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-sampled })
 	go func() {
+		defer close(sampled)
 		for ctx.Err() == nil {
 			for _, n := range nodes {
 				if c := nodeCondition(t, n); c != nil && c.Status == corev1.ConditionTrue {
@@ -391,6 +398,7 @@ func TestPassedWithoutChecksIsNoProof(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	cancel()
+	<-sampled
 	select {
 	case n := <-lostNever:
 		t.Errorf("%s was RuntimeSecurityReady=True on a self-test that proves nothing", n)

@@ -216,7 +216,9 @@ func TestAgentStringsAreBounded(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
 	long := strings.Repeat("x", 300)
-	ns.Status.Probe = &v1alpha1.ProbeFacts{}
+	u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown}
+	ns.Status.Probe = &v1alpha1.ProbeFacts{BTF: v1alpha1.BTFFacts{Vmlinux: u}, EBPF: v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u},
+		Modules: v1alpha1.ModuleFacts{Supported: u, Disabled: u}, SecureBoot: u, Overlayfs: u}
 	ns.Status.Probe.Kernel.Release.Value = long
 	err := env.Client.Status().Update(ctx, ns)
 	if err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "status.probe.kernel.release.value") {
