@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,8 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -103,5 +106,34 @@ func TestEventNotesFitTheEventsAPI(t *testing.T) {
 	}
 	if truncateBytes("short", maxNoteBytes) != "short" {
 		t.Error("a short note is kept")
+	}
+}
+
+// TestTaintRetriesOnConflict: the node changed since it was read (the kubelet or another
+// controller wrote it); the taint patch conflicts, reads the node again and succeeds without
+// undoing the other writer's change.
+func TestTaintRetriesOnConflict(t *testing.T) {
+	ctx := context.Background()
+	s := runtime.NewScheme()
+	_ = corev1.AddToScheme(s)
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}).Build()
+	stale := &corev1.Node{}
+	if err := c.Get(ctx, k8stypes.NamespacedName{Name: "n1"}, stale); err != nil {
+		t.Fatal(err)
+	}
+	other := stale.DeepCopy()
+	other.Spec.Taints = []corev1.Taint{{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule}}
+	if err := c.Update(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := setTaint(ctx, c, c, stale, true); err != nil {
+		t.Fatalf("taint after a conflict: %v", err)
+	}
+	got := &corev1.Node{}
+	if err := c.Get(ctx, k8stypes.NamespacedName{Name: "n1"}, got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Spec.Taints) != 2 || !hasTaint(got) {
+		t.Errorf("taints %+v: want the other writer's and ours", got.Spec.Taints)
 	}
 }
