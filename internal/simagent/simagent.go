@@ -247,7 +247,7 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time.Duration {
 	if a.uid != ns.UID {
 		// A new NodeSensor (the first, or one created again): report the facts to it.
-		a.uid, a.probed, a.reported = ns.UID, false, 0
+		a.uid, a.probed, a.reported, a.testing = ns.UID, false, 0, 0
 	}
 	if !a.probed {
 		facts := a.facts(a.bootID)

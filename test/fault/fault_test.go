@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,7 @@ type suite struct {
 	w       *watcher
 	rows    []row
 	verdict sync.Map // node → func(honest *SelfTestStatus) *SelfTestStatus, used once
+	touched map[string]bool
 }
 
 func TestFaultsDuringRollout(t *testing.T) {
@@ -81,7 +83,7 @@ func TestFaultsDuringRollout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := &suite{t: t, ctx: ctx, cl: cl}
+	s := &suite{t: t, ctx: ctx, cl: cl, touched: map[string]bool{}}
 	s.w = startWatcher(ctx, t, cl.config, label, maxUnavailable, grace)
 
 	_, agentCfg := cl.kubeconfig(t, "driverpilot-fault-agents")
@@ -154,7 +156,7 @@ func (s *suite) logStories() {
 		for _, f := range strings.FieldsFunc(v.msg, func(r rune) bool { return r == ' ' || r == ',' || r == ':' }) {
 			if strings.HasPrefix(f, "fault-") && !seen[f] {
 				seen[f] = true
-				s.t.Logf("story of %s: %s", f, s.w.story(f, s.w.t0))
+				s.t.Logf("story of %s: %s", f, s.w.fullStory(f))
 			}
 		}
 	}
@@ -280,11 +282,9 @@ func (s *suite) nodeDeleted() {
 	const name = "Node deleted (then re-registered)"
 	s.w.setPhase(name)
 	before := s.w.snapshot()
-	victim, was := "", "verified"
-	if len(before.verifyingNodes) > 0 {
-		victim, was = before.verifyingNodes[0], "verifying"
-	} else if len(before.verifiedNodes) > 0 {
-		victim = before.verifiedNodes[len(before.verifiedNodes)-1]
+	victim, was := s.untouched(before.verifyingNodes), "verifying"
+	if victim == "" {
+		victim, was = s.untouched(before.verifiedNodes), "verified"
 	}
 	at := time.Now()
 	s.w.leave(victim, true)
@@ -315,6 +315,17 @@ func (s *suite) nodeDeleted() {
 	s.record(name, did+"; "+s.w.story(victim, at), took)
 }
 
+// untouched returns the first node of list no fault has touched yet, and marks it touched.
+func (s *suite) untouched(list []string) string {
+	for _, n := range list {
+		if !s.touched[n] {
+			s.touched[n] = true
+			return n
+		}
+	}
+	return ""
+}
+
 func without(list []string, x string) []string {
 	var out []string
 	for _, v := range list {
@@ -329,12 +340,16 @@ func (s *suite) nodeSensorDeleted() {
 	const name = "NodeSensor deleted"
 	s.w.setPhase(name)
 	before := s.w.snapshot()
-	victim := before.verifiedNodes[len(before.verifiedNodes)/2]
+	victim := s.untouched(before.verifiedNodes)
 	old := s.w.sensor(victim)
 	at := time.Now()
 	if err := s.cl.client.Delete(s.ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: victim}}); err != nil {
 		s.t.Fatalf("delete node sensor %s: %v", victim, err)
 	}
+	s.waitFor("the deletion seen", recover, func() (bool, string) {
+		ns := s.w.sensor(victim)
+		return ns == nil || ns.UID != old.UID, "NodeSensor unchanged"
+	})
 	took := s.settle(name, at, before.verified-1, before.verifiedNodes)
 	did := fmt.Sprintf("deleted the NodeSensor of verified %s", victim)
 	if ns := s.w.sensor(victim); ns != nil && old != nil && ns.UID != old.UID {
@@ -423,10 +438,17 @@ func (s *suite) hostileStatuses() {
 	hs := hostiles()
 	s.waitFor("enough verified nodes for the hostile statuses", recover, func() (bool, string) {
 		st := s.w.snapshot()
-		return st.verified >= len(hs)+5, fmt.Sprintf("%d verified", st.verified)
+		return st.verified >= len(hs)+8, fmt.Sprintf("%d verified", st.verified)
 	})
 	before := s.w.snapshot()
-	victims := before.verifiedNodes[len(before.verifiedNodes)-len(hs):]
+	var victims []string
+	for range hs {
+		v := s.untouched(before.verifiedNodes)
+		if v == "" {
+			s.t.Fatalf("not enough verified nodes for the hostile statuses: %d", before.verified)
+		}
+		victims = append(victims, v)
+	}
 	type outcome struct {
 		refused error
 		at      time.Time
@@ -517,7 +539,12 @@ func (s *suite) hostileStatuses() {
 		s.w.setNodePhase(node, "")
 	}
 	s.w.setPhase("hostile: the other nodes")
-	others := before.verifiedNodes[:len(before.verifiedNodes)-len(hs)]
+	var others []string
+	for _, n := range before.verifiedNodes {
+		if !slices.Contains(victims, n) {
+			others = append(others, n)
+		}
+	}
 	at := time.Now()
 	took := s.settle("hostile: the other nodes", at, 0, others)
 	s.record("hostile: the other nodes", fmt.Sprintf("%d other verified nodes stayed or came back True", len(others)), took)

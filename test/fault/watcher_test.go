@@ -36,8 +36,9 @@ type nodeView struct {
 
 // nsVersion is one NodeSensor version the watcher saw, with its verdict on the proof.
 type nsVersion struct {
-	rv    uint64
-	proof error
+	rv     uint64
+	proof  error
+	finish time.Time // the self-test's finishTime, as the agent wrote it
 }
 
 type violation struct {
@@ -49,6 +50,7 @@ type violation struct {
 type transition struct {
 	at   time.Time
 	what string
+	rv   uint64
 }
 
 // watcher follows Nodes and NodeSensors and checks the invariants on every event.
@@ -72,8 +74,8 @@ type watcher struct {
 	pending      []pendingTrue
 	log          map[string][]transition
 	inFlight     int
+	verifying    []string
 	maxInFlight  int
-	over         bool
 	brownout     map[string]bool // nodes untainted when the current brownout began
 	violations   []violation
 }
@@ -82,6 +84,8 @@ type pendingTrue struct {
 	node string
 	rv   uint64
 	seen time.Time
+	// since is the condition's lastTransitionTime, written by the manager.
+	since time.Time
 }
 
 func startWatcher(ctx context.Context, t *testing.T, cfg *rest.Config, label string, maxUnavailable int, grace time.Duration) *watcher {
@@ -133,6 +137,13 @@ func startWatcher(ctx context.Context, t *testing.T, cfg *rest.Config, label str
 		}
 	}()
 	return w
+}
+
+func finishOf(st *v1alpha1.SelfTestStatus) time.Time {
+	if st.FinishTime == nil {
+		return time.Time{}
+	}
+	return st.FinishTime.Time
 }
 
 func rvOf(s string) uint64 { v, _ := strconv.ParseUint(s, 10, 64); return v }
@@ -203,61 +214,87 @@ func (w *watcher) onSensor(o any, deleted bool) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	name := ns.Name
+	name, rv := ns.Name, rvOf(ns.ResourceVersion)
+	old := w.sensors[name]
 	if deleted {
 		delete(w.sensors, name)
-		w.history[name] = append(w.history[name], nsVersion{rv: rvOf(ns.ResourceVersion), proof: fmt.Errorf("NodeSensor deleted")})
-		w.note(name, "NodeSensor deleted")
-	} else {
-		if old := w.sensors[name]; old == nil || old.UID != ns.UID {
-			w.note(name, "NodeSensor created")
-		} else if old.Spec.Attempt != ns.Spec.Attempt {
-			w.note(name, fmt.Sprintf("attempt %d: %s", ns.Spec.Attempt, orNone(ns.Spec.Driver)))
-		}
-		w.sensors[name] = ns
-		if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
-			w.reported[ns.UID] = st.Attempt
-		}
-		err := w.proofError(ns)
-		if st := ns.Status.SelfTest; err == nil && st.Attempt == ns.Spec.Attempt {
+		w.history[name] = append(w.history[name], nsVersion{rv: rv, proof: fmt.Errorf("NodeSensor deleted")})
+		w.note(name, rv, "NodeSensor deleted")
+		w.countInFlight()
+		w.checkTrue(name)
+		return
+	}
+	if old != nil && old.UID != ns.UID {
+		old = nil
+	}
+	if old == nil {
+		w.note(name, rv, "NodeSensor created")
+	}
+	started := ns.Spec.Driver != "" && (old == nil || ns.Spec.Attempt > old.Spec.Attempt)
+	if old != nil && ns.Spec.Attempt != old.Spec.Attempt {
+		w.note(name, rv, fmt.Sprintf("attempt %d: %s", ns.Spec.Attempt, orNone(ns.Spec.Driver)))
+	}
+	if st := ns.Status.SelfTest; st != nil && (old == nil || old.Status.SelfTest == nil || !finishOf(old.Status.SelfTest).Equal(finishOf(st)) || old.Status.SelfTest.Attempt != st.Attempt) {
+		w.debug(name, rv, fmt.Sprintf("verdict %s for attempt %d (%s)", st.Result, st.Attempt, st.Driver))
+	}
+	// A start is voluntary when the node was waiting (no driver) or proven (a re-verification); a
+	// fallback after a failed or disproven verdict is not: the node was already unavailable.
+	voluntary := started && (old == nil || old.Spec.Driver == "" || w.proofError(old) == nil)
+	w.sensors[name] = ns
+	if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
+		w.reported[ns.UID] = st.Attempt
+	}
+	err := w.proofError(ns)
+	var finish time.Time
+	if st := ns.Status.SelfTest; st != nil {
+		if err == nil && st.Attempt == ns.Spec.Attempt {
 			if w.proven[ns.UID] == nil {
 				w.proven[ns.UID] = map[int32]string{}
 			}
 			w.proven[ns.UID][st.Attempt] = string(st.Driver) + "|" + st.BootID
 		}
-		h := append(w.history[name], nsVersion{rv: rvOf(ns.ResourceVersion), proof: err})
-		if len(h) > 64 {
-			h = h[len(h)-64:]
-		}
-		w.history[name] = h
+		finish = finishOf(st)
 	}
+	h := append(w.history[name], nsVersion{rv: rv, proof: err, finish: finish})
+	if len(h) > 64 {
+		h = h[len(h)-64:]
+	}
+	w.history[name] = h
 	w.countInFlight()
+	if voluntary && w.nodes[name] != nil && w.nodes[name].selected {
+		var others []string
+		for _, n := range w.verifying {
+			if n != name {
+				others = append(others, n)
+			}
+		}
+		if len(others) >= w.maxUnavailable {
+			w.violate(name, "maxUnavailable", fmt.Sprintf("the manager started %s (attempt %d, rv %d) while %d nodes were verifying (maxUnavailable %d): %s",
+				name, ns.Spec.Attempt, rv, len(others), w.maxUnavailable, strings.Join(others, ", ")))
+		}
+	}
 	w.checkTrue(name)
 }
 
-// countInFlight counts the selected nodes verifying: a driver assigned, no verdict for that attempt yet.
+// countInFlight counts the selected nodes verifying: a driver assigned, no verdict for that
+// attempt yet. More than maxUnavailable is not by itself a broken invariant (verified nodes can
+// fail on their own); the manager starting a node while maxUnavailable are verifying is.
 func (w *watcher) countInFlight() {
-	n := 0
-	var names []string
+	w.verifying = w.verifying[:0]
 	for name, nv := range w.nodes {
 		ns := w.sensors[name]
 		if !nv.selected || ns == nil || ns.Spec.Driver == "" {
 			continue
 		}
 		if w.reported[ns.UID] < ns.Spec.Attempt {
-			n++
-			names = append(names, name)
+			w.verifying = append(w.verifying, name)
 		}
 	}
-	w.inFlight = n
-	if n > w.maxInFlight {
-		w.maxInFlight = n
+	sort.Strings(w.verifying)
+	w.inFlight = len(w.verifying)
+	if w.inFlight > w.maxInFlight {
+		w.maxInFlight = w.inFlight
 	}
-	if n > w.maxUnavailable && !w.over {
-		sort.Strings(names)
-		w.violate("", "maxUnavailable", fmt.Sprintf("%d nodes verifying at once (maxUnavailable %d): %s", n, w.maxUnavailable, strings.Join(names, ", ")))
-	}
-	w.over = n > w.maxUnavailable
 }
 
 func (w *watcher) onNode(o any, deleted bool) {
@@ -271,14 +308,15 @@ func (w *watcher) onNode(o any, deleted bool) {
 	old := w.nodes[name]
 	if deleted {
 		delete(w.nodes, name)
-		w.note(name, "Node deleted")
+		w.note(name, rvOf(node.ResourceVersion), "Node deleted")
 		w.countInFlight()
 		return
 	}
 	nv := &nodeView{uid: node.UID, rv: rvOf(node.ResourceVersion), selected: node.Labels[w.label] == "true" && !w.leaving[name]}
+	var since time.Time
 	for _, c := range node.Status.Conditions {
 		if c.Type == v1alpha1.NodeConditionRuntimeSecurityReady {
-			nv.status, nv.reason = c.Status, c.Reason
+			nv.status, nv.reason, since = c.Status, c.Reason, c.LastTransitionTime.Time
 		}
 	}
 	for _, t := range node.Spec.Taints {
@@ -288,17 +326,17 @@ func (w *watcher) onNode(o any, deleted bool) {
 	}
 	w.nodes[name] = nv
 	if old == nil || old.uid != nv.uid {
-		w.note(name, "Node created")
+		w.note(name, nv.rv, "Node created")
 		old = &nodeView{}
 	}
 	if old.status != nv.status || old.reason != nv.reason {
-		w.note(name, fmt.Sprintf("%s/%s", orDash(string(nv.status)), orDash(nv.reason)))
+		w.note(name, nv.rv, fmt.Sprintf("%s/%s", orDash(string(nv.status)), orDash(nv.reason)))
 		if nv.status == corev1.ConditionTrue && old.status != corev1.ConditionTrue {
-			w.pending = append(w.pending, pendingTrue{node: name, rv: nv.rv, seen: time.Now()})
+			w.pending = append(w.pending, pendingTrue{node: name, rv: nv.rv, seen: time.Now(), since: since})
 		}
 	}
 	if nv.tainted != old.tainted {
-		w.note(name, map[bool]string{true: "tainted", false: "untainted"}[nv.tainted])
+		w.note(name, nv.rv, map[bool]string{true: "tainted", false: "untainted"}[nv.tainted])
 		if nv.tainted && w.brownout[name] {
 			w.violate(name, "brownout taint", fmt.Sprintf("node %s tainted during the brownout (condition %s/%s)", name, nv.status, nv.reason))
 		}
@@ -327,20 +365,30 @@ func (w *watcher) tick() {
 	defer w.mu.Unlock()
 	keep := w.pending[:0]
 	for _, p := range w.pending {
-		if time.Since(p.seen) < 1500*time.Millisecond {
+		var before, after *nsVersion
+		for i := range w.history[p.node] {
+			v := &w.history[p.node][i]
+			if v.rv < p.rv && (before == nil || v.rv > before.rv) {
+				before = v
+			}
+			if v.rv > p.rv && (after == nil || v.rv < after.rv) {
+				after = v
+			}
+		}
+		// Wait for the NodeSensor's next version (a heartbeat), so a watch that lags or re-lists
+		// after an API outage is judged on what it delivers.
+		if after == nil && time.Since(p.seen) < 30*time.Second {
 			keep = append(keep, p)
 			continue
 		}
-		var before *nsVersion
-		for i := range w.history[p.node] {
-			if v := &w.history[p.node][i]; v.rv < p.rv && (before == nil || v.rv > before.rv) {
-				before = v
-			}
-		}
 		switch {
+		case before != nil && before.proof == nil:
+		case after != nil && after.proof == nil && !after.finish.IsZero() && !after.finish.Truncate(time.Second).After(p.since):
+			// A proof finished before the node turned True, which the watch did not deliver
+			// (it re-listed after an API outage).
 		case before == nil:
 			w.violate(p.node, "True without proof", fmt.Sprintf("node %s turned True (rv %d) before any NodeSensor was seen", p.node, p.rv))
-		case before.proof != nil:
+		default:
 			w.violate(p.node, "True without proof", fmt.Sprintf("node %s turned True (rv %d) while its NodeSensor (rv %d) said: %v", p.node, p.rv, before.rv, before.proof))
 		}
 	}
@@ -353,9 +401,12 @@ func (w *watcher) tick() {
 	}
 }
 
-func (w *watcher) note(name, what string) {
-	w.log[name] = append(w.log[name], transition{at: time.Now(), what: what})
+func (w *watcher) note(name string, rv uint64, what string) {
+	w.log[name] = append(w.log[name], transition{at: time.Now(), what: what, rv: rv})
 }
+
+// debug notes what only the full story (logStories) shows.
+func (w *watcher) debug(name string, rv uint64, what string) { w.note(name, rv, "·"+what) }
 
 func orDash(s string) string {
 	if s == "" {
@@ -431,7 +482,7 @@ type state struct {
 func (w *watcher) snapshot() state {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	s := state{inFlight: w.inFlight, maxInFlight: w.maxInFlight}
+	s := state{inFlight: w.inFlight, maxInFlight: w.maxInFlight, verifyingNodes: append([]string(nil), w.verifying...)}
 	names := make([]string, 0, len(w.nodes))
 	for name := range w.nodes {
 		names = append(names, name)
@@ -444,9 +495,6 @@ func (w *watcher) snapshot() state {
 		}
 		s.selected++
 		ns := w.sensors[name]
-		if ns != nil && ns.Spec.Driver != "" && w.reported[ns.UID] < ns.Spec.Attempt {
-			s.verifyingNodes = append(s.verifyingNodes, name)
-		}
 		proof := w.proofError(ns)
 		if nv.status == corev1.ConditionTrue && proof == nil {
 			s.verified++
@@ -491,19 +539,29 @@ func (w *watcher) sensor(name string) *v1alpha1.NodeSensor {
 }
 
 // story tells what happened to a node since a moment: its condition, taint and decisions.
-func (w *watcher) story(name string, since time.Time) string {
+func (w *watcher) story(name string, since time.Time) string { return w.tell(name, since, false) }
+
+// fullStory adds the verdicts and the resourceVersion of every step.
+func (w *watcher) fullStory(name string) string { return w.tell(name, w.t0, true) }
+
+func (w *watcher) tell(name string, since time.Time, full bool) string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var parts []string
 	for _, tr := range w.log[name] {
-		if !tr.at.Before(since) {
+		if tr.at.Before(since) || (!full && strings.HasPrefix(tr.what, "·")) {
+			continue
+		}
+		if full {
+			parts = append(parts, fmt.Sprintf("%s (+%.1fs rv %d)", strings.TrimPrefix(tr.what, "·"), tr.at.Sub(since).Seconds(), tr.rv))
+		} else {
 			parts = append(parts, fmt.Sprintf("%s (+%.1fs)", tr.what, tr.at.Sub(since).Seconds()))
 		}
 	}
 	if len(parts) == 0 {
 		return "no change"
 	}
-	if len(parts) > 12 && since.After(w.t0) {
+	if len(parts) > 12 && !full {
 		parts = append(parts[:11], fmt.Sprintf("... %d more, last %s", len(parts)-11, parts[len(parts)-1]))
 	}
 	return strings.Join(parts, " → ")
