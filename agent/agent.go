@@ -52,8 +52,10 @@ type Agent struct {
 	opts   Options
 	facts  v1alpha1.ProbeFacts
 	sensor sensor.Sensor
-	// driver is the driver the running sensor was started with.
+	// driver is the driver the running sensor was started with, and kind the sensor it is
+	// (kind, image, Falco version) as the spec named it.
 	driver v1alpha1.Driver
+	kind   v1alpha1.SensorSpec
 	// tested is the attempt last tested, and when.
 	tested   int32
 	testedAt time.Time
@@ -284,7 +286,8 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.keepProof(ctx, ns)
 		return
 	}
-	if a.sensor != nil && a.driver != spec.Driver {
+	if a.sensor != nil && (a.driver != spec.Driver || a.kind != spec.Sensor) {
+		// Another driver, or another sensor after a profile edit: a new sensor proves the new spec.
 		a.stopSensor()
 	}
 	if a.sensor == nil {
@@ -294,7 +297,7 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 			a.reportFailure(ctx, ns, v1alpha1.ReasonSensorUnavailable, err.Error())
 			return
 		}
-		a.sensor, a.driver = s, spec.Driver
+		a.sensor, a.driver, a.kind = s, spec.Driver, spec.Sensor
 	}
 	var timeout time.Duration
 	if spec.SelfTest.Timeout != nil {
@@ -356,7 +359,7 @@ func (a *Agent) keepProof(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.reportFailure(ctx, ns, "SensorLoadFailed", err.Error())
 		return
 	}
-	a.sensor, a.driver = s, ns.Spec.Driver
+	a.sensor, a.driver, a.kind = s, ns.Spec.Driver, ns.Spec.Sensor
 	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
 	a.opts.Log.Info("Sensor started on the proof of a previous agent; waiting for the manager to ask for re-verification",
 		"driver", ns.Spec.Driver, "provedBy", ns.Status.SelfTest.AgentVersion)
@@ -418,7 +421,7 @@ func (a *Agent) stopSensor() {
 	if err := a.sensor.Close(); err != nil {
 		a.opts.Log.Error(err, "Stop sensor")
 	}
-	a.sensor, a.driver = nil, ""
+	a.sensor, a.driver, a.kind = nil, "", v1alpha1.SensorSpec{}
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -29,10 +29,25 @@ const (
 	fixtureBoot = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 )
 
-// stubSensor records the drivers it was started with and never reports an event.
+// stubSensor records the drivers it was started with, and the sensor kinds the agent built it
+// for, and never reports an event.
 type stubSensor struct {
 	mu      sync.Mutex
 	started []v1alpha1.Driver
+	built   []v1alpha1.SensorKind
+}
+
+func (s *stubSensor) build(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.built = append(s.built, spec.Sensor.Kind)
+	return s, nil
+}
+
+func (s *stubSensor) kinds() []v1alpha1.SensorKind {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]v1alpha1.SensorKind(nil), s.built...)
 }
 
 func (s *stubSensor) Start(d v1alpha1.Driver) error {
@@ -92,7 +107,7 @@ func runAgent(t *testing.T, node, root string, s *stubSensor) {
 	}
 	a := agent.New(agent.Options{
 		NodeName: node, Client: c, Prober: &probe.Prober{Root: root, AbilitiesUnavailable: "test"},
-		NewSensor: func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) { return s, nil },
+		NewSensor: s.build,
 		WorkDir:   t.TempDir(), HeartbeatInterval: 200 * time.Millisecond, Log: logr.Discard(),
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -139,8 +154,10 @@ func TestUpgradeKeepsTheOldProof(t *testing.T) {
 	if got.Status.AgentVersion != version.Version {
 		t.Errorf("the new agent does not report its version: %q", got.Status.AgentVersion)
 	}
-	// The manager asks for re-verification: the new agent answers attempt 4 itself.
+	// The manager asks for re-verification under an edited profile (another sensor): the new
+	// agent answers attempt 4 itself, with a sensor built for the new spec.
 	got.Spec.Attempt = 4
+	got.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
 	if err := env.Client.Update(context.Background(), got); err != nil {
 		t.Fatal(err)
 	}
@@ -154,6 +171,9 @@ func TestUpgradeKeepsTheOldProof(t *testing.T) {
 		}
 		return nil
 	})
+	if kinds := s.kinds(); len(kinds) != 2 || kinds[1] != v1alpha1.SensorFalco {
+		t.Errorf("sensors built for %v: the new attempt reused the Builtin sensor for a Falco spec", kinds)
+	}
 }
 
 // TestUpgradeDoesNotKeepAProofWithoutBootID: an old proof with no boot ID, on a node whose boot
