@@ -184,18 +184,20 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 	if err := r.List(ctx, &list); err != nil {
 		return fmt.Errorf("list node sensors: %w", err)
 	}
+	// One node that cannot be released does not keep the others tainted: release every node,
+	// then keep the finalizer (and retry) while any failed.
+	var errs []error
 	for i := range list.Items {
 		ns := &list.Items[i]
 		if ns.Spec.Profile != profile.Name {
 			continue
 		}
-		if err := r.releaseNode(ctx, ns.Name); err != nil {
-			return err
+		if err := r.release(ctx, profile, ns); err != nil {
+			errs = append(errs, err)
 		}
-		if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
-		}
-		r.expect.forget(ns.Name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	ds := &appsv1.DaemonSet{}
 	ds.Namespace, ds.Name = r.Agent.Namespace, agentDaemonSetName(profile)

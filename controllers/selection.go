@@ -155,7 +155,8 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 	return sensors, errors.Join(append(errs, err)...)
 }
 
-// release gives a node that left the selection back: condition and taint off, NodeSensor gone.
+// release gives back a node that left the selection (or whose profile goes): condition and
+// taint off, NodeSensor gone.
 func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
 	if err := r.releaseNode(ctx, ns.Name); err != nil {
 		return err
@@ -164,7 +165,7 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 		return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
 	}
 	r.expect.forget(ns.Name)
-	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s left the profile's selection", ns.Name)
+	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
 }
 
