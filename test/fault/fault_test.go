@@ -28,6 +28,7 @@ const (
 	maxUnavailable = 3
 	label          = "driverpilot.io/fault-suite"
 	namespace      = "driverpilot-system"
+	profileName    = "fault"
 	// heartbeatTimeout is the manager's; the agents beat every second.
 	heartbeatTimeout = 10 * time.Second
 	selfTestDelay    = 1500 * time.Millisecond
@@ -108,7 +109,7 @@ func TestFaultsDuringRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	profile := &v1alpha1.SecurityProfile{
-		ObjectMeta: metav1.ObjectMeta{Name: "fault"},
+		ObjectMeta: metav1.ObjectMeta{Name: profileName},
 		Spec: v1alpha1.SecurityProfileSpec{
 			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{label: "true"}},
 			Rollout: v1alpha1.RolloutSpec{
@@ -211,10 +212,10 @@ func short(list []string) string {
 }
 
 // record adds a table row with the invariant results of the phase.
-func (s *suite) record(fault, did, reconverge string) {
+func (s *suite) record(fault, did, reconverge string, broken ...string) {
 	vs := s.w.violationsIn(fault)
 	inv := "ok"
-	if len(vs) > 0 {
+	if len(vs) > 0 || len(broken) > 0 {
 		kinds := map[string]int{}
 		var order []string
 		for _, v := range vs {
@@ -227,7 +228,7 @@ func (s *suite) record(fault, did, reconverge string) {
 		for _, k := range order {
 			parts = append(parts, fmt.Sprintf("%s ×%d", k, kinds[k]))
 		}
-		inv = "BROKEN: " + strings.Join(parts, ", ")
+		inv = "BROKEN: " + strings.Join(append(parts, broken...), ", ")
 	}
 	s.rows = append(s.rows, row{fault: fault, did: did, invariants: inv, reconverge: reconverge})
 	s.t.Logf("fault %q: %s | invariants %s | reconverged %s", fault, did, inv, reconverge)
@@ -364,6 +365,7 @@ func (s *suite) brownout() {
 	before := s.w.snapshot()
 	silence := heartbeatTimeout + 4*time.Second
 	at := time.Now()
+	said := s.watchProfile(profileName)
 	s.w.beginBrownout()
 	s.fleet.Silence(true)
 	time.Sleep(silence)
@@ -372,8 +374,54 @@ func (s *suite) brownout() {
 	took := s.settle(name, back, before.verified, before.verifiedNodes)
 	time.Sleep(time.Second) // a taint written late still counts
 	s.w.endBrownout()
-	s.record(name, fmt.Sprintf("agents silent %s (heartbeat timeout %s) with %d verified, %d verifying; %d nodes went Unknown/HeartbeatExpired, %d tainted",
-		silence, heartbeatTimeout, before.verified, before.inFlight, s.w.countSince(at, "Unknown/HeartbeatExpired"), s.w.taintedSince(at)), took)
+	s.record(name, fmt.Sprintf("agents silent %s (heartbeat timeout %s) with %d verified, %d verifying; %d nodes went Unknown/HeartbeatExpired, %d tainted; the profile said: %s",
+		silence, heartbeatTimeout, before.verified, before.inFlight, s.w.countSince(at, "Unknown/HeartbeatExpired"), s.w.taintedSince(at), said()), took)
+}
+
+// watchProfile polls the profile's conditions until the returned function is called, which
+// returns the conditions that appeared meanwhile (type=status/reason).
+func (s *suite) watchProfile(name string) func() string {
+	conds := func() []string {
+		p := &v1alpha1.SecurityProfile{}
+		if err := s.cl.client.Get(s.ctx, client.ObjectKey{Name: name}, p); err != nil {
+			return nil
+		}
+		var out []string
+		for _, c := range p.Status.Conditions {
+			out = append(out, fmt.Sprintf("%s=%s/%s", c.Type, c.Status, c.Reason))
+		}
+		return out
+	}
+	initial := conds()
+	var mu sync.Mutex
+	var seen []string
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			for _, c := range conds() {
+				mu.Lock()
+				if !slices.Contains(initial, c) && !slices.Contains(seen, c) {
+					seen = append(seen, c)
+				}
+				mu.Unlock()
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+		}
+	}()
+	return func() string {
+		close(done)
+		<-stopped
+		if len(seen) == 0 {
+			return "no new condition"
+		}
+		return strings.Join(seen, ", ")
+	}
 }
 
 // hostile is one hostile status an agent writes to a verified node's NodeSensor.
@@ -454,6 +502,7 @@ func (s *suite) hostileStatuses() {
 		at      time.Time
 	}
 	outcomes := make([]outcome, len(hs))
+	injected := time.Now()
 	for i, h := range hs {
 		node := victims[i]
 		s.w.setNodePhase(node, "hostile: "+h.name)
@@ -545,9 +594,30 @@ func (s *suite) hostileStatuses() {
 			others = append(others, n)
 		}
 	}
-	at := time.Now()
-	took := s.settle("hostile: the other nodes", at, 0, others)
-	s.record("hostile: the other nodes", fmt.Sprintf("%d other verified nodes stayed or came back True", len(others)), took)
+	// The rest of the rollout went on meanwhile: the others stay True and more nodes are verified.
+	var broken []string
+	ok := s.waitFor("hostile: the other nodes", recover, func() (bool, string) {
+		st := s.w.snapshot()
+		var lost []string
+		for _, n := range others {
+			if !s.w.isTrue(n) {
+				lost = append(lost, n)
+			}
+		}
+		more := 0
+		for _, n := range st.verifiedNodes {
+			if !slices.Contains(victims, n) && !slices.Contains(others, n) {
+				more++
+			}
+		}
+		rest := st.selected - len(victims) - len(others)
+		return len(lost) == 0 && (more > 0 || rest == 0), fmt.Sprintf("not True again: %s; %d of %d other nodes verified since", short(lost), more, rest)
+	})
+	took := fmt.Sprintf("%.1fs after the injection", time.Since(injected).Seconds())
+	if !ok {
+		took, broken = fmt.Sprintf("NOT within %s", recover), []string{"the others did not go on"}
+	}
+	s.record("hostile: the other nodes", fmt.Sprintf("%d other verified nodes stayed True; the rollout went on with the nodes not yet verified", len(others)), took, broken...)
 }
 
 func firstLine(err error) string {
@@ -569,12 +639,14 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 	})
 	st := s.w.snapshot()
 	took := fmt.Sprintf("%.1fs", time.Since(at).Seconds())
+	var broken []string
 	if !ok {
 		took = fmt.Sprintf("NOT within %s", recover)
+		broken = append(broken, fmt.Sprintf("%d nodes neither Verified nor with a recorded reason", len(st.notConverged)))
 	}
 	// The profile counts every node.
 	var counts v1alpha1.NodeCounts
-	s.waitFor("profile status counts every node", 15*time.Second, func() (bool, string) {
+	if !s.waitFor("profile status counts every node", 15*time.Second, func() (bool, string) {
 		p := &v1alpha1.SecurityProfile{}
 		if err := s.cl.client.Get(s.ctx, client.ObjectKeyFromObject(profile), p); err != nil {
 			return false, err.Error()
@@ -582,7 +654,9 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 		counts = p.Status.Nodes
 		return counts.Selected == nodeCount && counts.Verified == int32(st.verified) && counts.Pending == 0,
 			fmt.Sprintf("profile counts %+v", counts)
-	})
+	}) {
+		broken = append(broken, "profile counts")
+	}
 	// Verified nodes carry no taint.
 	var tainted []string
 	nodes := &corev1.NodeList{}
@@ -597,9 +671,14 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 	}
 	if len(tainted) > 0 {
 		s.t.Errorf("verified nodes still tainted: %s", short(tainted))
+		broken = append(broken, "verified nodes tainted")
 	}
-	s.record(name, fmt.Sprintf("%d/%d selected nodes verified, every one with its NodeSensor; profile counts selected=%d verified=%d failed=%d pending=%d; at most %d verifying at once; whole run %.0fs after the profile",
-		st.verified, st.selected, counts.Selected, counts.Verified, counts.Failed, counts.Pending, st.maxInFlight, time.Since(t0).Seconds()), took)
+	lost := "nothing lost (every selected node has its NodeSensor, owned by the node as it is now)"
+	if !ok {
+		lost = "not converged: " + short(st.notConverged)
+	}
+	s.record(name, fmt.Sprintf(lost+"; %d/%d selected nodes verified; profile counts selected=%d verified=%d failed=%d pending=%d; at most %d verifying at once; whole run %.0fs after the profile",
+		st.verified, st.selected, counts.Selected, counts.Verified, counts.Failed, counts.Pending, st.maxInFlight, time.Since(t0).Seconds()), took, broken...)
 }
 
 func (s *suite) printTable(total time.Duration) {
