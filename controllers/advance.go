@@ -86,7 +86,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				break
 			}
 			if ns.Spec.Sensor != profile.Spec.Sensor {
-				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts); err != nil {
+				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts, false); err != nil {
 					fail(ns, err)
 					break
 				}
@@ -132,7 +132,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			switch {
 			case d.Driver == "" && phase == nodestate.Queued:
 				// Nothing to verify: answer at once, without taking a rollout slot.
-				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts); err != nil {
+				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts, false); err != nil {
 					delete(decisions, name)
 					fail(ns, err)
 					break
@@ -178,7 +178,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		if why := reprove[name]; why != "" {
 			r.eventf(ns, profile, corev1.EventTypeNormal, "Reverify", "Verify", "Node %s re-verifies: %s", name, why)
 		}
-		err := r.assign(ctx, profile, ns, decisions[name], ns.Spec.FailedAttempts)
+		_, reverify := reprove[name] // a proven node: its proof stands while the new attempt runs
+		err := r.assign(ctx, profile, ns, decisions[name], ns.Spec.FailedAttempts, reverify)
 		if err != nil {
 			startErrs.Store(name, err)
 		}
@@ -252,9 +253,15 @@ func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.Failed
 }
 
 // assign writes a decision as the node's next attempt (an empty driver means NoSupportedDriver).
-// failed replaces the recorded failed attempts.
-func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt) error {
+// failed replaces the recorded failed attempts. proven says the manager sees the current attempt
+// proven: a new attempt with the same driver then records it as provenAttempt, and the node
+// stays verified on it until the new verdict is in.
+func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt, proven bool) error {
 	base := ns.DeepCopy()
+	ns.Spec.ProvenAttempt = 0
+	if proven && d.Driver == ns.Spec.Driver {
+		ns.Spec.ProvenAttempt = ns.Spec.Attempt
+	}
 	ns.Spec.FailedAttempts = failed
 	ns.Spec.Attempt++
 	ns.Spec.Driver = d.Driver
@@ -305,7 +312,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	if err != nil {
 		return err
 	}
-	return r.assign(ctx, profile, ns, d, failed)
+	return r.assign(ctx, profile, ns, d, failed, false)
 }
 
 // chooseCanaries resolves the profile's canary nodes among the governed ones: those its canary

@@ -420,8 +420,11 @@ func TestBrownoutAddsNoTaints(t *testing.T) {
 		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
 	}
 	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
+	// Heartbeats of a brownout do not expire at the same instant: the first silent node must not
+	// be tainted before the others follow.
 	for _, n := range nodes[:3] {
 		agents[n].stopHeartbeat()
+		time.Sleep(time.Second)
 	}
 	for _, n := range nodes[:3] {
 		eventually(t, 3*heartbeatTimeout+5*time.Second, n+" unknown", conditionIs(t, n, corev1.ConditionUnknown, controllers.ReasonHeartbeatExpired))
@@ -436,6 +439,32 @@ func TestBrownoutAddsNoTaints(t *testing.T) {
 	time.Sleep(time.Second)
 	if err := untainted(nodes)(); err != nil {
 		t.Errorf("during a brownout: %v", err)
+	}
+}
+
+// TestSilentNodeIsTainted: outside a brownout, a node whose agent went silent gets the taint
+// (after one more heartbeat timeout, which lets a brownout show first).
+func TestSilentNodeIsTainted(t *testing.T) {
+	nodes := []string{"silent-a", "silent-b", "silent-c"}
+	createNodes(t, "silent", nodes...)
+	p := profileFor("silent", "silent")
+	p.Spec.Enforcement.Taint = true
+	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromString("100%"))
+	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
+	createProfile(t, p)
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
+	}
+	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
+	agents["silent-a"].stopHeartbeat()
+	eventually(t, 4*heartbeatTimeout+5*time.Second, "silent node tainted", func() error {
+		if err := untainted(nodes[:1])(); err == nil {
+			return fmt.Errorf("silent-a not tainted")
+		}
+		return nil
+	})
+	if err := untainted(nodes[1:])(); err != nil {
+		t.Error(err)
 	}
 }
 

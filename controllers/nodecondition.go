@@ -168,7 +168,9 @@ func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *
 
 // syncNodes reflects each node's phase in its condition and, when the profile asks, its taint.
 // In a brownout (most agents silent together) no taint is added: the outage is likely the
-// control plane's or the network's, and tainting the whole profile would stop scheduling.
+// control plane's or the network's, and tainting the whole profile would stop scheduling. A
+// node whose agent went silent is tainted only after a grace (silentForTaint), so the first
+// nodes of a brownout are not tainted before the others' heartbeats expire.
 func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, now time.Time) error {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
@@ -186,11 +188,19 @@ func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1al
 				"Node %s verified with driver %s", name, ns.Spec.Driver)
 		}
 		taint := profile.Spec.Enforcement.Taint && !phase.Proven()
-		if taint && p.brownout && !hasTaint(node) {
+		if taint && !hasTaint(node) && (p.brownout || (phase == nodestate.HeartbeatExpired && !r.silentForTaint(ns, now))) {
 			return nil
 		}
 		return setTaint(ctx, r.Client, r.reader(), node, taint)
 	})
+}
+
+// silentForTaint reports whether a node's agent has been silent long enough to taint the node:
+// one more heartbeat timeout after its heartbeat expired. Heartbeats of a brownout do not all
+// expire at once; the wait lets the brownout show before the first silent nodes are tainted.
+func (r *SecurityProfileReconciler) silentForTaint(ns *v1alpha1.NodeSensor, now time.Time) bool {
+	hb := ns.Status.HeartbeatTime
+	return hb != nil && now.Sub(hb.Time) > 2*r.HeartbeatTimeout
 }
 
 func hasTaint(node *corev1.Node) bool {

@@ -159,7 +159,8 @@ func (r *SecurityProfileReconciler) now() time.Time {
 }
 
 // nextHeartbeatDeadline is when the earliest heartbeat expires, so the node turns Unknown on
-// time; for an agent that never reported, when it counts as silent (a silent canary pauses).
+// time, or a silent node's taint grace ends (silentForTaint); for an agent that never reported,
+// when it counts as silent (a silent canary pauses).
 func (r *SecurityProfileReconciler) nextHeartbeatDeadline(sensors map[string]*v1alpha1.NodeSensor, now time.Time) time.Duration {
 	var next time.Duration
 	for _, ns := range sensors {
@@ -167,9 +168,11 @@ func (r *SecurityProfileReconciler) nextHeartbeatDeadline(sensors map[string]*v1
 		if hb := ns.Status.HeartbeatTime; hb != nil {
 			since = *hb
 		}
-		left := since.Add(r.HeartbeatTimeout).Sub(now) + time.Second
-		if left > 0 && (next == 0 || left < next) {
-			next = left
+		for _, after := range []time.Duration{r.HeartbeatTimeout, 2 * r.HeartbeatTimeout} {
+			left := since.Add(after).Sub(now) + time.Second
+			if left > 0 && (next == 0 || left < next) {
+				next = left
+			}
 		}
 	}
 	return next

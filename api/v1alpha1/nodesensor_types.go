@@ -23,6 +23,14 @@ type NodeSensorSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	Attempt int32 `json:"attempt,omitempty"`
 
+	// provenAttempt is set when this attempt re-verifies the driver that passed the previous
+	// attempt (after an agent upgrade or a profile edit): the attempt the manager saw proven.
+	// That proof stands until the new verdict is in; an agent's claim about an earlier attempt
+	// counts for nothing without it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ProvenAttempt int32 `json:"provenAttempt,omitempty"`
+
 	// candidates is the ordered list of drivers still eligible on this node, driver first.
 	// +optional
 	// +listType=atomic

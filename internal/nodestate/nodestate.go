@@ -65,8 +65,8 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 	// ID nobody reported matches nothing, or any old verdict would pass for this boot's.
 	sameBoot := t != nil && t.BootID != "" && t.BootID == st.Probe.Kernel.BootID.Value
 	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver || !sameBoot {
-		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed &&
-			MissingCheck(t, nil) == "" {
+		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Attempt == ns.Spec.ProvenAttempt && t.Attempt > 0 &&
+			t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed && MissingCheck(t, nil) == "" {
 			return Reverifying
 		}
 		return Verifying
