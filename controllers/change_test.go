@@ -410,16 +410,7 @@ func TestPassedWithoutChecksIsNoProof(t *testing.T) {
 // turn Unknown, but no taint is added, and the profile says why.
 func TestBrownoutAddsNoTaints(t *testing.T) {
 	nodes := []string{"brown-a", "brown-b", "brown-c", "brown-d"}
-	createNodes(t, "brown", nodes...)
-	p := profileFor("brown", "brown")
-	p.Spec.Enforcement.Taint = true
-	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromString("100%"))
-	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
-	createProfile(t, p)
-	for _, n := range nodes {
-		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
-	}
-	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
+	agents := verifiedTaintingFleet(t, "brown", nodes)
 	// Heartbeats of a brownout do not expire at the same instant: the first silent node must not
 	// be tainted before the others follow.
 	for _, n := range nodes[:3] {
@@ -446,16 +437,7 @@ func TestBrownoutAddsNoTaints(t *testing.T) {
 // (after one more heartbeat timeout, which lets a brownout show first).
 func TestSilentNodeIsTainted(t *testing.T) {
 	nodes := []string{"silent-a", "silent-b", "silent-c"}
-	createNodes(t, "silent", nodes...)
-	p := profileFor("silent", "silent")
-	p.Spec.Enforcement.Taint = true
-	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromString("100%"))
-	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
-	createProfile(t, p)
-	for _, n := range nodes {
-		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
-	}
-	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
+	agents := verifiedTaintingFleet(t, "silent", nodes)
 	agents["silent-a"].stopHeartbeat()
 	eventually(t, 4*heartbeatTimeout+5*time.Second, "silent node tainted", func() error {
 		if err := untainted(nodes[:1])(); err == nil {
@@ -466,6 +448,23 @@ func TestSilentNodeIsTainted(t *testing.T) {
 	if err := untainted(nodes[1:])(); err != nil {
 		t.Error(err)
 	}
+}
+
+// verifiedTaintingFleet creates the nodes and a profile of the same name with taint: true, and
+// returns their agents once every node is verified and untainted.
+func verifiedTaintingFleet(t *testing.T, name string, nodes []string) map[string]*fakeAgent {
+	t.Helper()
+	createNodes(t, name, nodes...)
+	p := profileFor(name, name)
+	p.Spec.Enforcement.Taint = true
+	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromString("100%"))
+	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
+	createProfile(t, p)
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
+	}
+	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
+	return agents
 }
 
 // untainted checks that none of the nodes has the unverified taint.
