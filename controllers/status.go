@@ -73,8 +73,9 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 			reason = p.plan.Reason
 		}
 		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, reason, p.plan.Blocked)
-	case n.Pending > 0:
-		msg := fmt.Sprintf("%d nodes verifying, %d pending", p.plan.InFlight+len(p.plan.Start), n.Pending)
+	case n.Pending > 0 || n.UpToDate < n.Verified:
+		msg := fmt.Sprintf("%d nodes verifying, %d pending, %d of %d verified nodes proven under the current spec and agent",
+			p.plan.InFlight+len(p.plan.Start), n.Pending, n.UpToDate, n.Verified)
 		if p.plan.Blocked != "" {
 			msg += "; " + p.plan.Blocked
 		}
