@@ -211,7 +211,16 @@ func (r *SecurityProfileReconciler) nodeFailed(p *progress, profile *v1alpha1.Se
 		return
 	}
 	p.errs[ns.Name] = err
-	r.eventf(ns, profile, corev1.EventTypeWarning, ReasonDecisionFailed, "Decide", "Node %s: %v", ns.Name, err)
+	r.nodeEvent(profile, ns, err)
+}
+
+// nodeEvent records a per-node failure as an event about the node's object (its NodeSensor, or
+// the Node when it has none); conflicts are retried, not reported.
+func (r *SecurityProfileReconciler) nodeEvent(profile *v1alpha1.SecurityProfile, regarding client.Object, err error) {
+	if apierrors.IsConflict(err) {
+		return
+	}
+	r.eventf(regarding, profile, corev1.EventTypeWarning, ReasonDecisionFailed, "Decide", "Node %s: %v", regarding.GetName(), err)
 }
 
 // refreshSettings copies settings that change nothing a node must prove (the self-test's timeout

@@ -119,6 +119,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 			// The node changed hands (a profile was deleted or relabelled): start over under this one.
 			if err := r.adopt(ctx, profile, ns); err != nil {
 				errs = append(errs, err)
+				r.nodeEvent(profile, ns, err)
 				continue
 			}
 			sensors[ns.Name] = ns
@@ -127,6 +128,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		case ns.Spec.Profile == profile.Name:
 			if err := r.release(ctx, profile, ns); err != nil {
 				errs = append(errs, err)
+				r.nodeEvent(profile, ns, err)
 			}
 		}
 	}
@@ -143,7 +145,9 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 	}
 	err := forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
 		if err := r.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create node sensor %s: %w", ns.Name, err)
+			err = fmt.Errorf("create node sensor %s: %w", ns.Name, err)
+			r.nodeEvent(profile, governed[ns.Name], err)
+			return err
 		}
 		return nil
 	})
