@@ -7,7 +7,7 @@
 // Like the real agent, a simulated agent reports its facts again to a NodeSensor that was
 // deleted and created anew, and tests again after a restart. Faults are injected from outside:
 // Silence stops every agent (a brownout), Restart makes one agent start over, and a Verdict hook
-// decides a node's self-test results. The rollout benchmark (hack/bench-rollout) and the fault
+// decides a node's self-test results; SilenceNode stops one agent. The rollout benchmark (hack/bench-rollout) and the fault
 // suite (test/fault) use it.
 package simagent
 
@@ -73,6 +73,7 @@ type agent struct {
 	testStart time.Time
 	reported  int32 // attempt whose verdict was written
 	lastBeat  time.Time
+	silent    bool // this agent alone stopped (its pod hangs)
 }
 
 // Stats count what the agents did.
@@ -198,6 +199,16 @@ func (f *Fleet) Silence(on bool) {
 	}
 }
 
+// SilenceNode stops (true) or resumes (false) one agent: its pod hangs or crash-loops.
+func (f *Fleet) SilenceNode(name string, on bool) {
+	if a := f.agent(name); a != nil {
+		a.mu.Lock()
+		a.silent = on
+		a.mu.Unlock()
+		f.q.Add(name)
+	}
+}
+
 func (f *Fleet) agent(name string) *agent {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -233,6 +244,9 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.silent {
+		return 0 // SilenceNode(false) enqueues it again
+	}
 	again := f.act(ctx, a, ns)
 	if a.probed && time.Since(a.lastBeat) >= f.o.Heartbeat {
 		if err := f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err == nil {

@@ -136,6 +136,7 @@ func TestFaultsDuringRollout(t *testing.T) {
 	s.apiServerRestarted()
 	s.nodeDeleted()
 	s.nodeSensorDeleted()
+	s.verifyingAgentsSilent()
 	s.brownout()
 	s.hostileStatuses()
 	s.final(profile, t0)
@@ -357,6 +358,38 @@ func (s *suite) nodeSensorDeleted() {
 		did += fmt.Sprintf("; recreated, facts re-reported, verified again with %s", ns.Spec.Driver)
 	}
 	s.record(name, did+"; "+s.w.story(victim, at), took)
+}
+
+// verifyingAgentsSilent stops the agents of the nodes verifying now (their pods hang in the
+// self-test) for longer than the heartbeat timeout, while every other agent goes on: the stalled
+// nodes keep their rollout slots, so the manager may start no other node meanwhile.
+func (s *suite) verifyingAgentsSilent() {
+	const name = "agents of the verifying nodes silent"
+	s.w.setPhase(name)
+	s.waitFor("nodes verifying", recover, func() (bool, string) {
+		st := s.w.snapshot()
+		return len(st.verifyingNodes) > 0 || len(st.notConverged) == 0, "none verifying"
+	})
+	before := s.w.snapshot()
+	var silent []string
+	for _, n := range before.verifyingNodes {
+		if !s.touched[n] {
+			s.touched[n] = true
+			silent = append(silent, n)
+		}
+	}
+	at := time.Now()
+	for _, n := range silent {
+		s.fleet.SilenceNode(n, true)
+	}
+	time.Sleep(heartbeatTimeout + 5*time.Second)
+	started := s.w.countSince(at, "attempt ")
+	for _, n := range silent {
+		s.fleet.SilenceNode(n, false)
+	}
+	took := s.settle(name, at, before.verified, append(slices.Clone(before.verifiedNodes), silent...))
+	s.record(name, fmt.Sprintf("silenced %s while verifying (%d verified); %d went Unknown/HeartbeatExpired; %d attempts started while they were silent; all verified after they came back",
+		short(silent), before.verified, s.w.countSince(at, "Unknown/HeartbeatExpired"), started), took)
 }
 
 func (s *suite) brownout() {

@@ -39,6 +39,9 @@ type nsVersion struct {
 	rv     uint64
 	proof  error
 	finish time.Time // the self-test's finishTime, as the agent wrote it
+	driver v1alpha1.Driver
+	// verifying: a driver assigned and no verdict for its attempt yet.
+	verifying bool
 }
 
 type violation struct {
@@ -72,12 +75,20 @@ type watcher struct {
 	invalidSince map[string]time.Time
 	flagged      map[string]bool
 	pending      []pendingTrue
+	starts       []pendingStart
 	log          map[string][]transition
 	inFlight     int
 	verifying    []string
 	maxInFlight  int
 	brownout     map[string]bool // nodes untainted when the current brownout began
 	violations   []violation
+}
+
+// pendingStart is a new attempt, judged against the other nodes as they were at its rv.
+type pendingStart struct {
+	node, phase string
+	rv          uint64
+	seen        time.Time
 }
 
 type pendingTrue struct {
@@ -196,12 +207,17 @@ func (w *watcher) proofError(ns *v1alpha1.NodeSensor) error {
 }
 
 // violate records a broken invariant, tagged with the node's own phase if it has one.
-func (w *watcher) violate(node, kind, msg string) {
-	phase := w.phase
-	if p := w.nodePhase[node]; p != "" {
-		phase = p
-	}
+func (w *watcher) violate(node, kind, msg string) { w.violateIn(w.phaseOf(node), kind, msg) }
+
+func (w *watcher) violateIn(phase, kind, msg string) {
 	w.violations = append(w.violations, violation{phase: phase, kind: kind, msg: msg, at: time.Since(w.t0)})
+}
+
+func (w *watcher) phaseOf(node string) string {
+	if p := w.nodePhase[node]; p != "" {
+		return p
+	}
+	return w.phase
 }
 
 // setNodePhase tags the violations of one node with a fault of its own ("" ends it).
@@ -237,9 +253,6 @@ func (w *watcher) onSensor(o any, deleted bool) {
 	if st := ns.Status.SelfTest; st != nil && (old == nil || old.Status.SelfTest == nil || !finishOf(old.Status.SelfTest).Equal(finishOf(st)) || old.Status.SelfTest.Attempt != st.Attempt) {
 		w.debug(name, rv, fmt.Sprintf("verdict %s for attempt %d (%s)", st.Result, st.Attempt, st.Driver))
 	}
-	// A start is voluntary when the node was waiting (no driver) or proven (a re-verification); a
-	// fallback after a failed or disproven verdict is not: the node was already unavailable.
-	voluntary := started && (old == nil || old.Spec.Driver == "" || w.proofError(old) == nil)
 	w.sensors[name] = ns
 	if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
 		w.reported[ns.UID] = st.Attempt
@@ -255,23 +268,16 @@ func (w *watcher) onSensor(o any, deleted bool) {
 		}
 		finish = finishOf(st)
 	}
-	h := append(w.history[name], nsVersion{rv: rv, proof: err, finish: finish})
+	st := ns.Status.SelfTest
+	verifying := ns.Spec.Driver != "" && (st == nil || st.Attempt < ns.Spec.Attempt)
+	h := append(w.history[name], nsVersion{rv: rv, proof: err, finish: finish, driver: ns.Spec.Driver, verifying: verifying})
 	if len(h) > 64 {
 		h = h[len(h)-64:]
 	}
 	w.history[name] = h
 	w.countInFlight()
-	if voluntary && w.nodes[name] != nil && w.nodes[name].selected {
-		var others []string
-		for _, n := range w.verifying {
-			if n != name {
-				others = append(others, n)
-			}
-		}
-		if len(others) >= w.maxUnavailable {
-			w.violate(name, "maxUnavailable", fmt.Sprintf("the manager started %s (attempt %d, rv %d) while %d nodes were verifying (maxUnavailable %d): %s",
-				name, ns.Spec.Attempt, rv, len(others), w.maxUnavailable, strings.Join(others, ", ")))
-		}
+	if started {
+		w.starts = append(w.starts, pendingStart{node: name, phase: w.phaseOf(name), rv: rv, seen: time.Now()})
 	}
 	w.checkTrue(name)
 }
@@ -345,6 +351,51 @@ func (w *watcher) onNode(o any, deleted bool) {
 	w.checkTrue(name)
 }
 
+// at returns the version of a node's NodeSensor in effect just before rv, or nil.
+func (w *watcher) at(node string, rv uint64) *nsVersion {
+	var v *nsVersion
+	for i := range w.history[node] {
+		if h := &w.history[node][i]; h.rv < rv && (v == nil || h.rv > v.rv) {
+			v = h
+		}
+	}
+	return v
+}
+
+// judgeStarts checks each attempt the manager started a few seconds ago against the nodes
+// verifying at that resourceVersion. A start is voluntary when the node was waiting (no driver)
+// or proven (a re-verification); a fallback after a failed or disproven verdict is not, the node
+// being unavailable already. Judging by resourceVersion, not by arrival, keeps a watch that
+// re-lists after an API outage (objects in name order) from inventing overlaps; a re-list can
+// hide a real overlap, never add one.
+func (w *watcher) judgeStarts() {
+	keep := w.starts[:0]
+	for _, p := range w.starts {
+		if time.Since(p.seen) < 3*time.Second {
+			keep = append(keep, p)
+			continue
+		}
+		if prev := w.at(p.node, p.rv); prev != nil && prev.driver != "" && prev.proof != nil {
+			continue
+		}
+		var others []string
+		for name, nv := range w.nodes {
+			if name == p.node || !nv.selected {
+				continue
+			}
+			if v := w.at(name, p.rv); v != nil && v.verifying {
+				others = append(others, name)
+			}
+		}
+		if len(others) >= w.maxUnavailable {
+			sort.Strings(others)
+			w.violateIn(p.phase, "maxUnavailable", fmt.Sprintf("the manager started %s (rv %d) while %d nodes were verifying (maxUnavailable %d): %s",
+				p.node, p.rv, len(others), w.maxUnavailable, strings.Join(others, ", ")))
+		}
+	}
+	w.starts = keep
+}
+
 // checkTrue starts or ends the grace period of a True node whose NodeSensor does not prove it.
 func (w *watcher) checkTrue(name string) {
 	nv := w.nodes[name]
@@ -393,6 +444,7 @@ func (w *watcher) tick() {
 		}
 	}
 	w.pending = keep
+	w.judgeStarts()
 	for name, since := range w.invalidSince {
 		if !w.flagged[name] && time.Since(since) > w.grace {
 			w.flagged[name] = true
