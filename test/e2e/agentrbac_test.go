@@ -2,12 +2,14 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -60,7 +62,34 @@ func agentKubeconfig(t *testing.T, node string) string {
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
 		t.Fatal(err)
 	}
+	checkAgentIdentity(t, path, node)
 	return path
+}
+
+// checkAgentIdentity asks the API server who the kubeconfig's user is: the agent's service
+// account with its node's name in the token, and nothing like an administrator.
+func checkAgentIdentity(t *testing.T, kubeconfig, node string) {
+	t.Helper()
+	ctx := context.Background()
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	review, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("who am I: %v", err)
+	}
+	u := review.Status.UserInfo
+	if u.Username != "system:serviceaccount:"+agentNamespace+":driverpilot-agent" || fmt.Sprint(u.Extra["authentication.kubernetes.io/node-name"]) != "["+node+"]" {
+		t.Fatalf("the agent runs as %s with extra %v, want the driverpilot-agent service account bound to node %s", u.Username, u.Extra, node)
+	}
+	if _, err := cs.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("the agent may list secrets (%v): it must run with its own permissions only", err)
+	}
 }
 
 // applyAgentConfig creates everything under config/agent (the agent's service account, roles,
