@@ -32,8 +32,10 @@ const (
 	// Outdated: verified by an older agent that still runs there (its replacement has not
 	// started yet); it keeps its verified state.
 	Outdated Phase = "Outdated"
-	// Reverify: verified by an older agent while a newer one now runs; it keeps its verified
-	// state and waits for the rollout to let it re-verify (an operator upgrade).
+	// Reverify: verified, but the proof no longer answers what the node must prove: an older
+	// agent proved it and a newer one now runs (an operator upgrade), or the profile changed the
+	// sensor, the checks or the allowed drivers (Reprove). It keeps its verified state and waits
+	// for the rollout to let it re-verify.
 	Reverify Phase = "Reverify"
 	// Reverifying: a new attempt with the driver that passed the previous one, in the same
 	// boot; the node stays verified on that proof until the new verdict is in.

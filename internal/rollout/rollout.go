@@ -46,9 +46,10 @@ const (
 )
 
 // Decide returns which waiting nodes may start verifying. Canaries start first. Other queued
-// nodes wait until every canary is proven; other nodes waiting to re-verify after an upgrade wait
-// until every canary is verified by the new agent. Nodes start in name order, so the rollout is
-// reproducible.
+// nodes wait until every canary is proven; other nodes waiting to re-verify (after an upgrade or
+// a profile edit) wait until every canary is verified under the new agent and spec. A canary
+// with no supported driver, or whose agent is silent, pauses everything. Nodes start in name
+// order, so the rollout is reproducible.
 func Decide(in Input) Plan {
 	var p Plan
 	var failed int
