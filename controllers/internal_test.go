@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -135,5 +136,17 @@ func TestTaintRetriesOnConflict(t *testing.T) {
 	}
 	if len(got.Spec.Taints) != 2 || !hasTaint(got) {
 		t.Errorf("taints %+v: want the other writer's and ours", got.Spec.Taints)
+	}
+}
+
+func TestRecordedCanariesFitTheirBound(t *testing.T) {
+	var many []string
+	for i := 0; i < maxRecordedCanaries+10; i++ {
+		many = append(many, fmt.Sprintf("n%05d", i))
+	}
+	last := many[len(many)-1] // a count canary recorded before: it must stay recorded
+	got := recordCanaries(many, []string{last})
+	if len(got) != maxRecordedCanaries || !slices.Contains(got, last) {
+		t.Errorf("%d recorded (bound %d), count canary kept: %v", len(got), maxRecordedCanaries, slices.Contains(got, last))
 	}
 }

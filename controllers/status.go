@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -54,7 +55,7 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	st.ObservedGeneration = profile.Generation
 	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
 	st.Nodes.UpToDate = int32(p.upToDate)
-	st.Canaries = p.canaries
+	st.Canaries = recordCanaries(p.canaries, profile.Status.Canaries)
 	n := st.Nodes
 	switch {
 	case n.Selected == 0:
@@ -102,6 +103,35 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 		meta.RemoveStatusCondition(&st.Conditions, ConditionConflict)
 	}
 	return st
+}
+
+// maxRecordedCanaries is the bound of status.canaries.
+const maxRecordedCanaries = 5000
+
+// recordCanaries fits the canaries into status.canaries: past its bound, those recorded before
+// (the count canaries' memory) come first; selector canaries are found again on every pass.
+func recordCanaries(canaries, recorded []string) []string {
+	if len(canaries) <= maxRecordedCanaries {
+		return canaries
+	}
+	keep := map[string]bool{}
+	for _, n := range recorded {
+		if len(keep) < maxRecordedCanaries && slices.Contains(canaries, n) {
+			keep[n] = true
+		}
+	}
+	for _, n := range canaries {
+		if len(keep) < maxRecordedCanaries {
+			keep[n] = true
+		}
+	}
+	out := make([]string, 0, len(keep))
+	for _, n := range canaries {
+		if keep[n] {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func setCondition(st *v1alpha1.SecurityProfileStatus, profile *v1alpha1.SecurityProfile, typ string, status metav1.ConditionStatus, reason, msg string) {
