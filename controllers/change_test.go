@@ -351,6 +351,40 @@ func TestUnparsableSelectorStopsOnlyItsProfile(t *testing.T) {
 	eventually(t, 20*time.Second, "good profile's node verified", conditionIs(t, "badsel-a", corev1.ConditionTrue, controllers.ReasonVerified))
 }
 
+// TestProfileTurnedInvalidKeepsItsNodes (item 2): a profile edited into a selector the manager
+// cannot parse keeps the nodes it governs (a newer profile does not take them over meanwhile),
+// and its nodes stay verified.
+func TestProfileTurnedInvalidKeepsItsNodes(t *testing.T) {
+	createNodes(t, "keepnodes", "keepnodes-a")
+	older := profileFor("keepnodes-older", "keepnodes")
+	startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), "keepnodes-a")
+	createProfile(t, older)
+	eventually(t, 20*time.Second, "verified", conditionIs(t, "keepnodes-a", corev1.ConditionTrue, controllers.ReasonVerified))
+	time.Sleep(1100 * time.Millisecond) // creation timestamps have one-second resolution
+	createProfile(t, profileFor("keepnodes-newer", "keepnodes"))
+	editProfile(t, "keepnodes-older", func(p *v1alpha1.SecurityProfile) {
+		p.Spec.NodeSelector.MatchLabels["test"] = "not a label value!"
+	})
+	eventually(t, 20*time.Second, "older profile InvalidSpec", func() error {
+		c := meta.FindStatusCondition(getProfile(t, "keepnodes-older").Status.Conditions, controllers.ConditionReady)
+		if c == nil || c.Reason != controllers.ReasonInvalidSpec {
+			return fmt.Errorf("Ready: %+v", c)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	ns, err := getSensor("keepnodes-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.Spec.Profile != "keepnodes-older" {
+		t.Errorf("the node changed hands while its profile was invalid: now follows %s", ns.Spec.Profile)
+	}
+	if err := conditionIs(t, "keepnodes-a", corev1.ConditionTrue, controllers.ReasonVerified)(); err != nil {
+		t.Error(err)
+	}
+}
+
 // TestPassedWithoutChecksIsNoProof (item 3): an agent that says Passed without reporting every
 // required check, or for another boot, never makes its node True.
 func TestPassedWithoutChecksIsNoProof(t *testing.T) {
