@@ -65,8 +65,10 @@ type Agent struct {
 	opts   Options
 	facts  v1alpha1.ProbeFacts
 	sensor sensor.Sensor
-	// driver is the driver the running sensor was started with.
+	// driver is the driver the running sensor was started with, and kind the sensor it is
+	// (kind, image, Falco version) as the spec named it.
 	driver v1alpha1.Driver
+	kind   v1alpha1.SensorSpec
 	// tested is the attempt last tested, and when.
 	tested   int32
 	testedAt time.Time
@@ -357,17 +359,18 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.keepProof(ctx, ns)
 		return
 	}
-	if a.sensor != nil && a.driver != spec.Driver {
+	if a.sensor != nil && (a.driver != spec.Driver || a.kind != spec.Sensor) {
+		// Another driver, or another sensor after a profile edit: a new sensor proves the new spec.
 		a.stopSensor()
 	}
 	if a.sensor == nil {
 		s, err := a.opts.NewSensor(spec)
 		if err != nil {
 			a.opts.Log.Error(err, "No sensor for this spec")
-			a.reportFailure(ctx, ns, "SensorUnavailable", err.Error())
+			a.reportFailure(ctx, ns, v1alpha1.ReasonSensorUnavailable, err.Error())
 			return
 		}
-		a.sensor, a.driver = s, spec.Driver
+		a.sensor, a.driver, a.kind = s, spec.Driver, spec.Sensor
 	}
 	var timeout time.Duration
 	if spec.SelfTest.Timeout != nil {
@@ -565,7 +568,7 @@ const maxRestartWaits = 10
 func provenByOtherAgent(ns *v1alpha1.NodeSensor, bootID string) bool {
 	t := ns.Status.SelfTest
 	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Attempt == ns.Spec.Attempt &&
-		t.Driver == ns.Spec.Driver && t.BootID == bootID && t.AgentVersion != version.Version
+		t.Driver == ns.Spec.Driver && bootID != "" && t.BootID == bootID && t.AgentVersion != version.Version
 }
 
 // keepProof starts the sensor with the proven driver without testing it again.
@@ -578,7 +581,7 @@ func (a *Agent) keepProof(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.reportFailure(ctx, ns, "SensorLoadFailed", err.Error())
 		return
 	}
-	a.sensor, a.driver = s, ns.Spec.Driver
+	a.sensor, a.driver, a.kind = s, ns.Spec.Driver, ns.Spec.Sensor
 	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
 	a.proven = true
 	a.opts.Log.Info("Sensor started on the proof of a previous agent; waiting for the manager to ask for re-verification",
@@ -607,6 +610,7 @@ func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	now := metav1.Now()
 	ns.Status.HeartbeatTime = &now
 	ns.Status.AgentVersion = version.Version
+	ns.Status.Clamp()
 	if err := a.opts.Client.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		return fmt.Errorf("patch node sensor status: %w", err)
 	}
@@ -640,7 +644,7 @@ func (a *Agent) stopSensor() {
 	if err := a.sensor.Close(); err != nil {
 		a.opts.Log.Error(err, "Stop sensor")
 	}
-	a.sensor, a.driver, a.proven = nil, "", false
+	a.sensor, a.driver, a.kind, a.proven = nil, "", v1alpha1.SensorSpec{}, false
 	a.flowMisses = 0
 }
 

@@ -25,10 +25,6 @@ import (
 	"github.com/driverpilot/driverpilot/internal/testutil"
 )
 
-var env *testenv.Env
-
-func TestMain(m *testing.M) { testenv.Main(m, &env) }
-
 // killSwitch is an alert output that panics while armed: a real way for the built-in sensor's
 // reader goroutine to die (it recovers, records the panic and stops reading).
 type killSwitch struct{ armed atomic.Bool }
@@ -62,7 +58,7 @@ func createNodeSensor(t *testing.T, node string, d v1alpha1.Driver, timeout time
 
 // runAgent runs an agent for node with the test's own settings in o, against the test control
 // plane, until the test ends.
-func runAgent(t *testing.T, node string, c client.WithWatch, o agent.Options) {
+func runRealAgent(t *testing.T, node string, c client.WithWatch, o agent.Options) {
 	t.Helper()
 	o.NodeName, o.Client, o.Prober, o.Log = node, c, probe.New("/"), testr.New(t)
 	o.HeartbeatInterval = 2 * time.Second
@@ -134,7 +130,7 @@ func TestSensorHealthBetweenSelfTests(t *testing.T) {
 
 	kill := &killSwitch{}
 	var sensors atomic.Int32
-	runAgent(t, node, c, agent.Options{
+	runRealAgent(t, node, c, agent.Options{
 		NewSensor: func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 			sensors.Add(1)
 			return sensor.NewBuiltin(sensor.Options{Alerts: kill}), nil
@@ -210,7 +206,7 @@ func TestInconclusiveRunsAreRetriedNotFailed(t *testing.T) {
 	c := createNodeSensor(t, node, v1alpha1.DriverEBPF, 200*time.Millisecond, v1alpha1.CheckExeFromMemfd)
 	s := &lossySensor{}
 	s.lossy.Store(1)
-	runAgent(t, node, c, agent.Options{
+	runRealAgent(t, node, c, agent.Options{
 		NewSensor:    func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) { return s, nil },
 		WorkDir:      t.TempDir(),
 		RetryBackoff: 300 * time.Millisecond,
@@ -303,7 +299,7 @@ func TestAlertFlowBetweenSelfTests(t *testing.T) {
 	const node = "flow-node"
 	c := createNodeSensor(t, node, v1alpha1.DriverModernEBPF, 5*time.Second, v1alpha1.CheckExeUpperLayer)
 	var cut atomic.Bool
-	runAgent(t, node, c, agent.Options{
+	runRealAgent(t, node, c, agent.Options{
 		NewSensor: func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 			return allExecs{Builtin: sensor.NewBuiltin(sensor.Options{}), cut: &cut}, nil
 		},

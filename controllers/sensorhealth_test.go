@@ -16,8 +16,8 @@ import (
 	"github.com/driverpilot/driverpilot/controllers"
 )
 
-// getSensor reads a node's NodeSensor.
-func getSensor(t *testing.T, node string) *v1alpha1.NodeSensor {
+// sensorOf reads a node's NodeSensor.
+func sensorOf(t *testing.T, node string) *v1alpha1.NodeSensor {
 	t.Helper()
 	ns := &v1alpha1.NodeSensor{}
 	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: node}, ns); err != nil {
@@ -44,7 +44,7 @@ func TestInconclusiveIsNotAFailedAttempt(t *testing.T) {
 		return nil
 	})
 	time.Sleep(2 * time.Second) // several passes of the manager
-	ns := getSensor(t, "inconclusive-a")
+	ns := sensorOf(t, "inconclusive-a")
 	if len(ns.Spec.FailedAttempts) != 0 || ns.Spec.Attempt != 1 {
 		t.Errorf("inconclusive run recorded as a failure: attempt %d, failed attempts %+v", ns.Spec.Attempt, ns.Spec.FailedAttempts)
 	}
@@ -65,7 +65,7 @@ func TestDeadSensorTakesNodeOutOfVerified(t *testing.T) {
 
 	setHealth := func(status metav1.ConditionStatus, reason string) {
 		t.Helper()
-		ns := getSensor(t, "sensorhealth-a")
+		ns := sensorOf(t, "sensorhealth-a")
 		base := ns.DeepCopy()
 		meta.SetStatusCondition(&ns.Status.Conditions, metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: status,
 			Reason: reason, Message: "reported by the test"})
@@ -78,7 +78,7 @@ func TestDeadSensorTakesNodeOutOfVerified(t *testing.T) {
 	if c := nodeCondition(t, "sensorhealth-a"); c == nil || !strings.Contains(c.Message, "ReaderStopped") {
 		t.Errorf("condition message does not carry the agent's reason: %+v", c)
 	}
-	if ns := getSensor(t, "sensorhealth-a"); len(ns.Spec.FailedAttempts) != 0 || ns.Spec.Attempt != 1 {
+	if ns := sensorOf(t, "sensorhealth-a"); len(ns.Spec.FailedAttempts) != 0 || ns.Spec.Attempt != 1 {
 		t.Errorf("a dead sensor was recorded as a failed attempt: attempt %d, %+v", ns.Spec.Attempt, ns.Spec.FailedAttempts)
 	}
 	setHealth(metav1.ConditionTrue, "SelfTestPassed")

@@ -23,6 +23,14 @@ type NodeSensorSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	Attempt int32 `json:"attempt,omitempty"`
 
+	// provenAttempt is set when this attempt re-verifies the driver that passed the previous
+	// attempt (after an agent upgrade or a profile edit): the attempt the manager saw proven.
+	// That proof stands until the new verdict is in; an agent's claim about an earlier attempt
+	// counts for nothing without it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ProvenAttempt int32 `json:"provenAttempt,omitempty"`
+
 	// candidates is the ordered list of drivers still eligible on this node, driver first.
 	// +optional
 	// +listType=atomic
@@ -123,22 +131,28 @@ type BoolFact struct {
 	Answer Answer `json:"answer"`
 	// source says how the answer was obtained (a file read, a program loaded, a label).
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented an answer, or that a No rests on (for example a denied load).
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
 // StringFact is a textual fact with how it was obtained. An empty value with an error is unknown.
 type StringFact struct {
-	// value is the fact; empty when it could not be established.
+	// value is the fact; empty when it could not be established. At most 256 characters, the
+	// bound of every field the manager copies a fact into (FailedAttempt.kernelRelease).
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Value string `json:"value,omitempty"`
 	// source says how the value was obtained.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented reading the fact.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
@@ -241,18 +255,23 @@ type ModuleFacts struct {
 type DistroFacts struct {
 	// id is os-release's ID (amzn, bottlerocket, cos, ubuntu, rhel, ol, talos, debian, flatcar...).
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	ID string `json:"id,omitempty"`
 	// versionID is os-release's VERSION_ID.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	VersionID string `json:"versionID,omitempty"`
 	// prettyName is os-release's PRETTY_NAME.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	PrettyName string `json:"prettyName,omitempty"`
 	// source is the file the facts were read from.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented reading them.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
@@ -292,6 +311,7 @@ type SelfTestStatus struct {
 	Result SelfTestResult `json:"result"`
 	// reason is a CamelCase reason for a failure (for example CheckFailed, SensorLoadFailed).
 	// +optional
+	// +kubebuilder:validation:MaxLength=128
 	Reason string `json:"reason,omitempty"`
 	// message explains the verdict; for a load failure it holds the end of the verifier log.
 	// +optional
@@ -301,6 +321,7 @@ type SelfTestStatus struct {
 	// +optional
 	// +listType=map
 	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=4
 	Checks []CheckResult `json:"checks,omitempty"`
 	// startTime is when the self-test started.
 	// +optional
@@ -308,11 +329,14 @@ type SelfTestStatus struct {
 	// finishTime is when it finished.
 	// +optional
 	FinishTime *metav1.Time `json:"finishTime,omitempty"`
-	// bootID is the boot the self-test ran in; a new boot invalidates it.
+	// bootID is the boot the self-test ran in; a new boot invalidates it, and an empty one
+	// proves nothing.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	BootID string `json:"bootID,omitempty"`
 	// agentVersion is the version of the agent that ran it.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	AgentVersion string `json:"agentVersion,omitempty"`
 }
 
@@ -324,18 +348,22 @@ type CheckResult struct {
 	Result SelfTestResult `json:"result"`
 	// expected is what the sensor had to report, for example "upper layer".
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Expected string `json:"expected,omitempty"`
 	// observed is what it reported, or "no event within 10s".
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Observed string `json:"observed,omitempty"`
 	// latency is the time from the exec to the event.
 	// +optional
 	Latency *metav1.Duration `json:"latency,omitempty"`
 	// method is how the sensor decided the layer (for the built-in sensor: CORE or InodeOffset).
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	Method string `json:"method,omitempty"`
 	// message explains a failure or a NotApplicable.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Message string `json:"message,omitempty"`
 }
 
@@ -352,12 +380,14 @@ type NodeSensorStatus struct {
 	HeartbeatTime *metav1.Time `json:"heartbeatTime,omitempty"`
 	// agentVersion is the version of the agent running on the node.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	AgentVersion string `json:"agentVersion,omitempty"`
 	// conditions are the agent's own conditions: SensorHealthy says whether the sensor still works
 	// between self-tests.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 

@@ -603,6 +603,11 @@ func (in *SecurityProfileStatus) DeepCopyInto(out *SecurityProfileStatus) {
 		}
 	}
 	out.Nodes = in.Nodes
+	if in.Canaries != nil {
+		in, out := &in.Canaries, &out.Canaries
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.Drivers != nil {
 		in, out := &in.Drivers, &out.Drivers
 		*out = make([]DriverCount, len(*in))

@@ -93,6 +93,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Client:           mgr.GetClient(),
 		Scheme:           mgr.GetScheme(),
 		Recorder:         mgr.GetEventRecorder("driverpilot-manager"),
+		APIReader:        mgr.GetAPIReader(),
 		KnownIssues:      issues,
 		HeartbeatTimeout: o.HeartbeatTimeout,
 		Agent:            controllers.AgentConfig{Namespace: o.Namespace, Image: image, ServiceAccount: o.AgentSA},

@@ -42,7 +42,7 @@ var rules = []rule{
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			rel := f.Kernel.Release.Value
 			if rel == "" {
-				return v1alpha1.AnswerUnknown, "kernel release unknown: " + f.Kernel.Release.Error
+				return v1alpha1.AnswerUnknown, unknownFact("kernel release", f.Kernel.Release.Error)
 			}
 			return yesIf(strings.Contains(rel, "uek")), "kernel release " + rel
 		},
@@ -54,7 +54,7 @@ var rules = []rule{
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			mode := f.Lockdown.Value
 			if mode == "" {
-				return v1alpha1.AnswerUnknown, "lockdown unknown: " + f.Lockdown.Error
+				return v1alpha1.AnswerUnknown, unknownFact("lockdown", f.Lockdown.Error)
 			}
 			return yesIf(mode != "none"), "lockdown " + mode
 		},
@@ -162,7 +162,7 @@ var rules = []rule{
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			mode := f.Lockdown.Value
 			if mode == "" {
-				return v1alpha1.AnswerUnknown, "lockdown unknown: " + f.Lockdown.Error
+				return v1alpha1.AnswerUnknown, unknownFact("lockdown", f.Lockdown.Error)
 			}
 			return yesIf(mode == "confidentiality"), "lockdown " + mode
 		},
@@ -198,11 +198,16 @@ func boolTest(b v1alpha1.BoolFact, name string) (v1alpha1.Answer, string) {
 		}
 		return b.Answer, s
 	}
-	s := name + " unknown"
-	if b.Error != "" {
-		s += ": " + b.Error
+	return v1alpha1.AnswerUnknown, unknownFact(name, b.Error)
+}
+
+// unknownFact says what was observed about a fact nobody established: the agent never reported
+// it (not probed: an older agent, or a probe not run yet), or its probe failed on this node.
+func unknownFact(name, err string) string {
+	if err == "" {
+		return name + " unknown: not probed"
 	}
-	return v1alpha1.AnswerUnknown, s
+	return name + " unknown: the probe failed on this node: " + err
 }
 
 // lacksCapability answers whether the host's capability bounding set lacks capability bit.
@@ -225,7 +230,7 @@ func lacksCapability(bs *v1alpha1.StringFact, bit int, name string) (v1alpha1.An
 
 func distroIs(f v1alpha1.ProbeFacts, id string) (v1alpha1.Answer, string) {
 	if f.Distro.ID == "" {
-		return v1alpha1.AnswerUnknown, "distro unknown: " + f.Distro.Error
+		return v1alpha1.AnswerUnknown, unknownFact("distro", f.Distro.Error)
 	}
 	return yesIf(f.Distro.ID == id), "distro " + f.Distro.ID
 }

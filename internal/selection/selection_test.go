@@ -502,3 +502,32 @@ func TestCapabilityReasonsSayWhy(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownSaysWhatWasObserved: a fact the agent never reported reads "not probed", a fact
+// whose probe failed on the node says so with the error: two different things to fix.
+func TestUnknownSaysWhatWasObserved(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(*v1alpha1.ProbeFacts)
+		want string
+	}{
+		{"not probed", func(f *v1alpha1.ProbeFacts) { f.Lockdown = v1alpha1.StringFact{} }, "lockdown unknown: not probed"},
+		{"failed here", func(f *v1alpha1.ProbeFacts) { f.Lockdown = v1alpha1.StringFact{Error: "securityfs not mounted"} },
+			"lockdown unknown: the probe failed on this node: securityfs not mounted"},
+		{"bool not probed", func(f *v1alpha1.ProbeFacts) { f.Modules.Disabled = v1alpha1.BoolFact{} }, "unknown: not probed"},
+	}
+	for _, tc := range cases {
+		f := node("6.1.0-28-cloud-amd64", "amd64", "debian", "12", "aws", tc.set)
+		d, err := Decide(Input{Facts: f, Policy: prefer(v1alpha1.DriverKmod), Sensor: v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falco:0.42.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []string
+		for _, r := range d.Reasons {
+			msgs = append(msgs, r.Message)
+		}
+		if !strings.Contains(strings.Join(msgs, "\n"), tc.want) {
+			t.Errorf("%s: no reason says %q:\n%s", tc.name, tc.want, strings.Join(msgs, "\n"))
+		}
+	}
+}

@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -54,23 +53,6 @@ func buildBinary(t *testing.T) string { return buildPackage(t, "./cmd/driverpilo
 
 // buildPackage builds a static binary of a package of this module into the test's temp dir.
 func buildPackage(t *testing.T, pkg string) string { return testutil.BuildPackage(t, pkg) }
-
-func kubeconfig(t *testing.T) string {
-	t.Helper()
-	user, err := env.Environment.AddUser(envtest.User{Name: "e2e-agent", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // readyCondition returns the node's RuntimeSecurityReady condition, or nil.
 func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
@@ -111,13 +93,13 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	testenv.Require(t)
 	requireRootAndBPF(t)
 	bin := buildBinary(t)
-	cfg := kubeconfig(t)
 	ctx := context.Background()
 	const nodeName = "e2e-this-machine"
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"e2e": "true"}}}
 	if err := env.Client.Create(ctx, node); err != nil {
 		t.Fatal(err)
 	}
+	cfg := agentKubeconfig(t, nodeName)
 	profile := &v1alpha1.SecurityProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e"},
 		Spec: v1alpha1.SecurityProfileSpec{
