@@ -203,7 +203,7 @@ func TestInconclusiveRunsAreRetriedNotFailed(t *testing.T) {
 	testutil.RequireKernel(t)
 	testenv.Require(t)
 	const node = "lossy-node"
-	c := createNodeSensor(t, node, v1alpha1.DriverEBPF, 200*time.Millisecond, v1alpha1.CheckExeFromMemfd)
+	c := createNodeSensor(t, node, v1alpha1.DriverEBPF, 200*time.Millisecond, v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeFromMemfd)
 	s := &lossySensor{}
 	s.lossy.Store(1)
 	runRealAgent(t, node, c, agent.Options{
