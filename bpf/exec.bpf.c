@@ -54,6 +54,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 
 #define COMM_LEN 16
 #define FILENAME_LEN 64
+#define CGROUP_NAME_LEN 96
 
 /* Bits of exec_event.flags; the Go decoder mirrors them (agent/sensor/decode.go). */
 enum exe_flag {
@@ -88,6 +89,8 @@ struct exec_event {
 	__u8 _pad[2];
 	char comm[COMM_LEN];
 	char filename[FILENAME_LEN]; /* d_name of the exe's dentry, NUL-terminated */
+	char cgroup[CGROUP_NAME_LEN];        /* the task's memory cgroup's name (a container ID) */
+	char cgroup_parent[CGROUP_NAME_LEN]; /* its parent's name (a pod) */
 };
 
 /* Bits of settings[0], written by user space while the program runs. */
@@ -223,6 +226,41 @@ static __always_inline bool exe_writable(struct inode *inode)
 	return (caps & (1U << CAP_DAC_OVERRIDE)) != 0;
 }
 
+/* Reads the names of the current task's cgroup and its parent into ev, at the exec: user space
+ * cannot look them up later for a process that has already exited. The memory controller's
+ * cgroup (cgroup v1, where each controller has its own hierarchy) or the default hierarchy's
+ * (cgroup v2, or a kernel without the memory controller). */
+static __always_inline void fill_cgroup(struct exec_event *ev)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct cgroup *cgrp = NULL;
+
+	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
+		int id = bpf_core_enum_value(enum cgroup_subsys_id, memory_cgrp_id);
+		struct cgroup_subsys_state *css = NULL;
+
+		if (id >= 0 && id < 16) {
+			bpf_probe_read_kernel(&css, sizeof(css), &cset->subsys[id]);
+			if (css)
+				cgrp = BPF_CORE_READ(css, cgroup);
+		}
+	}
+	if (!cgrp)
+		cgrp = BPF_CORE_READ(cset, dfl_cgrp);
+	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
+	if (!kn)
+		return;
+	bpf_probe_read_kernel_str(ev->cgroup, sizeof(ev->cgroup), BPF_CORE_READ(kn, name));
+	struct kernfs_node *parent;
+	if (bpf_core_field_exists(struct kernfs_node___new, __parent))
+		parent = BPF_CORE_READ((struct kernfs_node___new *)kn, __parent);
+	else
+		parent = BPF_CORE_READ(kn, parent);
+	if (parent)
+		bpf_probe_read_kernel_str(ev->cgroup_parent, sizeof(ev->cgroup_parent), BPF_CORE_READ(parent, name));
+}
+
 /* Fills ev for an upper-layer overlay exec, a memfd exec, and a lower-layer overlay exec while
  * SETTING_SEND_LOWER is set; returns false for every other exec (no event). */
 static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_event *ev)
@@ -263,6 +301,7 @@ static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_ev
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 				  BPF_CORE_READ(file, f_path.dentry, d_name.name));
+	fill_cgroup(ev);
 	return true;
 }
 

@@ -31,16 +31,18 @@ const (
 )
 
 type ExecExecEvent struct {
-	_         structs.HostLayout
-	KtimeNs   uint64
-	Pid       uint32
-	Tgid      uint32
-	Flags     uint32
-	Method    uint8
-	Agreement uint8
-	Pad       [2]uint8
-	Comm      [16]int8
-	Filename  [64]int8
+	_            structs.HostLayout
+	KtimeNs      uint64
+	Pid          uint32
+	Tgid         uint32
+	Flags        uint32
+	Method       uint8
+	Agreement    uint8
+	Pad          [2]uint8
+	Comm         [16]int8
+	Filename     [64]int8
+	Cgroup       [96]int8
+	CgroupParent [96]int8
 }
 
 type ExecLayerMethod uint32

@@ -101,11 +101,41 @@ struct cred {
 	kernel_cap_t cap_effective;
 };
 
+/* The cgroup of a task, for the container it runs in: its kernfs node's name is the last path
+ * element (a container runtime names it after the container ID) and its parent's the pod's. */
+struct kernfs_node {
+	const char *name;
+	struct kernfs_node *parent; /* renamed __parent in 6.15 (kernfs_node___new) */
+};
+
+struct kernfs_node___new {
+	struct kernfs_node *__parent;
+};
+
+struct cgroup {
+	struct kernfs_node *kn;
+};
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+};
+
+struct css_set {
+	struct cgroup_subsys_state *subsys[16];
+	struct cgroup *dfl_cgrp;
+};
+
+/* Values differ with the kernel's configuration: read with bpf_core_enum_value. */
+enum cgroup_subsys_id {
+	memory_cgrp_id = 4,
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
 	const struct cred *cred;
+	struct css_set *cgroups;
 };
 
 #pragma clang attribute pop

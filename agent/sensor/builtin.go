@@ -384,7 +384,7 @@ func (b *Builtin) deliver(ev Event) {
 	if !writeAlert || !ev.UpperLayer() {
 		return
 	}
-	ev.Container = ContainerOf(b.opts.ProcRoot, ev.TGID)
+	ev.Container = ContainerOfEvent(b.opts.ProcRoot, ev)
 	if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
 		b.mu.Lock()
 		b.alertErr = err

@@ -266,3 +266,36 @@ func TestBatchedEventsArriveWithinTheFlushInterval(t *testing.T) {
 		})
 	}
 }
+
+// TestEventNamesItsCgroup: the kernel reads the exec'ing task's cgroup name (the memory
+// controller's on cgroup v1, the unified one on v2) into the event, so the container of a process
+// that exits at once can still be named. The exec runs in a cgroup made for the test.
+func TestEventNamesItsCgroup(t *testing.T) {
+	requireKernel(t)
+	root := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(root); err != nil {
+		root = "/sys/fs/cgroup" // cgroup v2
+	}
+	for _, d := range drivers {
+		t.Run(string(d), func(t *testing.T) {
+			_, events := startSensor(t, d)
+			group := randomName(t, "dp-cgroup-")
+			dir := filepath.Join(root, group)
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				t.Fatalf("make a cgroup to exec in: %v", err)
+			}
+			t.Cleanup(func() { _ = os.Remove(dir) })
+			name := randomName(t, "dp-cg-")
+			path := filepath.Join(filepath.Dir(mountOverlay(t, randomName(t, "dp-lower-"))), name)
+			copyFile(t, "/bin/true", path) // through the merged dir: upper layer, always sent
+			script := "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && exec " + path
+			if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
+				t.Fatalf("exec in the cgroup: %v %s", err, out)
+			}
+			ev := expectOnly(t, events, name, nil)
+			if ev.Cgroup.Leaf != group {
+				t.Errorf("event cgroup %+v, want leaf %q", ev.Cgroup, group)
+			}
+		})
+	}
+}

@@ -28,6 +28,30 @@ func (c Container) ShortID() string {
 	return c.ID
 }
 
+// CgroupNames are the names of a task's cgroup and of its parent, read in the kernel at the exec
+// (bpf/exec.bpf.c): a runtime names the cgroup after the container and its parent after the pod.
+type CgroupNames struct {
+	Leaf, Parent string
+}
+
+// ContainerOfEvent names the container of ev's process: from the cgroup names the kernel read at
+// the exec, which hold even when the process is gone by the time the event is read (a dropped
+// binary that runs for a millisecond), else from /proc/<tgid>/cgroup under procRoot.
+func ContainerOfEvent(procRoot string, ev Event) Container {
+	if c, ok := containerInPath(ev.Cgroup.Parent + "/" + ev.Cgroup.Leaf); ok {
+		return c
+	}
+	if ev.Cgroup.Leaf != "" {
+		// The kernel named a cgroup that is no container's: a host process, or a container whose
+		// runtime names cgroups otherwise; /proc may know more while the process lives.
+		if c := ContainerOf(procRoot, ev.TGID); c.ID != "" {
+			return c
+		}
+		return Container{ID: "host"}
+	}
+	return ContainerOf(procRoot, ev.TGID)
+}
+
 // ContainerOf reads /proc/<tgid>/cgroup under procRoot ("/proc" on a host, "/host/proc" in a pod).
 func ContainerOf(procRoot string, tgid uint32) Container {
 	data, err := os.ReadFile(filepath.Join(procRoot, fmt.Sprint(tgid), "cgroup"))

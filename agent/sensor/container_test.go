@@ -45,3 +45,23 @@ func TestContainerOfThisProcess(t *testing.T) {
 		t.Errorf("ContainerOf(no such pid) = %+v, want unknown", got)
 	}
 }
+
+func TestContainerOfEventUsesTheKernelNames(t *testing.T) {
+	const id = "4f1c2b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a"
+	const uid = "0d6a2c31-5b7e-4f19-9c1a-7e2b3d4f5a6b"
+	gone := uint32(1 << 30) // no such process: only the kernel's names can tell
+	for name, tc := range map[string]struct {
+		names CgroupNames
+		want  Container
+	}{
+		"cgroupfs":        {CgroupNames{Leaf: id, Parent: "pod" + uid}, Container{ID: id, PodUID: uid}},
+		"systemd":         {CgroupNames{Leaf: "cri-containerd-" + id + ".scope", Parent: "kubepods-besteffort-pod0d6a2c31_5b7e_4f19_9c1a_7e2b3d4f5a6b.slice"}, Container{ID: id, PodUID: uid}},
+		"host cgroup":     {CgroupNames{Leaf: "user.slice", Parent: "/"}, Container{ID: "host"}},
+		"nothing read":    {CgroupNames{}, Container{}},
+		"container, pod?": {CgroupNames{Leaf: id, Parent: "kubepods"}, Container{ID: id}},
+	} {
+		if got := ContainerOfEvent("/proc", Event{TGID: gone, Cgroup: tc.names}); got != tc.want {
+			t.Errorf("%s: %+v, want %+v", name, got, tc.want)
+		}
+	}
+}

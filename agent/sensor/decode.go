@@ -59,6 +59,7 @@ func (d *Decoder) Decode(raw []byte) (Event, error) {
 		Method:    Method(ev.Method),
 		Agreement: Agreement(ev.Agreement),
 		Driver:    d.driver,
+		Cgroup:    CgroupNames{Leaf: cString(ev.Cgroup[:]), Parent: cString(ev.CgroupParent[:])},
 	}, nil
 }
 

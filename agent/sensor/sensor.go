@@ -259,6 +259,8 @@ type Event struct {
 	Agreement Agreement
 	// Driver is the driver the event came through.
 	Driver v1alpha1.Driver
+	// Cgroup names the task's cgroup at the exec, read in the kernel.
+	Cgroup CgroupNames
 	// Container is where the process ran; resolved only for events that alert.
 	Container Container
 }
