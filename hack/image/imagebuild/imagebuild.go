@@ -213,14 +213,23 @@ func WriteTarball(path, ref string, img v1.Image) error {
 // WriteLayout writes the image as an OCI image layout directory, replacing what was there,
 // with ref as its reference name (skopeo copy oci:DIR:REF, crane push --index).
 func WriteLayout(dir, ref string, img v1.Image) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
+	p, err := newLayout(dir)
 	if err != nil {
 		return err
 	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref}))
+	return p.AppendImage(img, refName(ref))
+}
+
+// newLayout makes an empty OCI image layout at dir, replacing what was there.
+func newLayout(dir string) (layout.Path, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	return layout.Write(dir, empty.Index)
+}
+
+func refName(ref string) layout.Option {
+	return layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})
 }
 
 // BuildIndex builds one image per Options (one per architecture) and puts them in a
@@ -253,12 +262,9 @@ func BuildIndex(opts ...Options) (v1.ImageIndex, error) {
 // what was there, with ref as the index's reference name (skopeo copy --all oci:DIR:REF,
 // ctr images import --all-platforms, crane push --index).
 func WriteLayoutIndex(dir, ref string, idx v1.ImageIndex) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
+	p, err := newLayout(dir)
 	if err != nil {
 		return err
 	}
-	return p.AppendIndex(idx, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref}))
+	return p.AppendIndex(idx, refName(ref))
 }
