@@ -125,6 +125,16 @@ func TestAllPassed(t *testing.T) {
 	}
 }
 
+func TestMarkdown(t *testing.T) {
+	r := Evaluate(boot(goodLog(t, nil, nil)), testDrivers, testChecks)
+	var out bytes.Buffer
+	WriteMarkdown(&out, []KernelReport{r})
+	want := "| 6.1.0-56-amd64 | - | Module | modern_ebpf > ebpf | modern_ebpf, ebpf | CORE (Agree) | - | pass |"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, out.String())
+	}
+}
+
 func TestFailures(t *testing.T) {
 	failedCheck := passing("ebpf")
 	failedCheck.Result = v1alpha1.SelfTestFailed

@@ -652,3 +652,47 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// WriteMarkdown prints the kernel table the README shows: one row per kernel with the probe's
+// overlay types, the decision, each driver's checks and method, and the faults.
+func WriteMarkdown(w io.Writer, reports []KernelReport) {
+	fmt.Fprintln(w, "| kernel | arch | overlay types | decision | passed | method (agreement) | faults | verdict |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range reports {
+		arch, types, decision := "-", "-", "-"
+		if r.Info != nil {
+			arch = orDash(r.Info.Architecture)
+		}
+		if r.Probe != nil {
+			types = orDash(r.Probe.Probe.BTF.OverlayTypes.Value)
+			var cands []string
+			for _, c := range r.Probe.Decision.Candidates {
+				cands = append(cands, string(c))
+			}
+			decision = orDash(strings.Join(cands, " > "))
+		}
+		var methods []string
+		for _, c := range r.Cells {
+			if c.Method == "-" || c.Method == "" {
+				continue
+			}
+			m := c.Method
+			if c.Agreement != "" {
+				m += " (" + c.Agreement + ")"
+			}
+			if !slicesContains(methods, m) {
+				methods = append(methods, m)
+			}
+		}
+		var faults []string
+		for _, f := range r.Faults {
+			faults = append(faults, f.Fault+": "+f.Result)
+		}
+		verdict := "pass"
+		if !r.Passed() {
+			verdict = "**FAIL**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Kernel, arch, types, decision,
+			orDash(strings.Join(r.Worked, ", ")), orDash(strings.Join(methods, ", ")), orDash(strings.Join(faults, ", ")), verdict)
+	}
+}

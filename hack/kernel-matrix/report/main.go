@@ -2,7 +2,7 @@
 // check × result × detection method, boot and run time per kernel, and for every failure the reason
 // and the end of the console. It exits 1 unless every cell on every kernel passed.
 //
-// Usage: report -drivers modern_ebpf,ebpf -checks ExeUpperLayer,... MANIFEST
+// Usage: report -drivers modern_ebpf,ebpf -checks ExeUpperLayer,... [-markdown FILE] MANIFEST
 //
 // MANIFEST has one boot a line, tab-separated: kernel, nonce, wall seconds, qemu exit code, log path,
 // then optional key=value fields:
@@ -27,6 +27,7 @@ import (
 func main() {
 	drivers := flag.String("drivers", "modern_ebpf,ebpf", "drivers every kernel must pass, comma-separated")
 	checks := flag.String("checks", "ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd", "checks every driver must pass, comma-separated")
+	markdown := flag.String("markdown", "", "also write the kernel table as Markdown to FILE (the README's table)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: report [-drivers LIST] [-checks LIST] MANIFEST")
@@ -40,6 +41,14 @@ func main() {
 	var reports []matrix.KernelReport
 	for _, b := range boots {
 		reports = append(reports, matrix.Evaluate(b, strings.Split(*drivers, ","), strings.Split(*checks, ",")))
+	}
+	if *markdown != "" {
+		var b strings.Builder
+		matrix.WriteMarkdown(&b, reports)
+		if err := os.WriteFile(*markdown, []byte(b.String()), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "report: %v\n", err)
+			os.Exit(2)
+		}
 	}
 	if !matrix.WriteTable(os.Stdout, reports) {
 		fmt.Println("\nkernel matrix: FAILED")
