@@ -190,19 +190,33 @@ for entry in "${KERNELS[@]}"; do
 done
 archs+=("$(go env GOARCH)")
 
-# 2. The binaries, per architecture, from this tree (the Go build cache makes a rebuild cheap).
+# 2. The kernels download and unpack (network and one core) while the binaries build, per
+# architecture, from this tree (the Go build cache makes a rebuild cheap; a cold arm64 build is
+# the longest step of a cold run). No -trimpath: the amd64 packages then come from the build cache
+# that go vet and go test filled earlier in CI.
+prepare_kernels() {
+  [ ${#need[@]} -gt 0 ] || return 0
+  fetch_kernels "${need[@]}"
+  local cell
+  for cell in $(printf '%s\n' "${need[@]}" | sort -u); do unpack_kernel "${cell%%/*}" "${cell#*/}" >/dev/null; done
+}
+# A failed build must not leave the download or a boot running behind it.
+trap 'kill $(jobs -rp) 2>/dev/null || true' EXIT
+prepare_kernels &
+prepare_pid=$!
 for arch in $(printf '%s\n' "${archs[@]}" | sort -u); do
   log "building static driverpilot and /init for $arch"
   mkdir -p "$BUILD/$arch"
   (cd "$ROOT" &&
-    CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -ldflags '-s -w' -o "$BUILD/$arch/driverpilot" ./cmd/driverpilot &&
-    CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -ldflags '-s -w' -o "$BUILD/$arch/init" ./hack/kernel-matrix/init) ||
+    CGO_ENABLED=0 GOARCH="$arch" go build -ldflags '-s -w' -o "$BUILD/$arch/driverpilot" ./cmd/driverpilot &&
+    CGO_ENABLED=0 GOARCH="$arch" go build -ldflags '-s -w' -o "$BUILD/$arch/init" ./hack/kernel-matrix/init) ||
     die "go build for $arch failed"
 done
 (cd "$ROOT" && go build -o "$BUILD/report" ./hack/kernel-matrix/report) || die "go build report failed"
+log "binaries built"
+wait "$prepare_pid" || die "fetching or unpacking the kernels failed (see above)"
 
-# 3. Kernels and initramfs images.
-[ ${#need[@]} -eq 0 ] || fetch_kernels "${need[@]}"
+# 3. The initramfs images.
 manifest="$RUNS/manifest.tsv"
 : >"$manifest"
 jobs_file="$RUNS/jobs.tsv"
