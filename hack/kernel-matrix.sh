@@ -192,8 +192,8 @@ archs+=("$(go env GOARCH)")
 
 # 2. The kernels download and unpack (network and one core) while the binaries build, per
 # architecture, from this tree (the Go build cache makes a rebuild cheap; a cold arm64 build is
-# the longest step of a cold run). No -trimpath: the amd64 packages then come from the build cache
-# that go vet and go test filled earlier in CI.
+# the longest step of a cold run). The flags compile like `make build` and `make build-arm64`
+# (-trimpath; -ldflags only changes the link), so after those only the links are left.
 prepare_kernels() {
   [ ${#need[@]} -gt 0 ] || return 0
   fetch_kernels "${need[@]}"
@@ -208,8 +208,8 @@ for arch in $(printf '%s\n' "${archs[@]}" | sort -u); do
   log "building static driverpilot and /init for $arch"
   mkdir -p "$BUILD/$arch"
   (cd "$ROOT" &&
-    CGO_ENABLED=0 GOARCH="$arch" go build -ldflags '-s -w' -o "$BUILD/$arch/driverpilot" ./cmd/driverpilot &&
-    CGO_ENABLED=0 GOARCH="$arch" go build -ldflags '-s -w' -o "$BUILD/$arch/init" ./hack/kernel-matrix/init) ||
+    CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -ldflags '-s -w' -o "$BUILD/$arch/driverpilot" ./cmd/driverpilot &&
+    CGO_ENABLED=0 GOARCH="$arch" go build -trimpath -ldflags '-s -w' -o "$BUILD/$arch/init" ./hack/kernel-matrix/init) ||
     die "go build for $arch failed"
 done
 (cd "$ROOT" && go build -o "$BUILD/report" ./hack/kernel-matrix/report) || die "go build report failed"
