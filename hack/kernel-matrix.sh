@@ -38,7 +38,9 @@ APT_SOURCES=(
   "http://deb.debian.org/debian trixie main"
 )
 
-DEFAULT_KERNELS="5.10/amd64 5.10/cloud-amd64 6.1/amd64 6.1/cloud-amd64 6.12/amd64 6.12/cloud-amd64 6.12/arm64 host"
+# The no-overlay-btf variants reuse a kernel already fetched: they make the inode offset decide
+# (not only agree) on the 6.1 and 6.12 layouts.
+DEFAULT_KERNELS="5.10/amd64 5.10/cloud-amd64 6.1/amd64 6.1/cloud-amd64 6.1/amd64:no-overlay-btf 6.12/amd64 6.12/cloud-amd64 6.12/amd64:no-overlay-btf 6.12/arm64 host"
 read -r -a KERNELS <<<"${KERNEL_MATRIX_KERNELS:-$DEFAULT_KERNELS}"
 FAULTS="${KERNEL_MATRIX_FAULTS-all-lower,drop-events}"
 DRIVERS="${KERNEL_MATRIX_DRIVERS:-modern_ebpf,ebpf}"
