@@ -32,6 +32,8 @@ set -euo pipefail
 # bullseye's last point release (frozen), bookworm-security, trixie's point release.
 declare -A KERNEL_ABI=([5.10]="5.10.0-32" [6.1]="6.1.0-56" [6.12]="6.12.117+deb13")
 declare -A KERNEL_PKG_VERSION=([5.10]="5.10.223-1" [6.1]="6.1.192-2" [6.12]="6.12.117-1")
+# The Debian release each generation ships with: the guest's /etc/os-release, for the probe's distro fact.
+declare -A DEBIAN_RELEASE=([5.10]="11 bullseye" [6.1]="12 bookworm" [6.12]="13 trixie")
 APT_SOURCES=(
   "http://deb.debian.org/debian bullseye main"
   "http://deb.debian.org/debian-security bookworm-security main"
@@ -147,11 +149,15 @@ module_files() {
   echo "$file"
 }
 
-# build_initramfs TREE RELEASE ARCH OUT VARIANT: a newc cpio with /init, /bin/driverpilot and the
-# overlay module (without its .BTF section for the no-overlay-btf variant).
+# build_initramfs TREE RELEASE ARCH OUT VARIANT GEN: a newc cpio with /init, /bin/driverpilot, the
+# overlay module (without its .BTF section for the no-overlay-btf variant) and the os-release of the
+# Debian release the kernel belongs to.
 build_initramfs() {
-  local tree="$1" release="$2" arch="$3" out="$4" variant="$5" stage="$4.d" f base modules
+  local tree="$1" release="$2" arch="$3" out="$4" variant="$5" gen="$6" stage="$4.d" f base modules
   rm -rf "$stage" && mkdir -p "$stage"/{bin,dev,proc,sys,tmp,run,work,etc,lib/modules}
+  local deb_version="${DEBIAN_RELEASE[$gen]% *}" deb_codename="${DEBIAN_RELEASE[$gen]#* }"
+  printf 'PRETTY_NAME="Debian GNU/Linux %s (%s)"\nNAME="Debian GNU/Linux"\nVERSION_ID="%s"\nVERSION_CODENAME=%s\nID=debian\n' \
+    "$deb_version" "$deb_codename" "$deb_version" "$deb_codename" >"$stage/etc/os-release"
   install -m 0755 "$BUILD/$arch/init" "$stage/init"
   install -m 0755 "$BUILD/$arch/driverpilot" "$stage/bin/driverpilot"
   # The kernel's built-in initramfs has /dev/console too; ours makes sure of it where we may mknod.
@@ -245,7 +251,7 @@ for entry in "${cells[@]}"; do
   [ -f "$vmlinuz" ] || die "linux-image-$release-unsigned has no boot/vmlinuz-$release"
   run="$RUNS/${name//\//-}"
   mkdir -p "$run"
-  build_initramfs "$tree" "$release" "$arch" "$run/initramfs.cpio" "$variant"
+  build_initramfs "$tree" "$release" "$arch" "$run/initramfs.cpio" "$variant" "$gen"
   append="panic=-1 loglevel=${KERNEL_MATRIX_LOGLEVEL:-4} dpmatrix.nonce=$nonce dpmatrix.drivers=$DRIVERS dpmatrix.checks=$CHECKS dpmatrix.timeout=$SELFTEST_TIMEOUT${faults:+ dpmatrix.faults=$faults}"
   # Tab-separated, "-" for empty: read collapses adjacent tabs.
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$arch" "$name" "$nonce" "$run" "$expect" "${faults:--}" "$vmlinuz" "$append" >>"$jobs_file"

@@ -117,7 +117,7 @@ func TestAllPassed(t *testing.T) {
 	}
 	for _, want := range []string{
 		"6.1.0-56-amd64  modern_ebpf  Passed         Passed         Passed     Passed        CORE    Agree",
-		"PASS", "3.2s", "Module", "modern_ebpf>ebpf  modern_ebpf,ebpf  ✓",
+		"PASS", "3.2s", "Module", "modern_ebpf>ebpf  modern_ebpf,ebpf  ✓   ebpf>",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
@@ -379,6 +379,40 @@ func TestMethodFromProbe(t *testing.T) {
 	r := Evaluate(boot(logWith(t, nil, nil, probeResult(v1alpha1.OverlayTypesAbsent, "modern_ebpf", "ebpf"), nil)), testDrivers, testChecks)
 	if r.Passed() {
 		t.Fatalf("CORE decided where the probe found no overlay types; want failure")
+	}
+}
+
+// From a kernel's real facts, the falco#3286 known issue must keep modern_ebpf from first place for
+// a Falco release before the fix exactly where the probe finds no overlay types.
+func TestFalco3286FromFacts(t *testing.T) {
+	for _, tc := range []struct {
+		types      string
+		wantFirst  v1alpha1.Driver
+		wantReason bool
+	}{
+		{v1alpha1.OverlayTypesAbsent, v1alpha1.DriverEBPF, true},
+		{v1alpha1.OverlayTypesModule, v1alpha1.DriverModernEBPF, false},
+	} {
+		pr := probeResult(tc.types, "modern_ebpf", "ebpf")
+		pr.Probe.Kernel.Release.Value, pr.Probe.Kernel.Version.Value = "6.1.0-56-amd64", "6.1.192"
+		pr.Probe.Distro.ID, pr.Probe.Distro.VersionID = "debian", "12"
+		d, err := falcoDecision(pr.Probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Driver != tc.wantFirst {
+			t.Errorf("overlay types %s: Falco %s first driver %s, want %s (%+v)", tc.types, FalcoBefore3286, d.Driver, tc.wantFirst, d.Reasons)
+		}
+		if p := falco3286Problem(pr.Probe, d); p != "" {
+			t.Errorf("overlay types %s: %s", tc.types, p)
+		}
+		// A decision that ignored the issue is caught.
+		if tc.wantReason {
+			ignored := selection.Decision{Driver: v1alpha1.DriverModernEBPF, Candidates: []v1alpha1.Driver{"modern_ebpf", "ebpf"}}
+			if falco3286Problem(pr.Probe, ignored) == "" {
+				t.Errorf("a decision that ranks modern_ebpf first without overlay types was not caught")
+			}
+		}
 	}
 }
 

@@ -11,8 +11,14 @@ import (
 	"time"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/config/knownissues"
 	"github.com/driverpilot/driverpilot/internal/selection"
 )
+
+// FalcoBefore3286 is a Falco release before the falco#3286 fix (0.38.2). The report also decides for
+// a Falco sensor of this version from each kernel's real probe facts: the known-issue rule must skip
+// modern_ebpf exactly where the probe finds no overlay types (the falco#3286 situation).
+const FalcoBefore3286 = "0.38.1"
 
 // Boot is one kernel's boot as the host saw it.
 type Boot struct {
@@ -43,6 +49,9 @@ type Boot struct {
 type ProbeResult struct {
 	Probe    v1alpha1.ProbeFacts `json:"probe"`
 	Decision selection.Decision  `json:"decision"`
+	// Falco is the host's decision, from the same facts, for a Falco FalcoBefore3286 sensor with the
+	// default preference and the embedded known issues; not part of the probe's output.
+	Falco *selection.Decision `json:"-"`
 }
 
 // FaultCell is one run with an injected sensor fault. It passes only when the self-test failed,
@@ -244,6 +253,15 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 		if problem := decisionProblem(r.Probe.Decision, drivers, r.Worked); problem != "" {
 			r.Problems = append(r.Problems, problem)
 		}
+		d, err := falcoDecision(r.Probe.Probe)
+		if err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("decide for Falco %s: %v", FalcoBefore3286, err))
+		} else {
+			r.Probe.Falco = &d
+			if problem := falco3286Problem(r.Probe.Probe, d); problem != "" {
+				r.Problems = append(r.Problems, problem)
+			}
+		}
 	}
 	faultDrivers := b.FaultDrivers
 	if len(faultDrivers) == 0 && len(drivers) > 0 {
@@ -269,6 +287,38 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 		}
 	}
 	return r
+}
+
+// falcoDecision decides for a Falco FalcoBefore3286 sensor from a kernel's facts.
+func falcoDecision(f v1alpha1.ProbeFacts) (selection.Decision, error) {
+	issues, err := knownissues.Default()
+	if err != nil {
+		return selection.Decision{}, err
+	}
+	return selection.Decide(selection.Input{
+		Facts:       f,
+		Policy:      v1alpha1.DriverPolicy{Preference: selection.DefaultPreference},
+		Sensor:      v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, FalcoVersion: FalcoBefore3286},
+		KnownIssues: issues,
+	})
+}
+
+// falco3286Problem reports a Falco decision where the falco#3286 rule fired on a kernel whose probe
+// found overlay types, or did not fire on one whose probe found none.
+func falco3286Problem(f v1alpha1.ProbeFacts, d selection.Decision) string {
+	fired := false
+	for _, r := range d.Reasons {
+		fired = fired || (r.Driver == v1alpha1.DriverModernEBPF && strings.Contains(r.Rule+" "+r.Message, "falco#3286"))
+	}
+	absent := f.BTF.OverlayTypes.Value == v1alpha1.OverlayTypesAbsent
+	switch {
+	case absent && (!fired || d.Driver == v1alpha1.DriverModernEBPF):
+		return fmt.Sprintf("Falco %s: overlay types are absent, yet falco#3286 did not keep modern_ebpf from first place (candidates %v)",
+			FalcoBefore3286, d.Candidates)
+	case !absent && fired:
+		return fmt.Sprintf("Falco %s: falco#3286 fired though the probe finds overlay types in %s", FalcoBefore3286, f.BTF.OverlayTypes.Value)
+	}
+	return ""
 }
 
 // decisionProblem reports a decision whose first driver is not one that passed on this kernel: the
@@ -502,24 +552,28 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 
 	fmt.Fprintln(w, "\nProbe facts and the selection engine's decision (Builtin sensor, default preference) vs what passed:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KERNEL\tVMLINUX BTF\tOVERLAY TYPES\tTP_BTF\tRAW_TP\tRINGBUF\tLOCKDOWN\tDECISION\tPASSED\tOK")
+	fmt.Fprintf(tw, "KERNEL\tDISTRO\tVMLINUX BTF\tOVERLAY TYPES\tTP_BTF\tRAW_TP\tRINGBUF\tLOCKDOWN\tDECISION\tPASSED\tOK\tFALCO %s\n", FalcoBefore3286)
 	for _, r := range reports {
 		if r.Probe == nil {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t%s\t✗\n", r.Kernel, orDash(strings.Join(r.Worked, ",")))
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t✗\t-\n", r.Kernel, orDash(strings.Join(r.Worked, ",")))
 			continue
 		}
 		f, d := r.Probe.Probe, r.Probe.Decision
-		var cands []string
-		for _, c := range d.Candidates {
-			cands = append(cands, string(c))
-		}
 		ok := "✓"
 		if decisionProblem(d, driversOf(r.Cells), r.Worked) != "" {
 			ok = "✗"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Kernel, answer(f.BTF.Vmlinux), orDash(f.BTF.OverlayTypes.Value),
+		falco := "-"
+		if r.Probe.Falco != nil {
+			falco = orDash(candidates(*r.Probe.Falco, ">"))
+			if falco3286Problem(f, *r.Probe.Falco) != "" {
+				falco += " ✗"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Kernel, orDash(strings.TrimSpace(f.Distro.ID+" "+f.Distro.VersionID)),
+			answer(f.BTF.Vmlinux), orDash(f.BTF.OverlayTypes.Value),
 			answer(f.EBPF.TPBTF), answer(f.EBPF.RawTracepoint), answer(f.EBPF.RingBuffer), orDash(f.Lockdown.Value),
-			orDash(strings.Join(cands, ">")), orDash(strings.Join(r.Worked, ",")), ok)
+			orDash(candidates(d, ">")), orDash(strings.Join(r.Worked, ",")), ok, falco)
 	}
 	tw.Flush()
 
@@ -633,6 +687,15 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 	return all
 }
 
+// candidates joins a decision's candidates, best first.
+func candidates(d selection.Decision, sep string) string {
+	var out []string
+	for _, c := range d.Candidates {
+		out = append(out, string(c))
+	}
+	return strings.Join(out, sep)
+}
+
 // driversOf lists the drivers of cells in their order.
 func driversOf(cells []Cell) []string {
 	var out []string
@@ -665,11 +728,7 @@ func WriteMarkdown(w io.Writer, reports []KernelReport) {
 		}
 		if r.Probe != nil {
 			types = orDash(r.Probe.Probe.BTF.OverlayTypes.Value)
-			var cands []string
-			for _, c := range r.Probe.Decision.Candidates {
-				cands = append(cands, string(c))
-			}
-			decision = orDash(strings.Join(cands, " > "))
+			decision = orDash(candidates(r.Probe.Decision, " > "))
 		}
 		var methods []string
 		for _, c := range r.Cells {
