@@ -15,6 +15,8 @@
 #                            overlay.ko (the falco#3286 situation on a kernel that has module BTF).
 #   KERNEL_MATRIX_FAULTS     faults injected in the first cell of each generation and architecture
 #                            and in the host cell (default "all-lower,drop-events"; "" for none)
+#   KERNEL_MATRIX_FAULT_DRIVERS  drivers the faults run with (default: the first of KERNEL_MATRIX_DRIVERS;
+#                            the faults sit in user space, after the driver)
 #   KERNEL_MATRIX_DRIVERS    default "modern_ebpf,ebpf"
 #   KERNEL_MATRIX_CHECKS     default "ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd"
 #   KERNEL_MATRIX_JOBS       boots run at once (default 2: TCG runs one vCPU per thread)
@@ -46,6 +48,7 @@ DEFAULT_KERNELS="5.10/amd64 5.10/cloud-amd64 6.1/amd64 6.1/cloud-amd64 6.1/amd64
 read -r -a KERNELS <<<"${KERNEL_MATRIX_KERNELS:-$DEFAULT_KERNELS}"
 FAULTS="${KERNEL_MATRIX_FAULTS-all-lower,drop-events}"
 DRIVERS="${KERNEL_MATRIX_DRIVERS:-modern_ebpf,ebpf}"
+FAULT_DRIVERS="${KERNEL_MATRIX_FAULT_DRIVERS:-${DRIVERS%%,*}}"
 CHECKS="${KERNEL_MATRIX_CHECKS:-ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd}"
 JOBS="${KERNEL_MATRIX_JOBS:-2}"
 TIMEOUT="${KERNEL_MATRIX_TIMEOUT:-600}"
@@ -257,7 +260,7 @@ for entry in "${cells[@]}"; do
   run="$RUNS/${name//\//-}"
   mkdir -p "$run"
   build_initramfs "$tree" "$release" "$arch" "$run/initramfs.cpio" "$variant" "$gen"
-  append="panic=-1 loglevel=${KERNEL_MATRIX_LOGLEVEL:-4} dpmatrix.nonce=$nonce dpmatrix.drivers=$DRIVERS dpmatrix.checks=$CHECKS dpmatrix.timeout=$SELFTEST_TIMEOUT${faults:+ dpmatrix.faults=$faults}"
+  append="panic=-1 loglevel=${KERNEL_MATRIX_LOGLEVEL:-4} dpmatrix.nonce=$nonce dpmatrix.drivers=$DRIVERS dpmatrix.checks=$CHECKS dpmatrix.timeout=$SELFTEST_TIMEOUT${faults:+ dpmatrix.faults=$faults dpmatrix.faultdrivers=$FAULT_DRIVERS}"
   # Tab-separated, "-" for empty: read collapses adjacent tabs.
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$arch" "$name" "$nonce" "$run" "$expect" "${faults:--}" "$vmlinuz" "$append" >>"$jobs_file"
 done
@@ -267,7 +270,7 @@ done
 boot() {
   local arch="$1" name="$2" nonce="$3" run="$4" expect="$5" faults="$6" vmlinuz="$7" append="$8" rc=0 start wall qemu opts=""
   [ "$expect" = - ] || opts="$expect"
-  [ "$faults" = - ] || opts="${opts:+$opts	}faults=$faults"
+  [ "$faults" = - ] || opts="${opts:+$opts	}faults=$faults	fault-drivers=$FAULT_DRIVERS"
   local console="$run/console.log"
   start="$(date +%s.%N)"
   if [ "$arch" = host ]; then
@@ -276,7 +279,7 @@ boot() {
       echo "the host cell needs root (BPF and mounts)" >"$console"; rc=1
     else
       timeout --kill-after=10 "$TIMEOUT" "$BUILD/$host_arch/init" -nonce "$nonce" -drivers "$DRIVERS" -checks "$CHECKS" \
-        -timeout "$SELFTEST_TIMEOUT" -faults "${faults#-}" -driverpilot "$BUILD/$host_arch/driverpilot" -workdir "$run" \
+        -timeout "$SELFTEST_TIMEOUT" -faults "${faults#-}" -fault-drivers "$FAULT_DRIVERS" -driverpilot "$BUILD/$host_arch/driverpilot" -workdir "$run" \
         </dev/null >"$console" 2>"$run/stderr.log" || rc=$?
     fi
   else
