@@ -29,9 +29,9 @@
 #   DRIVERPILOT_CACHE        cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/driverpilot)
 set -euo pipefail
 
-# Pinned kernels, one per generation: ABI and package version. Change both together; `make
-# kernel-matrix-pins` ... see README "Moving a pin". Each suite below holds its generation's pin:
-# bullseye's last point release (frozen), bookworm-security, trixie's point release.
+# Pinned kernels, one per generation: ABI and package version. Change both together (README:
+# "Moving a pin"). Each suite below holds its generation's pin: bullseye's last point release
+# (frozen), bookworm-security, trixie's current point release.
 declare -A KERNEL_ABI=([5.10]="5.10.0-32" [6.1]="6.1.0-56" [6.12]="6.12.117+deb13")
 declare -A KERNEL_PKG_VERSION=([5.10]="5.10.223-1" [6.1]="6.1.192-2" [6.12]="6.12.117-1")
 # The Debian release each generation ships with: the guest's /etc/os-release, for the probe's distro fact.
