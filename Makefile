@@ -9,7 +9,7 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build build-arm64 generate manifests verify-generated test vet fmt run tools kernel-matrix bench-sensor bench-rollout image bundle
+.PHONY: all build build-arm64 generate manifests verify-generated test vet fmt run run-processes print-version tools kernel-matrix bench-sensor bench-rollout image bundle fault
 
 all: build
 
@@ -49,8 +49,17 @@ fmt:
 test: ## The whole suite: generated code, vet, unit, envtest and root kernel tests.
 	hack/test.sh
 
-run: ## The product's main job on this machine.
+fault: ## The fault suite alone (test/fault, also part of `make test`): faults injected during a 60-node rollout, invariants watched throughout.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh | tail -1)" go test -count=1 -v -timeout 15m ./test/fault/
+
+run: ## The product's main job: a real single-node cluster here, the operator installed as the README says, the sample profile.
+	hack/cluster.sh run
+
+run-processes: ## The loop without a cluster: embedded control plane, manager and agent as processes.
 	hack/run-local.sh
+
+print-version:
+	@echo $(VERSION)
 
 kernel-matrix: ## Debian 5.10, 6.1, 6.12 (amd64, cloud-amd64) and 6.12 arm64 under qemu (TCG), plus the host kernel: probe, decision, self-test per driver, injected faults.
 	hack/kernel-matrix.sh

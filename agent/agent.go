@@ -8,11 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -43,6 +45,17 @@ type Options struct {
 	Profile string
 	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
 	HeartbeatInterval time.Duration
+	// HealthInterval is how often the agent asks a proven sensor whether it still works
+	// (sensor.HealthChecker); the node leaves verified within about this long of the sensor
+	// dying (default 2s).
+	HealthInterval time.Duration
+	// AlertFlowInterval is how often the agent proves, with an exec of its own, that a sensor
+	// which reports every exec (Falco: sensor.AllExecsReporter) still delivers its alerts; two
+	// misses in a row make it unhealthy (default 60s; each miss waits AlertFlowTimeout, 10s).
+	AlertFlowInterval, AlertFlowTimeout time.Duration
+	// RetryBackoff is the first wait before a self-test runs again after an inconclusive run or
+	// a sensor that died; it doubles up to MaxRetryBackoff (defaults 5s and 5m).
+	RetryBackoff, MaxRetryBackoff time.Duration
 	// Log receives the agent's progress.
 	Log logr.Logger
 }
@@ -52,8 +65,10 @@ type Agent struct {
 	opts   Options
 	facts  v1alpha1.ProbeFacts
 	sensor sensor.Sensor
-	// driver is the driver the running sensor was started with.
+	// driver is the driver the running sensor was started with, and kind the sensor it is
+	// (kind, image, Falco version) as the spec named it.
 	driver v1alpha1.Driver
+	kind   v1alpha1.SensorSpec
 	// tested is the attempt last tested, and when.
 	tested   int32
 	testedAt time.Time
@@ -63,12 +78,41 @@ type Agent struct {
 	active atomic.Bool
 	// restartWaits counts wakes spent waiting for Falco to restart, per attempt.
 	restartWaits map[int32]int
+	// proven says the running sensor passed a self-test (or runs on a previous agent's proof),
+	// so its health is watched.
+	proven bool
+	// retryAt, when set, is when the tested attempt runs its self-test again (after an
+	// inconclusive run or a dead sensor) instead of waiting for the interval; retry fires then.
+	retryAt time.Time
+	retry   *time.Timer
+	backoff time.Duration
+	// flowCheckedAt is when the alert flow was last proven; flowMisses counts misses in a row.
+	flowCheckedAt time.Time
+	flowMisses    int
+	// unreported is a SensorHealthy=False condition whose patch failed; sent again every health
+	// check until it lands, so an API hiccup cannot leave a dead sensor's node verified.
+	unreported *metav1.Condition
 }
 
 // New returns an agent.
 func New(o Options) *Agent {
 	if o.HeartbeatInterval <= 0 {
 		o.HeartbeatInterval = 30 * time.Second
+	}
+	if o.HealthInterval <= 0 {
+		o.HealthInterval = 2 * time.Second
+	}
+	if o.AlertFlowInterval <= 0 {
+		o.AlertFlowInterval = time.Minute
+	}
+	if o.AlertFlowTimeout <= 0 {
+		o.AlertFlowTimeout = 10 * time.Second
+	}
+	if o.RetryBackoff <= 0 {
+		o.RetryBackoff = 5 * time.Second
+	}
+	if o.MaxRetryBackoff <= 0 {
+		o.MaxRetryBackoff = 5 * time.Minute
 	}
 	return &Agent{opts: o}
 }
@@ -92,6 +136,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	// Re-checks the self-test interval even when the NodeSensor does not change.
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()
+	health := time.NewTicker(a.opts.HealthInterval)
+	defer health.Stop()
+	defer a.stopRetry()
 	for ctx.Err() == nil {
 		w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
 		if err != nil {
@@ -101,7 +148,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		a.follow(ctx, w, ns, tick.C)
+		a.follow(ctx, w, ns, tick.C, health.C)
 		w.Stop()
 	}
 	return nil
@@ -115,7 +162,7 @@ func (a *Agent) mine(ns *v1alpha1.NodeSensor) bool {
 }
 
 // follow handles one watch until it closes or ctx ends.
-func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, tick <-chan time.Time) {
+func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.NodeSensor, tick, health <-chan time.Time) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -146,6 +193,15 @@ func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.Node
 			if a.mine(ns) && ns.Status.Probe != nil {
 				a.step(ctx, ns)
 			}
+		case <-a.retryC():
+			a.retry = nil
+			if a.mine(ns) && ns.Status.Probe != nil {
+				a.step(ctx, ns)
+			}
+		case <-health:
+			if a.mine(ns) {
+				a.watchSensor(ctx, ns)
+			}
 		}
 	}
 }
@@ -161,7 +217,18 @@ func (a *Agent) probeNode(ctx context.Context) {
 	}
 	a.facts = a.opts.Prober.Probe(ctx, in)
 	a.opts.Log.Info("Node probed", "kernel", a.facts.Kernel.Release.Value, "btf", a.facts.BTF.Vmlinux.Answer,
-		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value)
+		"tpBTF", a.facts.EBPF.TPBTF.Answer, "lockdown", a.facts.Lockdown.Value, "memlock", memlockValue(a.facts.EBPF.Memlock))
+}
+
+// memlockValue is the memlock fact for the log: its value, or why it is unknown.
+func memlockValue(f *v1alpha1.StringFact) string {
+	switch {
+	case f == nil:
+		return "not measured"
+	case f.Value == "":
+		return "unknown: " + f.Error
+	}
+	return f.Value
 }
 
 // ensureFacts reports the facts to a NodeSensor that lacks them: a new object (recreated under
@@ -275,26 +342,35 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if spec.SelfTest.Interval != nil {
 		interval = spec.SelfTest.Interval.Duration
 	}
-	if spec.Attempt == a.tested && time.Since(a.testedAt) < interval {
-		return
+	if spec.Attempt == a.tested {
+		if a.retryAt.IsZero() && time.Since(a.testedAt) < interval {
+			return
+		}
+		if !a.retryAt.IsZero() && time.Now().Before(a.retryAt) {
+			return // an inconclusive run or a dead sensor: its retry timer is armed
+		}
+	} else {
+		a.backoff = 0 // a new decision starts its own backoff
 	}
+	a.stopRetry()
 	if a.tested == 0 && provenByOtherAgent(ns, a.facts.Kernel.BootID.Value) {
 		// After an operator upgrade the old agent's proof stands until the manager, pacing the
 		// upgrade like a rollout, asks for a new attempt; meanwhile the sensor keeps running.
 		a.keepProof(ctx, ns)
 		return
 	}
-	if a.sensor != nil && a.driver != spec.Driver {
+	if a.sensor != nil && (a.driver != spec.Driver || a.kind != spec.Sensor) {
+		// Another driver, or another sensor after a profile edit: a new sensor proves the new spec.
 		a.stopSensor()
 	}
 	if a.sensor == nil {
 		s, err := a.opts.NewSensor(spec)
 		if err != nil {
 			a.opts.Log.Error(err, "No sensor for this spec")
-			a.reportFailure(ctx, ns, "SensorUnavailable", err.Error())
+			a.reportFailure(ctx, ns, v1alpha1.ReasonSensorUnavailable, err.Error())
 			return
 		}
-		a.sensor, a.driver = s, spec.Driver
+		a.sensor, a.driver, a.kind = s, spec.Driver, spec.Sensor
 	}
 	var timeout time.Duration
 	if spec.SelfTest.Timeout != nil {
@@ -325,14 +401,163 @@ func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	}
 	a.tested, a.testedAt = spec.Attempt, time.Now()
 	a.opts.Log.Info("Self-test finished", "driver", spec.Driver, "attempt", spec.Attempt, "result", result.Result, "reason", result.Reason)
-	if result.Result != v1alpha1.SelfTestPassed {
+	if result.Result == v1alpha1.SelfTestInconclusive {
+		// The sensor lost events: no verdict on the driver. Keep the sensor, try again later.
+		delay := a.scheduleRetry()
+		a.opts.Log.Info("Self-test inconclusive: events were dropped; trying again", "driver", spec.Driver, "attempt", spec.Attempt,
+			"retryIn", delay, "message", result.Message)
+		if standingProof(ns, &result) {
+			return // an inconclusive run does not take back a pass; the retry settles it
+		}
+		if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+			a.opts.Log.Error(err, "Report self-test failed")
+		}
+		return
+	}
+	a.retryAt, a.backoff = time.Time{}, 0
+	health := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionTrue, Reason: "SelfTestPassed",
+		Message: fmt.Sprintf("The sensor passed its self-test with driver %s (attempt %d) and is watched every %s", spec.Driver, spec.Attempt, a.opts.HealthInterval)}
+	a.proven = result.Result == v1alpha1.SelfTestPassed
+	a.flowCheckedAt = time.Now() // the self-test just proved the flow
+	if !a.proven {
 		// A sensor that cannot prove detection protects nothing; the manager picks the next driver.
 		a.stopSensor()
+		health.Status, health.Reason = metav1.ConditionFalse, "SelfTestNotPassed"
+		health.Message = fmt.Sprintf("The self-test with driver %s (attempt %d) did not pass: %s", spec.Driver, spec.Attempt, result.Reason)
 	}
-	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = &result }); err != nil {
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) {
+		st.SelfTest = &result
+		meta.SetStatusCondition(&st.Conditions, health)
+	}); err != nil {
 		a.opts.Log.Error(err, "Report self-test failed")
 		a.tested = 0 // report again on the next wake
+		return
 	}
+	a.unreported = nil // superseded by this verdict
+}
+
+// standingProof reports whether the NodeSensor holds a pass for the same driver in the same boot
+// as result (this attempt's, or the previous one's while re-verifying).
+func standingProof(ns *v1alpha1.NodeSensor, result *v1alpha1.SelfTestStatus) bool {
+	t := ns.Status.SelfTest
+	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Driver == result.Driver && t.BootID == result.BootID &&
+		(t.Attempt == result.Attempt || t.Attempt == result.Attempt-1)
+}
+
+// watchSensor asks a proven sensor whether it still works. When it does not, the agent reports
+// SensorHealthy=False at once (the manager then takes the node out of verified), stops the sensor,
+// and runs the self-test again with a fresh one after a backoff; only its pass sets the condition
+// True again.
+func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	if a.unreported != nil {
+		a.reportHealth(ctx, ns, *a.unreported)
+	}
+	if a.sensor == nil || !a.proven {
+		return
+	}
+	err := a.sensorHealth(ctx)
+	if err == nil {
+		return
+	}
+	reason := "SensorFailed"
+	var he *sensor.HealthError
+	if errors.As(err, &he) {
+		reason = he.Reason
+	}
+	a.proven = false
+	a.stopSensor()
+	delay := a.scheduleRetry()
+	a.opts.Log.Info("Sensor stopped working; node reported unhealthy, self-test again", "driver", ns.Spec.Driver,
+		"reason", reason, "error", err.Error(), "retryIn", delay)
+	cond := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: reason,
+		Message: truncate(fmt.Sprintf("The sensor stopped working (driver %s): %v; a new self-test runs in %s", ns.Spec.Driver, err, delay), 1024)}
+	a.reportHealth(ctx, ns, cond)
+}
+
+// reportHealth patches the SensorHealthy condition, keeping it for the next health check when
+// the patch fails.
+func (a *Agent) reportHealth(ctx context.Context, ns *v1alpha1.NodeSensor, cond metav1.Condition) {
+	// A failed patch already changed the local copy: without the condition in the base, the
+	// patch carries it again.
+	meta.RemoveStatusCondition(&ns.Status.Conditions, cond.Type)
+	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { meta.SetStatusCondition(&st.Conditions, cond) }); err != nil {
+		a.opts.Log.Error(err, "Report sensor health failed; retrying at the next health check")
+		a.unreported = &cond
+		return
+	}
+	a.unreported = nil
+}
+
+// ReasonAlertFlowStopped: a sensor that reports every exec reported none for the agent's own
+// liveness exec, twice in a row.
+const ReasonAlertFlowStopped = "AlertFlowStopped"
+
+// sensorHealth asks the sensor whether it works (sensor.HealthChecker) and, every
+// AlertFlowInterval, proves the event flow of a sensor that reports every exec.
+func (a *Agent) sensorHealth(ctx context.Context) error {
+	if hc, ok := a.sensor.(sensor.HealthChecker); ok {
+		if err := hc.Health(); err != nil {
+			return err
+		}
+	}
+	r, ok := a.sensor.(sensor.AllExecsReporter)
+	if !ok || !r.ReportsAllExecs() || time.Since(a.flowCheckedAt) < a.opts.AlertFlowInterval {
+		return nil
+	}
+	a.flowCheckedAt = time.Now()
+	dir := a.opts.WorkDir
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if _, err := selftest.ExecAlive(ctx, a.sensor, dir, a.opts.AlertFlowTimeout); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		a.flowMisses++
+		a.opts.Log.Info("Sensor reported nothing for the liveness exec", "misses", a.flowMisses, "error", err.Error())
+		if a.flowMisses >= 2 {
+			return &sensor.HealthError{Reason: ReasonAlertFlowStopped, Err: fmt.Errorf("%d liveness execs in a row: %w", a.flowMisses, err)}
+		}
+		a.flowCheckedAt = time.Time{} // try again at the next health check
+		return nil
+	}
+	a.flowMisses = 0
+	return nil
+}
+
+// scheduleRetry arms the retry of the tested attempt after the next backoff and returns it.
+func (a *Agent) scheduleRetry() time.Duration {
+	if a.backoff == 0 {
+		a.backoff = a.opts.RetryBackoff
+	} else {
+		a.backoff = min(2*a.backoff, a.opts.MaxRetryBackoff)
+	}
+	a.stopRetry()
+	a.retryAt = time.Now().Add(a.backoff)
+	a.retry = time.NewTimer(a.backoff)
+	return a.backoff
+}
+
+func (a *Agent) stopRetry() {
+	if a.retry != nil {
+		a.retry.Stop()
+		a.retry = nil
+	}
+}
+
+// retryC is the retry timer's channel, nil (never ready) when no retry is armed.
+func (a *Agent) retryC() <-chan time.Time {
+	if a.retry == nil {
+		return nil
+	}
+	return a.retry.C
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
 }
 
 // maxRestartWaits bounds the wakes an attempt waits for Falco to restart before it fails.
@@ -343,7 +568,7 @@ const maxRestartWaits = 10
 func provenByOtherAgent(ns *v1alpha1.NodeSensor, bootID string) bool {
 	t := ns.Status.SelfTest
 	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Attempt == ns.Spec.Attempt &&
-		t.Driver == ns.Spec.Driver && t.BootID == bootID && t.AgentVersion != version.Version
+		t.Driver == ns.Spec.Driver && bootID != "" && t.BootID == bootID && t.AgentVersion != version.Version
 }
 
 // keepProof starts the sensor with the proven driver without testing it again.
@@ -356,8 +581,9 @@ func (a *Agent) keepProof(ctx context.Context, ns *v1alpha1.NodeSensor) {
 		a.reportFailure(ctx, ns, "SensorLoadFailed", err.Error())
 		return
 	}
-	a.sensor, a.driver = s, ns.Spec.Driver
+	a.sensor, a.driver, a.kind = s, ns.Spec.Driver, ns.Spec.Sensor
 	a.tested, a.testedAt = ns.Spec.Attempt, time.Now()
+	a.proven = true
 	a.opts.Log.Info("Sensor started on the proof of a previous agent; waiting for the manager to ask for re-verification",
 		"driver", ns.Spec.Driver, "provedBy", ns.Status.SelfTest.AgentVersion)
 }
@@ -384,6 +610,7 @@ func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	now := metav1.Now()
 	ns.Status.HeartbeatTime = &now
 	ns.Status.AgentVersion = version.Version
+	ns.Status.Clamp()
 	if err := a.opts.Client.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		return fmt.Errorf("patch node sensor status: %w", err)
 	}
@@ -417,7 +644,8 @@ func (a *Agent) stopSensor() {
 	if err := a.sensor.Close(); err != nil {
 		a.opts.Log.Error(err, "Stop sensor")
 	}
-	a.sensor, a.driver = nil, ""
+	a.sensor, a.driver, a.kind, a.proven = nil, "", v1alpha1.SensorSpec{}, false
+	a.flowMisses = 0
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -7,6 +7,17 @@
  * send only those execs to user space (every other exec costs a few hundred nanoseconds and no
  * event).
  *
+ * Lower-layer overlay execs (nearly every exec on a Kubernetes node: container processes run from
+ * their image) are dropped in the kernel unless user space sets SETTING_SEND_LOWER in settings,
+ * which the self-test does while it runs (its lower-layer check needs the event). Upper-layer and
+ * memfd execs are always sent.
+ *
+ * Events are batched: the ring buffer variant writes with BPF_RB_NO_WAKEUP and forces a wakeup
+ * only once an eighth of the ring is pending; the perf variant relies on the reader's
+ * wakeup_events. User space reads at least every flush interval (agent/sensor), which bounds the
+ * detection latency. An event the kernel could not write (a full buffer) is counted in counters
+ * (COUNTER_DROPPED), so user space can tell a lost event from one that never happened.
+ *
  * Two attach variants, matching the drivers a node can be given:
  *   modern_ebpf: tp_btf/sched_process_exec + BPF ring buffer   (dp_exec_tp_btf, events_rb)
  *   ebpf:        raw_tp/sched_process_exec + perf event array  (dp_exec_raw_tp, events_perf)
@@ -79,11 +90,24 @@ struct exec_event {
 	char filename[FILENAME_LEN]; /* d_name of the exe's dentry, NUL-terminated */
 };
 
+/* Bits of settings[0], written by user space while the program runs. */
+enum setting_flag {
+	SETTING_SEND_LOWER = 1 << 0, /* send lower-layer overlay execs too (during a self-test) */
+};
+
+/* Indexes of the per-CPU counters map. */
+enum counter {
+	COUNTER_DROPPED = 0, /* events the ring buffer or perf buffer had no room for */
+	COUNTER_MAX = 1,
+};
+
 /* Keep these types in BTF so bpf2go generates their Go twins. */
 const struct exec_event *unused_exec_event __attribute__((unused));
 const enum exe_flag *unused_exe_flag __attribute__((unused));
 const enum layer_method *unused_layer_method __attribute__((unused));
 const enum method_agreement *unused_method_agreement __attribute__((unused));
+const enum setting_flag *unused_setting_flag __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
 
 /* overlayfs's private inode, only the fields read here; resolved by CO-RE where its BTF exists. */
 struct ovl_inode___dp {
@@ -105,6 +129,39 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
 } events_perf SEC(".maps");
+
+/* One entry of enum setting_flag bits. An array map rather than a global: it needs no mmapable
+ * maps, so the ebpf driver keeps working on kernels that lack them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline bool send_lower(void)
+{
+	__u32 key = 0;
+	__u32 *v = bpf_map_lookup_elem(&settings, &key);
+
+	return v != NULL && (*v & SETTING_SEND_LOWER) != 0;
+}
+
+static __always_inline void count(__u32 key)
+{
+	/* Per-CPU and the program does not migrate while it runs: no atomic needed. */
+	__u64 *v = bpf_map_lookup_elem(&counters, &key);
+
+	if (v != NULL)
+		*v += 1;
+}
 
 /* An upper dentry counts only when it is there and positive (falco libs PR #1960). */
 static __always_inline int dentry_is_upper(struct dentry *upper)
@@ -166,7 +223,8 @@ static __always_inline bool exe_writable(struct inode *inode)
 	return (caps & (1U << CAP_DAC_OVERRIDE)) != 0;
 }
 
-/* Fills ev for an overlay or memfd exec; returns false for every other exec (no event). */
+/* Fills ev for an upper-layer overlay exec, a memfd exec, and a lower-layer overlay exec while
+ * SETTING_SEND_LOWER is set; returns false for every other exec (no event). */
 static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_event *ev)
 {
 	struct file *file = BPF_CORE_READ(bprm, file);
@@ -187,6 +245,8 @@ static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_ev
 			ev->method = METHOD_INODE_OFFSET;
 			ev->agreement = AGREEMENT_SINGLE;
 		}
+		if (!upper && !send_lower())
+			return false;
 		ev->flags = EXE_OVERLAY | (upper ? EXE_UPPER_LAYER : EXE_LOWER_LAYER);
 	} else if (exe_from_memfd(file, magic)) {
 		ev->flags = EXE_FROM_MEMFD;
@@ -211,8 +271,15 @@ int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_
 {
 	struct exec_event ev = {};
 
-	if (fill_event(bprm, &ev))
-		bpf_ringbuf_output(&events_rb, &ev, sizeof(ev), 0);
+	if (!fill_event(bprm, &ev))
+		return 0;
+	/* No wakeup per event: the reader polls every flush interval, and is woken early only
+	 * when the ring fills up (an exec storm), long before it could overflow. */
+	__u64 pending = bpf_ringbuf_query(&events_rb, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events_rb, BPF_RB_RING_SIZE);
+	__u64 flags = pending >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events_rb, &ev, sizeof(ev), flags) != 0)
+		count(COUNTER_DROPPED);
 	return 0;
 }
 
@@ -221,7 +288,9 @@ int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_
 {
 	struct exec_event ev = {};
 
-	if (fill_event(bprm, &ev))
-		bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+	if (!fill_event(bprm, &ev))
+		return 0;
+	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, &ev, sizeof(ev)) != 0)
+		count(COUNTER_DROPPED);
 	return 0;
 }

@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type ExecCounter uint32
+
+const (
+	ExecCounterCOUNTER_DROPPED ExecCounter = 0
+	ExecCounterCOUNTER_MAX     ExecCounter = 1
+)
+
 type ExecExeFlag uint32
 
 const (
@@ -52,19 +59,29 @@ const (
 	ExecMethodAgreementAGREEMENT_DISAGREE ExecMethodAgreement = 2
 )
 
+type ExecSettingFlag uint32
+
+const (
+	ExecSettingFlagSETTING_SEND_LOWER ExecSettingFlag = 1
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ExecMapCounters              = "counters"
 	ExecMapEventsPerf            = "events_perf"
 	ExecMapEventsRb              = "events_rb"
+	ExecMapSettings              = "settings"
 	ExecProgDpExecRawTp          = "dp_exec_raw_tp"
 	ExecProgDpExecTpBtf          = "dp_exec_tp_btf"
 	ExecVarForceInodeOffset      = "force_inode_offset"
+	ExecVarUnusedCounter         = "unused_counter"
 	ExecVarUnusedExeFlag         = "unused_exe_flag"
 	ExecVarUnusedExecEvent       = "unused_exec_event"
 	ExecVarUnusedLayerMethod     = "unused_layer_method"
 	ExecVarUnusedMethodAgreement = "unused_method_agreement"
+	ExecVarUnusedSettingFlag     = "unused_setting_flag"
 )
 
 // LoadExec returns the embedded CollectionSpec for Exec.
@@ -117,8 +134,10 @@ type ExecProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecMapSpecs struct {
+	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	EventsPerf *ebpf.MapSpec `ebpf:"events_perf"`
 	EventsRb   *ebpf.MapSpec `ebpf:"events_rb"`
+	Settings   *ebpf.MapSpec `ebpf:"settings"`
 }
 
 // ExecVariableSpecs contains global variables before they are loaded into the kernel.
@@ -126,10 +145,12 @@ type ExecMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecVariableSpecs struct {
 	ForceInodeOffset      *ebpf.VariableSpec `ebpf:"force_inode_offset"`
+	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedExeFlag         *ebpf.VariableSpec `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.VariableSpec `ebpf:"unused_exec_event"`
 	UnusedLayerMethod     *ebpf.VariableSpec `ebpf:"unused_layer_method"`
 	UnusedMethodAgreement *ebpf.VariableSpec `ebpf:"unused_method_agreement"`
+	UnusedSettingFlag     *ebpf.VariableSpec `ebpf:"unused_setting_flag"`
 }
 
 // ExecObjects contains all objects after they have been loaded into the kernel.
@@ -152,14 +173,18 @@ func (o *ExecObjects) Close() error {
 //
 // It can be passed to LoadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecMaps struct {
+	Counters   *ebpf.Map `ebpf:"counters"`
 	EventsPerf *ebpf.Map `ebpf:"events_perf"`
 	EventsRb   *ebpf.Map `ebpf:"events_rb"`
+	Settings   *ebpf.Map `ebpf:"settings"`
 }
 
 func (m *ExecMaps) Close() error {
 	return _ExecClose(
+		m.Counters,
 		m.EventsPerf,
 		m.EventsRb,
+		m.Settings,
 	)
 }
 
@@ -168,10 +193,12 @@ func (m *ExecMaps) Close() error {
 // It can be passed to LoadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecVariables struct {
 	ForceInodeOffset      *ebpf.Variable `ebpf:"force_inode_offset"`
+	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedExeFlag         *ebpf.Variable `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.Variable `ebpf:"unused_exec_event"`
 	UnusedLayerMethod     *ebpf.Variable `ebpf:"unused_layer_method"`
 	UnusedMethodAgreement *ebpf.Variable `ebpf:"unused_method_agreement"`
+	UnusedSettingFlag     *ebpf.Variable `ebpf:"unused_setting_flag"`
 }
 
 // ExecPrograms contains all programs after they have been loaded into the kernel.

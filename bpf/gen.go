@@ -4,4 +4,4 @@
 // output is byte-for-byte reproducible. BTF stays: CO-RE relocations need it.
 package bpf
 
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc /usr/bin/clang -strip /usr/bin/llvm-strip -target bpfel -output-stem exec -type exec_event -type exe_flag -type layer_method -type method_agreement Exec exec.bpf.c -- -O2 -g -Wall -Werror -mcpu=v3
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc /usr/bin/clang -strip /usr/bin/llvm-strip -target bpfel -output-stem exec -type exec_event -type exe_flag -type layer_method -type method_agreement -type setting_flag -type counter Exec exec.bpf.c -- -O2 -g -Wall -Werror -mcpu=v3

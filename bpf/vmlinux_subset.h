@@ -26,10 +26,17 @@ typedef int pid_t;
 
 /* uapi values used by the maps and helpers (stable ABI). */
 enum bpf_map_type {
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_PERF_EVENT_ARRAY = 4,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
 	BPF_MAP_TYPE_RINGBUF = 27,
 };
 #define BPF_F_CURRENT_CPU 0xffffffffULL
+/* bpf_ringbuf_output flags and bpf_ringbuf_query selectors. */
+#define BPF_RB_NO_WAKEUP (1ULL << 0)
+#define BPF_RB_FORCE_WAKEUP (1ULL << 1)
+#define BPF_RB_AVAIL_DATA 0
+#define BPF_RB_RING_SIZE 1
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 

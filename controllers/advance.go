@@ -10,9 +10,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -27,10 +30,21 @@ type progress struct {
 	phases map[string]nodestate.Phase
 	nodes  []nodestate.Node
 	plan   rollout.Plan
+	// canaries are the canary nodes this pass used, recorded in the profile status.
+	canaries []string
+	// upToDate counts verified nodes proven under the profile's current spec.
+	upToDate int
+	// expired counts nodes whose heartbeat expired; brownout says they expired together.
+	expired  int
+	brownout bool
+	// errs are per-node failures of this pass, recorded on their node.
+	errs map[string]error
 }
 
-// advance moves each node on: a failed attempt falls back to the next driver, and queued nodes
-// get their driver as the rollout allows.
+// advance moves each node on: a failed attempt falls back to the next driver, verified nodes
+// whose proof no longer answers the profile re-verify, and queued nodes get their driver as the
+// rollout allows. A failure on one node is recorded on that node and the others move on; the
+// joined error is returned after the pass.
 func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, now time.Time) (progress, error) {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
@@ -43,8 +57,14 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			return progress{}, errStaleCache
 		}
 	}
-	phases := map[string]nodestate.Phase{}
+	p := progress{phases: map[string]nodestate.Phase{}, errs: map[string]error{}}
+	var errs []error
+	fail := func(ns *v1alpha1.NodeSensor, err error) {
+		errs = append(errs, err)
+		r.nodeFailed(&p, profile, ns, err)
+	}
 	decisions := map[string]selection.Decision{}
+	reprove := map[string]string{}
 	for _, name := range names {
 		ns := sensors[name]
 		phase := nodestate.Classify(ns, now, r.HeartbeatTimeout)
@@ -52,33 +72,70 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		case nodestate.AttemptFailed:
 			// Fallback does not wait for a slot: the node is already verifying.
 			if err := r.fallback(ctx, profile, ns, now); err != nil {
-				return progress{}, err
+				fail(ns, err)
+				break
 			}
 			phase = nodestate.Classify(ns, now, r.HeartbeatTimeout)
+		case nodestate.SensorUnavailable:
+			// The agent's pod runs another sensor than the spec names. When the profile changed
+			// the sensor, the node takes the new settings at once (it lost its sensor already);
+			// otherwise its agent tests again once its pod is replaced. No failed attempt either way.
+			d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+			if err != nil {
+				fail(ns, err)
+				break
+			}
+			if ns.Spec.Sensor != profile.Spec.Sensor {
+				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts, false); err != nil {
+					fail(ns, err)
+					break
+				}
+				phase = nodestate.Classify(ns, now, r.HeartbeatTimeout)
+			}
 		case nodestate.Verified:
 			switch {
 			case nodestate.NeedsReverify(ns, r.AgentVersion):
 				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
 				if err != nil {
-					return progress{}, err
+					fail(ns, err)
+					break
 				}
-				decisions[name] = d
+				decisions[name], reprove[name] = d, "proven by agent "+ns.Status.SelfTest.AgentVersion
 				phase = nodestate.Reverify
 			case nodestate.ProvedByOlderAgent(ns, r.AgentVersion):
 				// A canary proven by the old agent does not open the upgrade to the others.
 				phase = nodestate.Outdated
+			default:
+				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+				if err != nil {
+					fail(ns, err)
+					break
+				}
+				if why := nodestate.Reprove(ns.Spec, profile.Spec.Sensor, profile.Spec.SelfTest.Checks, d.Candidates); why != "" {
+					// The proof answers an older spec: it stands until the rollout re-verifies.
+					decisions[name], reprove[name] = d, why
+					phase = nodestate.Reverify
+					break
+				}
+				p.upToDate++
+				if err := r.refreshSettings(ctx, profile, ns); err != nil {
+					fail(ns, err)
+				}
 			}
 		case nodestate.Queued, nodestate.NoSupportedDriver:
 			d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
 			if err != nil {
-				return progress{}, err
+				fail(ns, err)
+				break
 			}
 			decisions[name] = d
 			switch {
 			case d.Driver == "" && phase == nodestate.Queued:
 				// Nothing to verify: answer at once, without taking a rollout slot.
-				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts); err != nil {
-					return progress{}, err
+				if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts, false); err != nil {
+					delete(decisions, name)
+					fail(ns, err)
+					break
 				}
 				phase = nodestate.NoSupportedDriver
 			case d.Driver != "" && phase == nodestate.NoSupportedDriver:
@@ -86,38 +143,100 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				phase = nodestate.Queued
 			}
 		}
-		phases[name] = phase
+		p.phases[name] = phase
 	}
 
 	nodes := make([]nodestate.Node, 0, len(names))
 	for _, name := range names {
-		stalled := phases[name] == nodestate.HeartbeatExpired && nodestate.StalledWhileVerifying(sensors[name], now)
-		nodes = append(nodes, nodestate.Node{Name: name, Phase: phases[name], Driver: sensors[name].Spec.Driver, Stalled: stalled})
+		ns := sensors[name]
+		stalled := p.phases[name] == nodestate.HeartbeatExpired && nodestate.StalledWhileVerifying(ns, now)
+		silent := p.phases[name] == nodestate.HeartbeatExpired ||
+			(p.phases[name] == nodestate.AwaitingProbe && now.Sub(ns.CreationTimestamp.Time) > r.HeartbeatTimeout)
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: p.phases[name], Driver: ns.Spec.Driver, Stalled: stalled, Silent: silent})
 	}
 	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(names))
 	if err != nil {
 		return progress{}, err
 	}
-	plan := rollout.Decide(rollout.Input{
+	p.canaries = chooseCanaries(profile, governed)
+	isCanary := make(map[string]bool, len(p.canaries))
+	for _, n := range p.canaries {
+		isCanary[n] = true
+	}
+	p.plan = rollout.Decide(rollout.Input{
 		Nodes:           nodes,
-		Canaries:        canaries(profile, governed),
+		Canaries:        isCanary,
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
 	})
-	if err := forEach(ctx, plan.Start, func(name string) error {
-		return r.assign(ctx, profile, sensors[name], decisions[name], sensors[name].Spec.FailedAttempts)
-	}); err != nil {
-		return progress{}, err
-	}
-	for _, name := range plan.Start {
-		phases[name] = nodestate.Classify(sensors[name], now, r.HeartbeatTimeout)
+	var startErrs sync.Map
+	errs = append(errs, forEach(ctx, p.plan.Start, func(name string) error {
+		ns := sensors[name]
+		if _, ok := decisions[name]; !ok {
+			return nil // its decision failed above, and was recorded there
+		}
+		if why := reprove[name]; why != "" {
+			r.eventf(ns, profile, corev1.EventTypeNormal, "Reverify", "Verify", "Node %s re-verifies: %s", name, why)
+		}
+		_, reverify := reprove[name] // a proven node: its proof stands while the new attempt runs
+		err := r.assign(ctx, profile, ns, decisions[name], ns.Spec.FailedAttempts, reverify)
+		if err != nil {
+			startErrs.Store(name, err)
+		}
+		return err
+	}))
+	startErrs.Range(func(k, v any) bool {
+		r.nodeFailed(&p, profile, sensors[k.(string)], v.(error))
+		return true
+	})
+	for _, name := range p.plan.Start {
+		if _, failed := startErrs.Load(name); !failed {
+			p.phases[name] = nodestate.Classify(sensors[name], now, r.HeartbeatTimeout)
+		}
 	}
 	for i := range nodes {
-		nodes[i].Phase = phases[nodes[i].Name]
+		nodes[i].Phase = p.phases[nodes[i].Name]
 		nodes[i].Driver = sensors[nodes[i].Name].Spec.Driver
 	}
+	p.nodes = nodes
+	p.expired, p.brownout = nodestate.Brownout(nodes)
 	observeNodes(profile.Name, nodes)
-	return progress{phases: phases, nodes: nodes, plan: plan}, nil
+	return p, errors.Join(errs...)
+}
+
+// nodeFailed records a per-node failure on its node: an event now, the condition reason
+// DecisionFailed when the node is not proven. A conflict is no failure: the pass is retried.
+func (r *SecurityProfileReconciler) nodeFailed(p *progress, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, err error) {
+	if apierrors.IsConflict(err) {
+		return
+	}
+	p.errs[ns.Name] = err
+	r.nodeEvent(profile, ns, err)
+}
+
+// nodeEvent records a per-node failure as an event about the node's object (its NodeSensor, or
+// the Node when it has none); conflicts are retried, not reported.
+func (r *SecurityProfileReconciler) nodeEvent(profile *v1alpha1.SecurityProfile, regarding client.Object, err error) {
+	if apierrors.IsConflict(err) {
+		return
+	}
+	r.eventf(regarding, profile, corev1.EventTypeWarning, ReasonDecisionFailed, "Decide", "Node %s: %v", regarding.GetName(), err)
+}
+
+// refreshSettings copies settings that change nothing a node must prove (the self-test's timeout
+// and interval) into a verified node's spec, without a new attempt.
+func (r *SecurityProfileReconciler) refreshSettings(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	want := ns.Spec.DeepCopy()
+	copySettings(profile, want)
+	if equality.Semantic.DeepEqual(want.SelfTest, ns.Spec.SelfTest) {
+		return nil
+	}
+	base := ns.DeepCopy()
+	ns.Spec.SelfTest = want.SelfTest
+	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("copy self-test settings to %s: %w", ns.Name, err)
+	}
+	return nil
 }
 
 func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, failed []v1alpha1.FailedAttempt) (selection.Decision, error) {
@@ -143,25 +262,31 @@ func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.Failed
 }
 
 // assign writes a decision as the node's next attempt (an empty driver means NoSupportedDriver).
-// failed replaces the recorded failed attempts.
-func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt) error {
+// failed replaces the recorded failed attempts. proven says the manager sees the current attempt
+// proven: a new attempt with the same driver then records it as provenAttempt, and the node
+// stays verified on it until the new verdict is in.
+func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt, proven bool) error {
 	base := ns.DeepCopy()
+	ns.Spec.ProvenAttempt = 0
+	if proven && d.Driver == ns.Spec.Driver {
+		ns.Spec.ProvenAttempt = ns.Spec.Attempt
+	}
 	ns.Spec.FailedAttempts = failed
 	ns.Spec.Attempt++
 	ns.Spec.Driver = d.Driver
 	ns.Spec.Candidates = d.Candidates
-	ns.Spec.Reasons = d.Reasons
+	ns.Spec.Reasons = boundedReasons(d.Reasons)
 	copySettings(profile, &ns.Spec)
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("assign driver to %s: %w", ns.Name, err)
 	}
 	r.expect.set(ns)
 	if d.Driver == "" {
-		r.Recorder.Eventf(profile, nil, corev1.EventTypeWarning, "NoSupportedDriver", "SelectDriver",
+		r.eventf(profile, nil, corev1.EventTypeWarning, "NoSupportedDriver", "SelectDriver",
 			"Node %s: no supported driver: %s", ns.Name, reasonsText(d.Reasons))
 		recordFailure(profile.Name, "", "NoSupportedDriver")
 	} else {
-		r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "DriverSelected", "SelectDriver",
+		r.eventf(profile, nil, corev1.EventTypeNormal, "DriverSelected", "SelectDriver",
 			"Node %s: driver %s (attempt %d); candidates %v", ns.Name, d.Driver, ns.Spec.Attempt, d.Candidates)
 	}
 	log.FromContext(ctx).V(1).Info("Driver assigned", "node", ns.Name, "driver", d.Driver, "attempt", ns.Spec.Attempt)
@@ -175,54 +300,64 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	if t.Message != "" {
 		reason += ": " + t.Message
 	}
-	if len(reason) > 1000 {
-		reason = reason[:1000]
+	if t.Result == v1alpha1.SelfTestPassed {
+		// Classify calls a pass without every required check a failure: say which one.
+		reason = fmt.Sprintf("IncompleteSelfTest: reported Passed without check %s passing", nodestate.MissingCheck(t, ns.Spec.SelfTest.Checks))
 	}
+	// Never copy a value into a field with a smaller bound: the API would refuse the decision.
+	reason = v1alpha1.Truncate(reason, 1024)
 	failed := append(append([]v1alpha1.FailedAttempt(nil), ns.Spec.FailedAttempts...), v1alpha1.FailedAttempt{
 		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Reason: reason, Time: metav1.NewTime(now),
-		KernelRelease: ns.Status.Probe.Kernel.Release.Value,
+		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256),
 	})
 	if len(failed) > 16 {
 		failed = failed[len(failed)-16:]
 	}
 	observeSelfTest(t)
-	r.Recorder.Eventf(profile, nil, corev1.EventTypeWarning, "SelfTestFailed", "Verify",
+	r.eventf(profile, nil, corev1.EventTypeWarning, "SelfTestFailed", "Verify",
 		"Node %s: self-test failed with driver %s (attempt %d): %s", ns.Name, ns.Spec.Driver, ns.Spec.Attempt, reason)
 	recordFailure(profile.Name, ns.Spec.Driver, t.Reason)
 	d, err := r.decide(profile, ns, failed)
 	if err != nil {
 		return err
 	}
-	return r.assign(ctx, profile, ns, d, failed)
+	return r.assign(ctx, profile, ns, d, failed, false)
 }
 
-// canaries resolves the profile's canary nodes among the governed ones.
-func canaries(profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) map[string]bool {
+// chooseCanaries resolves the profile's canary nodes among the governed ones: those its canary
+// selector matches, and count more chosen once and kept (the profile status records them).
+func chooseCanaries(profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) []string {
 	c := profile.Spec.Rollout.Canary
 	if c == nil {
 		return nil
 	}
-	out := map[string]bool{}
+	names := make([]string, 0, len(governed))
+	matched := map[string]bool{}
+	var sel labels.Selector
 	if c.NodeSelector != nil {
-		if sel, err := metav1.LabelSelectorAsSelector(c.NodeSelector); err == nil {
-			for name, n := range governed {
-				if sel.Matches(labels.Set(n.Labels)) {
-					out[name] = true
-				}
-			}
+		// validateSpec refused a selector that does not parse (InvalidSpec).
+		sel, _ = metav1.LabelSelectorAsSelector(c.NodeSelector)
+	}
+	for name, n := range governed {
+		names = append(names, name)
+		if sel != nil && sel.Matches(labels.Set(n.Labels)) {
+			matched[name] = true
 		}
 	}
-	if c.Count != nil {
-		names := make([]string, 0, len(governed))
-		for name := range governed {
-			if !out[name] {
-				names = append(names, name)
-			}
-		}
-		sort.Strings(names)
-		for i := 0; i < int(*c.Count) && i < len(names); i++ {
-			out[names[i]] = true
-		}
+	sort.Strings(names)
+	return rollout.ChooseCanaries(names, matched, int(ptr.Deref(c.Count, 0)), profile.Status.Canaries)
+}
+
+// boundedReasons shortens each reason to its field's bound: a reason quotes facts the agent
+// reported, and one long fact must not make the API refuse the decision.
+func boundedReasons(in []v1alpha1.DriverReason) []v1alpha1.DriverReason {
+	out := make([]v1alpha1.DriverReason, len(in))
+	for i, r := range in {
+		r.Rule, r.Message, r.Reference = v1alpha1.Truncate(r.Rule, 128), v1alpha1.Truncate(r.Message, 1024), v1alpha1.Truncate(r.Reference, 512)
+		out[i] = r
+	}
+	if len(out) > 16 {
+		out = out[:16]
 	}
 	return out
 }

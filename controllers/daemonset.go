@@ -94,15 +94,8 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 			RunAsUser:                ptr.To[int64](0),
 			Privileged:               ptr.To(false),
 			AllowPrivilegeEscalation: ptr.To(false),
-			Capabilities: &corev1.Capabilities{
-				Drop: []corev1.Capability{"ALL"},
-				Add: []corev1.Capability{
-					"BPF",          // load the sensor and probe programs, create maps
-					"PERFMON",      // attach tracing programs, read kernel memory from BPF, perf buffers
-					"SYS_ADMIN",    // mount the self-test's private overlay (and securityfs to read lockdown)
-					"SYS_RESOURCE", // raise RLIMIT_MEMLOCK for BPF maps on kernels before 5.11
-				},
-			},
+			// Each capability and why it is there: AgentCapabilities.
+			Capabilities:   &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: AgentCapabilityNames()},
 			SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
 			// The runtimes' default AppArmor profile denies mount, which the self-test's private
 			// overlay needs (Ubuntu and COS nodes run AppArmor).
@@ -137,7 +130,10 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 		ObjectMeta: metav1.ObjectMeta{Labels: labels},
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "driverpilot-agent", ProfileLabel: profile.Name}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{CapabilitiesAnnotation: agentCapabilityReasons()}},
+				Spec:       spec,
+			},
 			// Pacing is the manager's job (through NodeSensor decisions), not the DaemonSet's.
 			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType},
 		},

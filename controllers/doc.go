@@ -1,8 +1,13 @@
 // Package controllers holds DriverPilot's manager logic: the SecurityProfile reconciler selects
 // nodes, keeps one NodeSensor per selected node, decides each node's driver through the selection
-// engine, paces verification (canaries, maxUnavailable, pause on failures), falls back to the
-// next driver after a failed self-test, and reflects the verdict in the node condition
-// RuntimeSecurityReady, the optional taint and the profile's status.
+// engine, paces verification (canaries chosen once, maxUnavailable, a pause on failures or on a
+// failed or silent canary), falls back to the next driver after a failed self-test, re-verifies
+// verified nodes whose proof no longer answers the profile (an edit, an agent upgrade), and
+// reflects the verdict in the node condition RuntimeSecurityReady, the optional taint (none added
+// in a brownout) and the profile's status.
+//
+// A failure on one node is recorded on that node (condition reason, event) and the pass goes on;
+// a profile the manager cannot interpret is InvalidSpec and the other profiles go on.
 //
 // One writer per field: the manager writes NodeSensor.spec, node conditions, taints and the
 // profile status; the agent writes NodeSensor.status and nothing else.

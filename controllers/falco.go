@@ -162,7 +162,17 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 }
 
 // falcoSecurityContext is the chart's: privileged when a kernel module or the legacy probe may be
-// loaded, else its least-privileged set for modern_ebpf.
+// loaded, else Falco's documented least-privileged set for modern_ebpf (falco.org, "Capabilities"):
+// BPF and PERFMON to load and attach its programs, SYS_PTRACE to read other processes' /proc
+// entries (environ), and SYS_RESOURCE because libpman raises RLIMIT_MEMLOCK to unlimited on every
+// kernel, not only before 5.11, and Falco exits when it cannot (libs userspace/libpman/src/
+// configuration.c pman_init_state, falco#2626). Unlike the agent's, this set keeps SYS_RESOURCE:
+// without it Falco's modern_ebpf fails wherever the container's hard RLIMIT_MEMLOCK is finite,
+// that is nearly everywhere. On a host whose capability bounding set lacks SYS_RESOURCE this
+// container cannot start, and no container can raise a finite hard limit: the agent's init step
+// (which does not add SYS_RESOURCE) reports the host's bounding set, and the selection ranks
+// modern_ebpf last there with that reason (no-sys-resource-ranks-falco-modern-ebpf-lower), so a
+// profile that allows another driver tries it first, and a failed self-test says why.
 func falcoSecurityContext(privileged bool) *corev1.SecurityContext {
 	if privileged {
 		return &corev1.SecurityContext{Privileged: ptr.To(true)}

@@ -1,13 +1,22 @@
 package controllers
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -76,5 +85,68 @@ func TestNodeAffinityIsStable(t *testing.T) {
 		if render() != first {
 			t.Fatal("the agent template changes between renders of one selector: every reconcile would restart the agents")
 		}
+	}
+}
+
+func TestOnlyConflictsRequeueQuietly(t *testing.T) {
+	conflict := apierrors.NewConflict(schema.GroupResource{Resource: "nodesensors"}, "n1", errors.New("stale"))
+	invalid := apierrors.NewInvalid(schema.GroupKind{Kind: "NodeSensor"}, "n2", nil)
+	if !onlyConflicts(errors.Join(conflict, fmt.Errorf("assign driver to n3: %w", conflict))) {
+		t.Error("a pass with only conflicts is retried at once, not reported")
+	}
+	if onlyConflicts(errors.Join(conflict, invalid)) {
+		t.Error("a pass with another error must report it")
+	}
+}
+
+func TestEventNotesFitTheEventsAPI(t *testing.T) {
+	long := strings.Repeat("é", 2000) // two bytes each: the limit is in bytes
+	got := truncateBytes(long, maxNoteBytes)
+	if len(got) > maxNoteBytes || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Errorf("note of %d bytes (valid UTF-8: %v)", len(got), utf8.ValidString(got))
+	}
+	if truncateBytes("short", maxNoteBytes) != "short" {
+		t.Error("a short note is kept")
+	}
+}
+
+// TestTaintRetriesOnConflict: the node changed since it was read (the kubelet or another
+// controller wrote it); the taint patch conflicts, reads the node again and succeeds without
+// undoing the other writer's change.
+func TestTaintRetriesOnConflict(t *testing.T) {
+	ctx := context.Background()
+	s := runtime.NewScheme()
+	_ = corev1.AddToScheme(s)
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}).Build()
+	stale := &corev1.Node{}
+	if err := c.Get(ctx, k8stypes.NamespacedName{Name: "n1"}, stale); err != nil {
+		t.Fatal(err)
+	}
+	other := stale.DeepCopy()
+	other.Spec.Taints = []corev1.Taint{{Key: "example.com/other", Effect: corev1.TaintEffectNoSchedule}}
+	if err := c.Update(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := setTaint(ctx, c, c, stale, true); err != nil {
+		t.Fatalf("taint after a conflict: %v", err)
+	}
+	got := &corev1.Node{}
+	if err := c.Get(ctx, k8stypes.NamespacedName{Name: "n1"}, got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Spec.Taints) != 2 || !hasTaint(got) {
+		t.Errorf("taints %+v: want the other writer's and ours", got.Spec.Taints)
+	}
+}
+
+func TestRecordedCanariesFitTheirBound(t *testing.T) {
+	var many []string
+	for i := 0; i < maxRecordedCanaries+10; i++ {
+		many = append(many, fmt.Sprintf("n%05d", i))
+	}
+	last := many[len(many)-1] // a count canary recorded before: it must stay recorded
+	got := recordCanaries(many, []string{last})
+	if len(got) != maxRecordedCanaries || !slices.Contains(got, last) {
+		t.Errorf("%d recorded (bound %d), count canary kept: %v", len(got), maxRecordedCanaries, slices.Contains(got, last))
 	}
 }

@@ -95,18 +95,7 @@ func TestRolloutVerifiesEveryNodeWithinMaxUnavailable(t *testing.T) {
 		t.Errorf("condition message does not name the driver: %q", c.Message)
 	}
 	// Verified nodes lose the unverified taint.
-	eventually(t, 10*time.Second, "taints removed", func() error {
-		for _, name := range nodes {
-			n := &corev1.Node{}
-			if err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, n); err != nil {
-				return err
-			}
-			if hasUnverifiedTaint(n) {
-				return fmt.Errorf("node %s still tainted", name)
-			}
-		}
-		return nil
-	})
+	eventually(t, 10*time.Second, "taints removed", untainted(nodes))
 	eventually(t, 10*time.Second, "profile status", func() error {
 		got := &v1alpha1.SecurityProfile{}
 		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(p), got); err != nil {
@@ -520,7 +509,10 @@ func TestSpecTheAPICannotCheckIsReportedAsInvalidSpec(t *testing.T) {
 			p.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.35.1"}
 		},
 	}
-	wants := map[string]string{"invalid-regexp": "kernelRelease", "old-falco": "0.38.0"}
+	cases["bad-canary-selector"] = func(p *v1alpha1.SecurityProfile) {
+		p.Spec.Rollout.Canary = &v1alpha1.CanarySpec{NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"canary": "not a label value!"}}}
+	}
+	wants := map[string]string{"invalid-regexp": "kernelRelease", "old-falco": "0.38.0", "bad-canary-selector": "spec.rollout.canary.nodeSelector"}
 	for name, mutate := range cases {
 		p := profileFor(name, "invalid")
 		mutate(p)

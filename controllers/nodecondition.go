@@ -4,12 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -22,12 +25,22 @@ const (
 	ReasonPending           = "Pending"
 	ReasonNoSupportedDriver = "NoSupportedDriver"
 	ReasonHeartbeatExpired  = "HeartbeatExpired"
+	ReasonSensorUnhealthy   = "SensorUnhealthy"
+	// ReasonDecisionFailed: the manager could not record its decision for the node (the error
+	// is in the message and in an event); the other nodes moved on.
+	ReasonDecisionFailed = "DecisionFailed"
+	// ReasonSensorUnavailable: the node's agent runs another sensor than its spec names.
+	ReasonSensorUnavailable = v1alpha1.ReasonSensorUnavailable
 )
 
-// nodeCondition is the RuntimeSecurityReady condition a phase calls for.
-func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCondition {
+// nodeCondition is the RuntimeSecurityReady condition a phase calls for; failed is this pass's
+// error on the node, if any.
+func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase, failed error) corev1.NodeCondition {
 	c := corev1.NodeCondition{Type: v1alpha1.NodeConditionRuntimeSecurityReady}
 	switch {
+	case failed != nil && !phase.Proven():
+		c.Status, c.Reason = corev1.ConditionUnknown, ReasonDecisionFailed
+		c.Message = "The manager could not record its decision for this node (it retries): " + failed.Error()
 	case phase.Proven():
 		c.Status, c.Reason = corev1.ConditionTrue, ReasonVerified
 		t := ns.Status.SelfTest
@@ -43,6 +56,16 @@ func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCo
 		if n := len(ns.Spec.FailedAttempts); n > 0 {
 			c.Message += fmt.Sprintf("; %d self-test(s) failed, last with %s", n, ns.Spec.FailedAttempts[n-1].Driver)
 		}
+	case phase == nodestate.SensorUnhealthy:
+		c.Status, c.Reason = corev1.ConditionFalse, ReasonSensorUnhealthy
+		c.Message = fmt.Sprintf("The sensor stopped working after its self-test passed with driver %s; verified again after the next passing self-test", ns.Spec.Driver)
+		if h := meta.FindStatusCondition(ns.Status.Conditions, v1alpha1.ConditionSensorHealthy); h != nil {
+			c.Message += fmt.Sprintf(": %s: %s", h.Reason, h.Message)
+		}
+	case phase == nodestate.SensorUnavailable:
+		c.Status, c.Reason = corev1.ConditionFalse, ReasonSensorUnavailable
+		c.Message = fmt.Sprintf("The agent runs another sensor than this node's spec (%s) names, so driver %s is not proven; "+
+			"it tests again once its pod is replaced: %s", orKind(ns.Spec.Sensor.Kind), orNone(ns.Spec.Driver), ns.Status.SelfTest.Message)
 	case phase == nodestate.HeartbeatExpired:
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonHeartbeatExpired
 		c.Message = fmt.Sprintf("The agent stopped reporting (last heartbeat %s); driver %s is no longer proven",
@@ -51,10 +74,15 @@ func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase) corev1.NodeCo
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonPending
 		c.Message = fmt.Sprintf("Verification pending: see `kubectl get nodesensor %s` for the probe, the driver decision and the self-test", ns.Name)
 	}
-	if len(c.Message) > 1024 {
-		c.Message = c.Message[:1021] + "..."
-	}
+	c.Message = truncateBytes(c.Message, 1024)
 	return c
+}
+
+func orKind(k v1alpha1.SensorKind) string {
+	if k == "" {
+		return string(v1alpha1.SensorBuiltin)
+	}
+	return string(k)
 }
 
 func orNone(d v1alpha1.Driver) string {
@@ -114,46 +142,77 @@ func removeNodeCondition(ctx context.Context, c client.Client, node *corev1.Node
 	return nil
 }
 
-// setTaint adds or removes the unverified NoSchedule taint.
-func setTaint(ctx context.Context, c client.Client, node *corev1.Node, want bool) error {
-	idx := -1
-	for i, t := range node.Spec.Taints {
-		if t.Key == v1alpha1.UnverifiedTaintKey {
-			idx = i
+// setTaint adds or removes the unverified NoSchedule taint. The taint list is replaced whole, so
+// the patch carries the node's resourceVersion; on a conflict (the kubelet or another controller
+// wrote the node) it reads the node again from the API server and retries.
+func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *corev1.Node, want bool) error {
+	first := true
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if !first {
+			fresh := &corev1.Node{}
+			if err := reader.Get(ctx, client.ObjectKeyFromObject(node), fresh); err != nil {
+				return err
+			}
+			node = fresh
 		}
-	}
-	if (idx >= 0) == want {
-		return nil
-	}
-	base := node.DeepCopy()
-	if want {
-		node.Spec.Taints = append(node.Spec.Taints, corev1.Taint{Key: v1alpha1.UnverifiedTaintKey, Effect: corev1.TaintEffectNoSchedule})
-	} else {
-		node.Spec.Taints = append(node.Spec.Taints[:idx:idx], node.Spec.Taints[idx+1:]...)
-	}
-	if err := c.Patch(ctx, node, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("taint node %s: %w", node.Name, err)
+		first = false
+		idx := slices.IndexFunc(node.Spec.Taints, isUnverifiedTaint)
+		if (idx >= 0) == want {
+			return nil
+		}
+		base := node.DeepCopy()
+		if want {
+			node.Spec.Taints = append(node.Spec.Taints, corev1.Taint{Key: v1alpha1.UnverifiedTaintKey, Effect: corev1.TaintEffectNoSchedule})
+		} else {
+			node.Spec.Taints = append(node.Spec.Taints[:idx:idx], node.Spec.Taints[idx+1:]...)
+		}
+		return c.Patch(ctx, node, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+	})
+	if err != nil {
+		return client.IgnoreNotFound(fmt.Errorf("taint node %s: %w", node.Name, err))
 	}
 	return nil
 }
 
 // syncNodes reflects each node's phase in its condition and, when the profile asks, its taint.
-func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, phases map[string]nodestate.Phase, now time.Time) error {
+// In a brownout (most agents silent together) no taint is added: the outage is likely the
+// control plane's or the network's, and tainting the whole profile would stop scheduling. A
+// node whose agent went silent is tainted only after a grace (silentForTaint), so the first
+// nodes of a brownout are not tainted before the others' heartbeats expire.
+func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, now time.Time) error {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
 		names = append(names, name)
 	}
 	return forEach(ctx, names, func(name string) error {
-		ns, node, phase := sensors[name], governed[name], phases[name]
-		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase), now)
+		ns, node, phase := sensors[name], governed[name], p.phases[name]
+		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase, p.errs[name]), now)
 		if err != nil {
 			return err
 		}
 		if written && phase.Proven() {
 			observeSelfTest(ns.Status.SelfTest)
-			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
+			r.eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
 				"Node %s verified with driver %s", name, ns.Spec.Driver)
 		}
-		return setTaint(ctx, r.Client, node, profile.Spec.Enforcement.Taint && !phase.Proven())
+		taint := profile.Spec.Enforcement.Taint && !phase.Proven()
+		if taint && !hasTaint(node) && (p.brownout || (phase == nodestate.HeartbeatExpired && !r.silentForTaint(ns, now))) {
+			return nil
+		}
+		return setTaint(ctx, r.Client, r.reader(), node, taint)
 	})
 }
+
+// silentForTaint reports whether a node's agent has been silent long enough to taint the node:
+// one more heartbeat timeout after its heartbeat expired. Heartbeats of a brownout do not all
+// expire at once; the wait lets the brownout show before the first silent nodes are tainted.
+func (r *SecurityProfileReconciler) silentForTaint(ns *v1alpha1.NodeSensor, now time.Time) bool {
+	hb := ns.Status.HeartbeatTime
+	return hb != nil && now.Sub(hb.Time) > 2*r.HeartbeatTimeout
+}
+
+func hasTaint(node *corev1.Node) bool {
+	return slices.IndexFunc(node.Spec.Taints, isUnverifiedTaint) >= 0
+}
+
+func isUnverifiedTaint(t corev1.Taint) bool { return t.Key == v1alpha1.UnverifiedTaintKey }

@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -42,6 +43,9 @@ type SecurityProfileReconciler struct {
 	AgentVersion string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// APIReader reads from the API server, not the cache: a retry after a conflict needs the
+	// object as it is now. Nil means Client.
+	APIReader client.Reader
 
 	expect expectations
 }
@@ -73,31 +77,29 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{}, r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
 	}
 
+	// From here a failure on one node is recorded on that node and the others move on: each
+	// step joins its per-node errors, and the pass ends with the status written.
 	selected, lost, err := r.selectNodes(ctx, profile)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
+	var errs []error
 	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
-		return ctrl.Result{}, err
+		errs = append(errs, err)
 	}
 	sensors, err := r.syncNodeSensors(ctx, profile, selected)
-	if err != nil {
-		return ctrl.Result{}, err
-	}
+	errs = append(errs, err)
 	now := r.now()
 	progress, err := r.advance(ctx, profile, selected, sensors, now)
 	if errors.Is(err, errStaleCache) {
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
-	if err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.syncNodes(ctx, profile, selected, sensors, progress.phases, now); err != nil {
-		return ctrl.Result{}, err
-	}
-	if err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)); err != nil {
-		if apierrors.IsConflict(err) {
-			// Our read was stale (a NodeSensor or the profile moved on): go again, quietly.
+	errs = append(errs, err)
+	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
+	errs = append(errs, r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)))
+	if err := errors.Join(errs...); err != nil {
+		if onlyConflicts(err) {
+			// A read was stale (a NodeSensor, a node or the profile moved on): go again, quietly.
 			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 		}
 		return ctrl.Result{}, err
@@ -105,9 +107,37 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
 }
 
+// onlyConflicts reports whether every error joined in err is an optimistic-lock conflict.
+func onlyConflicts(err error) bool {
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range joined.Unwrap() {
+			if !onlyConflicts(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return apierrors.IsConflict(err)
+}
+
+func (r *SecurityProfileReconciler) reader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
 // validateSpec checks what the API server could not: the override regexps and, for Falco, a
 // version DriverPilot can configure.
 func validateSpec(profile *v1alpha1.SecurityProfile) error {
+	if _, err := nodeSelector(profile); err != nil {
+		return err
+	}
+	if c := profile.Spec.Rollout.Canary; c != nil && c.NodeSelector != nil {
+		if _, err := metav1.LabelSelectorAsSelector(c.NodeSelector); err != nil {
+			return fmt.Errorf("spec.rollout.canary.nodeSelector: %w", err)
+		}
+	}
 	if err := selection.ValidatePolicy(profile.Spec.Drivers); err != nil {
 		return err
 	}
@@ -128,17 +158,21 @@ func (r *SecurityProfileReconciler) now() time.Time {
 	return time.Now()
 }
 
-// nextHeartbeatDeadline is when the earliest heartbeat expires, so the node turns Unknown on time.
+// nextHeartbeatDeadline is when the earliest heartbeat expires, so the node turns Unknown on
+// time, or a silent node's taint grace ends (silentForTaint); for an agent that never reported,
+// when it counts as silent (a silent canary pauses).
 func (r *SecurityProfileReconciler) nextHeartbeatDeadline(sensors map[string]*v1alpha1.NodeSensor, now time.Time) time.Duration {
 	var next time.Duration
 	for _, ns := range sensors {
-		hb := ns.Status.HeartbeatTime
-		if hb == nil {
-			continue
+		since := ns.CreationTimestamp
+		if hb := ns.Status.HeartbeatTime; hb != nil {
+			since = *hb
 		}
-		left := hb.Add(r.HeartbeatTimeout).Sub(now) + time.Second
-		if left > 0 && (next == 0 || left < next) {
-			next = left
+		for _, after := range []time.Duration{r.HeartbeatTimeout, 2 * r.HeartbeatTimeout} {
+			left := since.Add(after).Sub(now) + time.Second
+			if left > 0 && (next == 0 || left < next) {
+				next = left
+			}
 		}
 	}
 	return next
@@ -153,18 +187,20 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 	if err := r.List(ctx, &list); err != nil {
 		return fmt.Errorf("list node sensors: %w", err)
 	}
+	// One node that cannot be released does not keep the others tainted: release every node,
+	// then keep the finalizer (and retry) while any failed.
+	var errs []error
 	for i := range list.Items {
 		ns := &list.Items[i]
 		if ns.Spec.Profile != profile.Name {
 			continue
 		}
-		if err := r.releaseNode(ctx, ns.Name); err != nil {
-			return err
+		if err := r.release(ctx, profile, ns); err != nil {
+			errs = append(errs, err)
 		}
-		if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
-			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
-		}
-		r.expect.forget(ns.Name)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	ds := &appsv1.DaemonSet{}
 	ds.Namespace, ds.Name = r.Agent.Namespace, agentDaemonSetName(profile)
@@ -188,5 +224,5 @@ func (r *SecurityProfileReconciler) releaseNode(ctx context.Context, nodeName st
 	if err := removeNodeCondition(ctx, r.Client, node); err != nil {
 		return err
 	}
-	return setTaint(ctx, r.Client, node, false)
+	return setTaint(ctx, r.Client, r.reader(), node, false)
 }

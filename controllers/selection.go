@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -26,21 +27,33 @@ func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1
 	if err := r.List(ctx, &profiles); err != nil {
 		return nil, nil, fmt.Errorf("list profiles: %w", err)
 	}
+	var sensors v1alpha1.NodeSensorList
+	if err := r.List(ctx, &sensors); err != nil {
+		return nil, nil, fmt.Errorf("list node sensors: %w", err)
+	}
+	heldBy := make(map[string]string, len(sensors.Items))
+	for _, ns := range sensors.Items {
+		heldBy[ns.Name] = ns.Spec.Profile
+	}
 	ordered := precedence(profiles.Items)
-	selectors := make([]labels.Selector, len(ordered))
+	selects := make([]func(*corev1.Node) bool, len(ordered))
 	for i, p := range ordered {
 		sel, err := nodeSelector(p)
 		if err != nil {
-			return nil, nil, err
+			// That profile is InvalidSpec (its own reconcile says so). It keeps the nodes it
+			// holds, so they are neither adopted nor released while its owner fixes it.
+			name := p.Name
+			selects[i] = func(n *corev1.Node) bool { return heldBy[n.Name] == name }
+			continue
 		}
-		selectors[i] = sel
+		selects[i] = func(n *corev1.Node) bool { return sel.Matches(labels.Set(n.Labels)) }
 	}
 	governed := map[string]*corev1.Node{}
 	lost := map[string]string{}
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
 		for j, p := range ordered {
-			if !selectors[j].Matches(labels.Set(n.Labels)) {
+			if !selects[j](n) {
 				continue
 			}
 			if p.Name == profile.Name {
@@ -97,6 +110,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		return nil, fmt.Errorf("list node sensors: %w", err)
 	}
 	sensors := map[string]*v1alpha1.NodeSensor{}
+	var errs []error
 	for i := range list.Items {
 		ns := &list.Items[i]
 		_, mine := governed[ns.Name]
@@ -104,20 +118,18 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		case mine && ns.Spec.Profile != profile.Name:
 			// The node changed hands (a profile was deleted or relabelled): start over under this one.
 			if err := r.adopt(ctx, profile, ns); err != nil {
-				return nil, err
+				errs = append(errs, err)
+				r.nodeEvent(profile, ns, err)
+				continue
 			}
 			sensors[ns.Name] = ns
 		case mine:
 			sensors[ns.Name] = ns
 		case ns.Spec.Profile == profile.Name:
-			if err := r.releaseNode(ctx, ns.Name); err != nil {
-				return nil, err
+			if err := r.release(ctx, profile, ns); err != nil {
+				errs = append(errs, err)
+				r.nodeEvent(profile, ns, err)
 			}
-			if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
-				return nil, fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
-			}
-			r.expect.forget(ns.Name)
-			r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s left the profile's selection", ns.Name)
 		}
 	}
 	names := make([]string, 0, len(governed))
@@ -133,7 +145,9 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 	}
 	err := forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
 		if err := r.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("create node sensor %s: %w", ns.Name, err)
+			err = fmt.Errorf("create node sensor %s: %w", ns.Name, err)
+			r.nodeEvent(profile, governed[ns.Name], err)
+			return err
 		}
 		return nil
 	})
@@ -142,7 +156,21 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 			sensors[ns.Name] = ns
 		}
 	}
-	return sensors, err
+	return sensors, errors.Join(append(errs, err)...)
+}
+
+// release gives back a node that left the selection (or whose profile goes): condition and
+// taint off, NodeSensor gone.
+func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	if err := r.releaseNode(ctx, ns.Name); err != nil {
+		return err
+	}
+	if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+	}
+	r.expect.forget(ns.Name)
+	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
+	return nil
 }
 
 func newNodeSensor(profile *v1alpha1.SecurityProfile, node *corev1.Node) *v1alpha1.NodeSensor {
@@ -182,7 +210,7 @@ func (r *SecurityProfileReconciler) adopt(ctx context.Context, profile *v1alpha1
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("adopt node sensor %s: %w", ns.Name, err)
 	}
-	r.Recorder.Eventf(profile, nil, corev1.EventTypeNormal, "NodeAdopted", "Adopt", "Node %s now follows this profile (was %s)", ns.Name, previous)
+	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeAdopted", "Adopt", "Node %s now follows this profile (was %s)", ns.Name, previous)
 	return nil
 }
 

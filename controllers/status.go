@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -12,6 +13,7 @@ import (
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/nodestate"
+	"github.com/driverpilot/driverpilot/internal/rollout"
 )
 
 // Profile condition types and reasons.
@@ -20,6 +22,8 @@ const (
 	ConditionProgressing = "Progressing"
 	ConditionDegraded    = "Degraded"
 	ConditionConflict    = "Conflict"
+	// ConditionBrownout is True while most of the profile's agents stopped reporting together.
+	ConditionBrownout = "Brownout"
 
 	ReasonInvalidSpec   = "InvalidSpec"
 	ReasonAllVerified   = "AllNodesVerified"
@@ -31,6 +35,10 @@ const (
 	ReasonIdle          = "Idle"
 	ReasonVerifying     = "Verifying"
 	ReasonNodesConflict = "NodesGovernedByOtherProfile"
+	ReasonCanaryFailed  = rollout.ReasonCanaryFailed
+	ReasonCanarySilent  = rollout.ReasonCanarySilent
+	ReasonBrownout      = "HeartbeatsExpiredTogether"
+	ReasonNoBrownout    = "AgentsReporting"
 )
 
 func invalidSpecStatus(profile *v1alpha1.SecurityProfile, err error) v1alpha1.SecurityProfileStatus {
@@ -46,6 +54,8 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	st := *profile.Status.DeepCopy()
 	st.ObservedGeneration = profile.Generation
 	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
+	st.Nodes.UpToDate = int32(p.upToDate)
+	st.Canaries = recordCanaries(p.canaries, profile.Status.Canaries)
 	n := st.Nodes
 	switch {
 	case n.Selected == 0:
@@ -59,9 +69,14 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	}
 	switch {
 	case p.plan.Paused:
-		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, ReasonRolloutPaused, p.plan.Blocked)
-	case n.Pending > 0:
-		msg := fmt.Sprintf("%d nodes verifying, %d pending", p.plan.InFlight+len(p.plan.Start), n.Pending)
+		reason := ReasonRolloutPaused
+		if p.plan.Reason == ReasonCanaryFailed || p.plan.Reason == ReasonCanarySilent {
+			reason = p.plan.Reason
+		}
+		setCondition(&st, profile, ConditionProgressing, metav1.ConditionFalse, reason, p.plan.Blocked)
+	case n.Pending > 0 || n.UpToDate < n.Verified:
+		msg := fmt.Sprintf("%d nodes verifying, %d pending, %d of %d verified nodes proven under the current spec and agent",
+			p.plan.InFlight+len(p.plan.Start), n.Pending, n.UpToDate, n.Verified)
 		if p.plan.Blocked != "" {
 			msg += "; " + p.plan.Blocked
 		}
@@ -74,12 +89,49 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	} else {
 		setCondition(&st, profile, ConditionDegraded, metav1.ConditionFalse, ReasonNoFailures, "No node failed every driver")
 	}
+	if p.brownout {
+		setCondition(&st, profile, ConditionBrownout, metav1.ConditionTrue, ReasonBrownout, fmt.Sprintf(
+			"The agents of %d of %d nodes stopped reporting together (at least %.0f%%, as the node lifecycle controller's unhealthy-zone threshold): "+
+				"they are Unknown but no taint is added, since the cause is more likely the API server or the network than the nodes",
+			p.expired, n.Selected, nodestate.BrownoutThreshold*100))
+	} else {
+		setCondition(&st, profile, ConditionBrownout, metav1.ConditionFalse, ReasonNoBrownout, fmt.Sprintf("%d of %d nodes' heartbeats expired", p.expired, n.Selected))
+	}
 	if len(lost) > 0 {
 		setCondition(&st, profile, ConditionConflict, metav1.ConditionTrue, ReasonNodesConflict, conflictMessage(lost))
 	} else {
 		meta.RemoveStatusCondition(&st.Conditions, ConditionConflict)
 	}
 	return st
+}
+
+// maxRecordedCanaries is the bound of status.canaries.
+const maxRecordedCanaries = 5000
+
+// recordCanaries fits the canaries into status.canaries: past its bound, those recorded before
+// (the count canaries' memory) come first; selector canaries are found again on every pass.
+func recordCanaries(canaries, recorded []string) []string {
+	if len(canaries) <= maxRecordedCanaries {
+		return canaries
+	}
+	keep := map[string]bool{}
+	for _, n := range recorded {
+		if len(keep) < maxRecordedCanaries && slices.Contains(canaries, n) {
+			keep[n] = true
+		}
+	}
+	for _, n := range canaries {
+		if len(keep) < maxRecordedCanaries {
+			keep[n] = true
+		}
+	}
+	out := make([]string, 0, len(keep))
+	for _, n := range canaries {
+		if keep[n] {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 func setCondition(st *v1alpha1.SecurityProfileStatus, profile *v1alpha1.SecurityProfile, typ string, status metav1.ConditionStatus, reason, msg string) {

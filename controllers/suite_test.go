@@ -42,7 +42,7 @@ func startManager(e *testenv.Env) (func(), error) {
 		return nil, err
 	}
 	r := &controllers.SecurityProfileReconciler{
-		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("driverpilot-test"),
+		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("driverpilot-test"),
 		KnownIssues: issues, HeartbeatTimeout: heartbeatTimeout, AgentVersion: agentVersion,
 		Agent: controllers.AgentConfig{Namespace: "driverpilot-system", Image: "driverpilot:test", ServiceAccount: "driverpilot-agent"},
 	}
@@ -146,6 +146,20 @@ type fakeAgent struct {
 	version   string
 	// rebooted holds the facts of a new boot, written on the next pass.
 	rebooted *v1alpha1.ProbeFacts
+	// sensorKind is the sensor this agent's pod runs; a spec naming another one gets
+	// SensorUnavailable, as from the real agent. Empty serves any.
+	sensorKind v1alpha1.SensorKind
+	// restarted makes the agent test the current attempt again, as a new pod does.
+	restarted bool
+	// tamper, when set, rewrites each verdict before it is written (a hostile agent).
+	tamper func(*v1alpha1.SelfTestStatus)
+}
+
+// restart plays the DaemonSet replacing this agent's pod with one running sensor kind.
+func (a *fakeAgent) restart(kind v1alpha1.SensorKind) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.sensorKind, a.restarted = kind, true
 }
 
 // reboot plays the node rebooting into another kernel: the agent starts again, reports the new
@@ -196,7 +210,8 @@ func (a *fakeAgent) run(ctx context.Context) {
 		base := ns.DeepCopy()
 		a.mu.Lock()
 		version, rebooted, verdict, bootID := a.version, a.rebooted, a.verdict, a.bootID
-		a.rebooted = nil
+		kind, restarted, tamper := a.sensorKind, a.restarted, a.tamper
+		a.rebooted, a.restarted = nil, false
 		a.mu.Unlock()
 		changed := ns.Status.AgentVersion != version
 		ns.Status.AgentVersion = version
@@ -209,7 +224,7 @@ func (a *fakeAgent) run(ctx context.Context) {
 			changed = true
 		}
 		spec := ns.Spec
-		if spec.Driver != "" && (ns.Status.SelfTest == nil || ns.Status.SelfTest.Attempt != spec.Attempt) {
+		if spec.Driver != "" && (restarted || ns.Status.SelfTest == nil || ns.Status.SelfTest.Attempt != spec.Attempt) {
 			time.Sleep(a.delay)
 			start := metav1.NewTime(time.Now().Add(-a.delay))
 			finish := metav1.Now()
@@ -217,10 +232,20 @@ func (a *fakeAgent) run(ctx context.Context) {
 			st := &v1alpha1.SelfTestStatus{
 				Driver: spec.Driver, Attempt: spec.Attempt, Result: result, BootID: bootID, AgentVersion: version,
 				StartTime: &start, FinishTime: &finish,
-				Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: result, Expected: "upper layer"}},
+			}
+			// Like the real agent: one result per check the spec asks for.
+			for _, c := range spec.SelfTest.Checks {
+				st.Checks = append(st.Checks, v1alpha1.CheckResult{Name: c, Result: result, Expected: "as the check says"})
 			}
 			if result != v1alpha1.SelfTestPassed {
 				st.Reason, st.Message = "CheckTimedOut", "ExeUpperLayer: no event within 5s"
+			}
+			if kind != "" && spec.Sensor.Kind != kind {
+				st.Result, st.Checks = v1alpha1.SelfTestFailed, nil
+				st.Reason, st.Message = v1alpha1.ReasonSensorUnavailable, "sensor kind "+string(spec.Sensor.Kind)+": this agent runs "+string(kind)
+			}
+			if tamper != nil {
+				tamper(st)
 			}
 			ns.Status.SelfTest = st
 			changed = true

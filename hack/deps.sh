@@ -16,6 +16,11 @@ PACKAGES=(
   zstd                       # kernel matrix: decompresses modules
   cpio                       # kernel matrix: initramfs
   kmod                       # kernel matrix: modinfo/depmod on unpacked kernel packages
+  "containernetworking-plugins=1.1.1+ds1-3+b5"  # local cluster: bridge, host-local, loopback CNI plugins
+  "nftables=1.0.6-2+deb12u2" # local cluster: kube-proxy's nftables mode
+  "libseccomp-dev=2.5.4-1+deb12u1"  # local cluster: runc is built with cgo against libseccomp
+  pkg-config                 # local cluster: runc's cgo finds libseccomp
+  conntrack                  # local cluster: kube-proxy clears stale conntrack entries
 )
 
 missing=()

@@ -25,10 +25,10 @@ mkdir -p "$ASSETS"
 exec 9>"$ASSETS/.lock"
 if ! flock -n 9; then log "another build holds $ASSETS/.lock; waiting"; flock 9; fi
 
-# build_from_module MODULE VERSION OUTDIR STAGING_PREFIX STAGING_VERSION PKG...
+# build_from_module MODULE VERSION OUTDIR STAGING_PREFIX STAGING_VERSION LDFLAGS PKG...
 build_from_module() {
-  local module="$1" version="$2" outdir="$3" staging_prefix="$4" staging_version="$5"
-  shift 5
+  local module="$1" version="$2" outdir="$3" staging_prefix="$4" staging_version="$5" ldflags="$6"
+  shift 6
   local work; work="$(mktemp -d)"
   trap 'rm -rf "$work"' RETURN
   log "resolving $module@$version"
@@ -57,22 +57,35 @@ build_from_module() {
   log "building $* (several minutes on 2 cores, once per version)"
   local start=$SECONDS
   mkdir -p "$work/out"
-  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/out/" "$@") \
+  (cd "$work" && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldflags" -o "$work/out/" "$@") \
     || die "build of $* failed"
-  mv "$work"/out/* "$outdir/"
+  local f
+  for f in "$work"/out/*; do
+    cp "$f" "$outdir/.$(basename "$f").new" && mv -f "$outdir/.$(basename "$f").new" "$outdir/$(basename "$f")"
+  done
   log "built $* in $((SECONDS - start))s"
 }
 
 if [ ! -x "$ASSETS/etcd" ]; then
-  build_from_module go.etcd.io/etcd/server/v3 "v${ETCD_VERSION}" "$ASSETS" "" "" go.etcd.io/etcd/server/v3
+  build_from_module go.etcd.io/etcd/server/v3 "v${ETCD_VERSION}" "$ASSETS" "" "" "" go.etcd.io/etcd/server/v3
   mv "$ASSETS/server" "$ASSETS/etcd" # the package path ends in v3: go names the binary "server"
 else
   log "etcd v${ETCD_VERSION} cached"
 fi
+# Binaries report the version they were built from (kubectl version, the node's kubelet version).
+KUBE_LDFLAGS="-X k8s.io/component-base/version.gitVersion=v${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=${KUBE_VERSION%%.*}"
+KUBE_LDFLAGS+=" -X k8s.io/component-base/version.gitMinor=$(echo "$KUBE_VERSION" | cut -d. -f2) -X k8s.io/component-base/version.gitTreeState=clean"
+KUBE_LDFLAGS+=" -X k8s.io/client-go/pkg/version.gitVersion=v${KUBE_VERSION}"
 missing=()
 for b in "${KUBE_BINARIES[@]}"; do [ -x "$ASSETS/$b" ] || missing+=("k8s.io/kubernetes/cmd/$b"); done
+# An older cache built without the version stamp is relinked (into place, atomically: running
+# copies keep working).
+if [ ${#missing[@]} -eq 0 ] && ! "$ASSETS/kubelet" --version 2>/dev/null | grep -qx "Kubernetes v${KUBE_VERSION}"; then
+  log "cached binaries do not report v${KUBE_VERSION}; relinking them"
+  for b in "${KUBE_BINARIES[@]}"; do missing+=("k8s.io/kubernetes/cmd/$b"); done
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  build_from_module k8s.io/kubernetes "v${KUBE_VERSION}" "$ASSETS" "k8s.io/" "v0.${KUBE_VERSION#1.}" "${missing[@]}"
+  build_from_module k8s.io/kubernetes "v${KUBE_VERSION}" "$ASSETS" "k8s.io/" "v0.${KUBE_VERSION#1.}" "$KUBE_LDFLAGS" "${missing[@]}"
 else
   log "Kubernetes v${KUBE_VERSION} binaries cached"
 fi

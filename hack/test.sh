@@ -18,10 +18,12 @@ step "gofmt and go vet"
 make --no-print-directory fmt
 go vet ./...
 
-step "Control plane binaries for envtest"
+step "Kubernetes binaries (envtest and the local cluster) and the node runtime"
 KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh | tail -1)"
-export KUBEBUILDER_ASSETS
-echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+DRIVERPILOT_KUBE_BIN="$KUBEBUILDER_ASSETS"
+DRIVERPILOT_NODE_BIN="$(hack/node-assets.sh | tail -1)"
+export KUBEBUILDER_ASSETS DRIVERPILOT_KUBE_BIN DRIVERPILOT_NODE_BIN
+echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS DRIVERPILOT_NODE_BIN=$DRIVERPILOT_NODE_BIN"
 
 step "Build"
 make --no-print-directory build
@@ -31,10 +33,18 @@ skipflag=()
 if [ "${CI:-}" = "true" ] || [ "${FAIL_ON_SKIP:-}" = "1" ]; then skipflag=(-fail-on-skip); fi
 go build -o bin/testsummary ./hack/testsummary
 set +e
-go test -json -count=1 -timeout 20m ./... 2>&1 | bin/testsummary "${skipflag[@]}"
+# The real cluster runs alone afterwards: it owns the machine's kubelet, mounts and cgroups.
+go test -json -count=1 -timeout 20m $(go list ./... | grep -v /test/cluster) 2>&1 | bin/testsummary "${skipflag[@]}"
 rc=$?
 set -e
 [ $rc -eq 0 ] || { echo "Go tests failed"; exit $rc; }
+
+step "A real single-node cluster: the README's install, the agent as a pod (test/cluster)"
+set +e
+go test -json -count=1 -timeout 30m ./test/cluster/... 2>&1 | bin/testsummary "${skipflag[@]}"
+rc=$?
+set -e
+[ $rc -eq 0 ] || { echo "cluster tests failed"; exit $rc; }
 
 # SKIP_KERNEL_MATRIX=1 is for quick local runs only; CI always runs it.
 if [ "${CI:-}" = "true" ] || [ "${SKIP_KERNEL_MATRIX:-}" != "1" ]; then

@@ -136,6 +136,17 @@ func (a *Alert) Event(received time.Time, driver v1alpha1.Driver) (sensor.Event,
 	return ev, nil
 }
 
+// drops returns the n_drops of a DropRule alert ("N system calls dropped in last second"), at
+// least 1: an alert whose count cannot be read still reports a drop.
+func (a *Alert) drops() uint64 {
+	if v, ok := a.field("n_drops"); ok {
+		if n, err := strconv.ParseUint(v, 10, 64); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1
+}
+
 var flagBits = map[string]sensor.Flags{
 	"EXE_WRITABLE":    sensor.FlagWritable,
 	"EXE_UPPER_LAYER": sensor.FlagUpperLayer,

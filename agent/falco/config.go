@@ -32,6 +32,9 @@ const (
 	// ProbeRule is DriverPilot's rule for its own self-test executions that Falco did not flag
 	// as upper layer.
 	ProbeRule = "DriverPilot self-test exec"
+	// DropRule is Falco's own alert for syscall events its driver dropped (syscall_event_drops
+	// actions alert); its n_drops field is counted as the sensor's drops.
+	DropRule = "Falco internal: syscall event drop"
 )
 
 // DefaultListen is where the agent receives Falco's alerts: the pod's loopback, shared by Falco.
@@ -72,6 +75,18 @@ type engineConfig struct {
 		EBPF       *kindBlock      `json:"ebpf,omitempty"`
 		ModernEBPF *kindBlock      `json:"modern_ebpf,omitempty"`
 	} `json:"engine"`
+	// SyscallEventDrops makes Falco alert on every drop (Falco's default threshold 0.1 hides
+	// drops below a tenth of the events): the sensor counts them, and a self-test check without
+	// an event while Falco dropped events is inconclusive, not failed.
+	SyscallEventDrops *dropsConfig `json:"syscall_event_drops,omitempty"`
+}
+
+// dropsConfig is Falco's syscall_event_drops section.
+type dropsConfig struct {
+	Threshold float64  `json:"threshold"`
+	Actions   []string `json:"actions"`
+	Rate      float64  `json:"rate"`
+	MaxBurst  int      `json:"max_burst"`
 }
 
 type kindBlock struct {
@@ -96,6 +111,7 @@ func EngineConfig(d v1alpha1.Driver) ([]byte, error) {
 	default:
 		return nil, fmt.Errorf("unknown driver %q", d)
 	}
+	c.SyscallEventDrops = &dropsConfig{Threshold: 0, Actions: []string{"log", "alert"}, Rate: 1, MaxBurst: 10}
 	return marshal("Falco engine for the driver DriverPilot decided for this node", c)
 }
 

@@ -58,6 +58,8 @@ type Stats struct {
 	Invalid uint64
 	// Dropped is the number of events a slow subscriber did not take.
 	Dropped uint64
+	// FalcoDrops is the number of syscall events Falco reported dropped (DropRule alerts).
+	FalcoDrops uint64
 }
 
 // Sensor is the agent's end of a Falco sensor: an HTTP receiver for Falco's alerts. It
@@ -74,7 +76,9 @@ type Sensor struct {
 	nextSub int
 	closed  bool
 
-	requests, events, other, invalid, dropped atomic.Uint64
+	requests, events, other, invalid, dropped, falcoDrops atomic.Uint64
+	// healthFailures counts health endpoint failures in a row.
+	healthFailures atomic.Int32
 }
 
 var _ sensor.Sensor = (*Sensor)(nil)
@@ -200,7 +204,73 @@ func (s *Sensor) Addr() string {
 // Stats returns the counters.
 func (s *Sensor) Stats() Stats {
 	return Stats{Requests: s.requests.Load(), Events: s.events.Load(), OtherRules: s.other.Load(),
-		Invalid: s.invalid.Load(), Dropped: s.dropped.Load()}
+		Invalid: s.invalid.Load(), Dropped: s.dropped.Load(), FalcoDrops: s.falcoDrops.Load()}
+}
+
+// Drops implements sensor.DropCounter: Falco's own drop reports and events a slow subscriber
+// did not take.
+func (s *Sensor) Drops() sensor.Drops {
+	return sensor.Drops{User: s.dropped.Load(), Sensor: s.falcoDrops.Load()}
+}
+
+// ReportsAllExecs implements sensor.AllExecsReporter: DriverPilot's rule makes Falco alert on
+// every dp-* exec, so the agent can prove the alert flow between self-tests.
+func (s *Sensor) ReportsAllExecs() bool { return true }
+
+// Reasons of the *sensor.HealthError values Health returns.
+const (
+	// ReasonReceiverStopped: the agent's alert receiver stopped serving.
+	ReasonReceiverStopped = "ReceiverStopped"
+	// ReasonFalcoUnhealthy: Falco's health endpoint failed twice in a row.
+	ReasonFalcoUnhealthy = "FalcoUnhealthy"
+)
+
+// Health implements sensor.HealthChecker: the receiver serves, and Falco's health endpoint
+// (webserver /healthz) answers 200; two failures in a row make Falco unhealthy, so one slow
+// answer does not take a node out of service.
+func (s *Sensor) Health() error {
+	s.mu.Lock()
+	srv, served := s.server, s.served
+	s.mu.Unlock()
+	if srv == nil {
+		return &sensor.HealthError{Reason: sensor.ReasonSensorStopped, Err: errors.New("the Falco alert receiver is not running")}
+	}
+	select {
+	case <-served:
+		return &sensor.HealthError{Reason: ReasonReceiverStopped, Err: errors.New("the Falco alert receiver stopped serving")}
+	default:
+	}
+	if s.opts.HealthURL == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(s.opts.Context, 2*time.Second)
+	defer cancel()
+	if err := s.checkHealth(ctx); err != nil {
+		if n := s.healthFailures.Add(1); n >= 2 {
+			return &sensor.HealthError{Reason: ReasonFalcoUnhealthy, Err: fmt.Errorf("Falco health endpoint %s, %d failures in a row: %w", s.opts.HealthURL, n, err)}
+		}
+		return nil
+	}
+	s.healthFailures.Store(0)
+	return nil
+}
+
+// checkHealth asks Falco's health endpoint once.
+func (s *Sensor) checkHealth(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.opts.HealthURL, nil)
+	if err != nil {
+		return fmt.Errorf("Falco health URL: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %s", resp.Status)
+	}
+	return nil
 }
 
 // maxBody bounds one POST; a Falco alert is a few kilobytes.
@@ -234,6 +304,10 @@ func (s *Sensor) Handler() http.Handler {
 				bad++
 				s.opts.Log.Info("Bad Falco alert", "error", err.Error())
 				break // the stream cannot be resynchronised after a syntax error
+			}
+			if a.Rule == DropRule {
+				s.falcoDrops.Add(a.drops())
+				continue
 			}
 			ev, err := a.Event(received, driver)
 			switch {

@@ -182,3 +182,73 @@ func TestStartWaitsForFalcoHealth(t *testing.T) {
 		t.Error("receiver left listening after a failed Start")
 	}
 }
+
+// TestFalcoDropsAreCounted: Falco's own drop alert (the documented JSON of syscall_event_drops
+// with action alert) is counted as the sensor's drops, so a self-test check that misses its event
+// while Falco drops is inconclusive, not a failed driver.
+func TestFalcoDropsAreCounted(t *testing.T) {
+	s := New(Options{Listen: "127.0.0.1:0"})
+	if err := s.Start(v1alpha1.DriverModernEBPF); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	url := "http://" + s.Addr() + AlertsPath
+	drop := `{"output":"Falco internal: syscall event drop. 7 system calls dropped in last second.","output_fields":{"ebpf_enabled":"1","n_drops":"7","n_drops_buffer":"7","n_drops_bug":"0","n_drops_pf":"0","n_evts":"13973"},"priority":"Critical","rule":"Falco internal: syscall event drop","time":"2020-09-14T07:42:45.946068858Z"}`
+	if code := post(t, url, drop); code != http.StatusOK {
+		t.Fatalf("drop alert answered %d", code)
+	}
+	noCount := `{"output":"Falco internal: syscall event drop.","output_fields":{},"priority":"Critical","rule":"Falco internal: syscall event drop","time":"2020-09-14T07:42:46Z"}`
+	if code := post(t, url, noCount); code != http.StatusOK {
+		t.Fatalf("drop alert without a count answered %d", code)
+	}
+	var dc sensor.DropCounter = s
+	if got := dc.Drops(); got.Sensor != 8 || got.Total() != 8 {
+		t.Errorf("drops %+v, want 8 reported by Falco", got)
+	}
+	if st := s.Stats(); st.Invalid != 0 || st.Events != 0 {
+		t.Errorf("a drop alert was taken for an event or an invalid document: %+v", st)
+	}
+}
+
+// TestFalcoHealth: Health follows Falco's health endpoint between self-tests; one failed answer
+// is tolerated, two in a row make the sensor unhealthy, and the receiver stopping is unhealthy.
+func TestFalcoHealth(t *testing.T) {
+	var healthy atomic.Bool
+	healthy.Store(true)
+	falco := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !healthy.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte(`{"status": "ok"}`))
+	}))
+	defer falco.Close()
+	s := New(Options{Listen: "127.0.0.1:0", HealthURL: falco.URL + "/healthz"})
+	var hc sensor.HealthChecker = s
+	if err := hc.Health(); err == nil {
+		t.Error("healthy before Start")
+	}
+	if err := s.Start(v1alpha1.DriverModernEBPF); err != nil {
+		t.Fatal(err)
+	}
+	if err := hc.Health(); err != nil {
+		t.Fatalf("healthy Falco reported unhealthy: %v", err)
+	}
+	healthy.Store(false)
+	if err := hc.Health(); err != nil {
+		t.Errorf("one failed answer made Falco unhealthy: %v", err)
+	}
+	err := hc.Health()
+	var he *sensor.HealthError
+	if !errors.As(err, &he) || he.Reason != ReasonFalcoUnhealthy {
+		t.Fatalf("two failed answers: %v, want %s", err, ReasonFalcoUnhealthy)
+	}
+	healthy.Store(true)
+	if err := hc.Health(); err != nil {
+		t.Errorf("recovered Falco still unhealthy: %v", err)
+	}
+	s.Close()
+	if err := hc.Health(); !errors.As(err, &he) || he.Reason != sensor.ReasonSensorStopped {
+		t.Errorf("after Close: %v, want %s", err, sensor.ReasonSensorStopped)
+	}
+}

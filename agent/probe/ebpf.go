@@ -21,9 +21,12 @@ const execTracepoint = "sched_process_exec"
 // tp_btf works (DESIGN §5).
 type LiveAbilities struct{}
 
-// Probe runs the three checks. Any error is No, with the error recorded.
+// Probe runs the checks. Any error is No, with the error recorded. The memlock check runs first:
+// it may raise RLIMIT_MEMLOCK, which the load checks then need on kernels before 5.11.
 func (LiveAbilities) Probe(ctx context.Context) v1alpha1.EBPFFacts {
+	memlock := probeMemlock(liveMemlockOps)
 	return v1alpha1.EBPFFacts{
+		Memlock:       &memlock,
 		TPBTF:         answer(probeTPBTF(), "loaded and attached tp_btf/"+execTracepoint),
 		RawTracepoint: answer(probeRawTracepoint(), "loaded and attached raw_tp/"+execTracepoint),
 		RingBuffer:    answer(probeRingBuffer(), "created a BPF ring buffer map"),

@@ -62,6 +62,12 @@ func TestLiveProbeOnThisMachine(t *testing.T) {
 	if f.BTF.OverlayTypes.Value == "" {
 		t.Errorf("overlay types unknown: %s", f.BTF.OverlayTypes.Error)
 	}
+	if m := f.EBPF.Memlock; m == nil || m.Value != v1alpha1.MemlockMemcgAccounting {
+		t.Errorf("ebpf.memlock = %+v, want MemcgAccounting (kernel 6.18)", m)
+	}
+	if bs := f.BoundingSet; bs == nil || !bs.Known() {
+		t.Errorf("boundingSet = %+v, want PID 1's CapBnd", bs)
+	}
 }
 
 func BenchmarkLiveProbe(b *testing.B) {

@@ -2,6 +2,8 @@ package probe
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -70,4 +72,25 @@ func FuzzParseOSRelease(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestBoundingSet reads CapBnd of the host's PID 1 below the root, and says why where it cannot.
+func TestBoundingSet(t *testing.T) {
+	f := (&Prober{Root: "testdata/firecracker-6.18"}).boundingSet()
+	if f.Value != "000001fffeffffff" || !strings.Contains(f.Source, "proc/1/status") {
+		t.Errorf("firecracker-6.18: %+v, want 000001fffeffffff from proc/1/status", f)
+	}
+	root := t.TempDir()
+	if f := (&Prober{Root: root}).boundingSet(); f.Value != "" || f.Error == "" {
+		t.Errorf("no /proc: %+v, want unknown with an error", f)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "proc/1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "proc/1/status"), []byte("Name:\tinit\nCapBnd:\tzz\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if f := (&Prober{Root: root}).boundingSet(); f.Value != "" || !strings.Contains(f.Error, "zz") {
+		t.Errorf("bad CapBnd: %+v, want unknown naming the value", f)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,7 +103,7 @@ func (p *Prober) Probe(ctx context.Context, in Inputs) v1alpha1.ProbeFacts {
 			why = "no eBPF abilities prober configured"
 		}
 		u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown, Error: why}
-		f.EBPF = v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u}
+		f.EBPF = v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u, Memlock: &v1alpha1.StringFact{Error: why}}
 	}
 	f.Lockdown = p.lockdown()
 	f.Modules = p.modules()
@@ -110,6 +111,8 @@ func (p *Prober) Probe(ctx context.Context, in Inputs) v1alpha1.ProbeFacts {
 	f.Overlayfs = p.overlayfs()
 	f.Distro = p.distro()
 	f.Cloud = p.cloud(in)
+	bs := p.boundingSet()
+	f.BoundingSet = &bs
 	t := metav1.NewTime(now())
 	f.ProbeTime = &t
 	return f
@@ -257,6 +260,24 @@ func (p *Prober) overlayfs() v1alpha1.BoolFact {
 		}
 	}
 	return boolFact(false, src+" (overlay neither built in nor loaded)")
+}
+
+// boundingSet reads CapBnd of the host's PID 1.
+func (p *Prober) boundingSet() v1alpha1.StringFact {
+	data, src, err := p.readFile("/proc/1/status")
+	if err != nil {
+		return v1alpha1.StringFact{Error: fmt.Sprintf("read the host's PID 1 status: %v", err)}
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+			v = strings.TrimSpace(v)
+			if _, err := strconv.ParseUint(v, 16, 64); err != nil {
+				return v1alpha1.StringFact{Error: fmt.Sprintf("%s: CapBnd %q: %v", src, v, err)}
+			}
+			return v1alpha1.StringFact{Value: v, Source: "CapBnd of " + src}
+		}
+	}
+	return v1alpha1.StringFact{Error: src + " has no CapBnd line"}
 }
 
 func (p *Prober) modules() v1alpha1.ModuleFacts {

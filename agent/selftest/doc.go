@@ -5,7 +5,10 @@
 // The self-test runs against any sensor.Sensor, so a fault-injecting sensor can prove that it
 // fails. Events are matched by a unique executable name per run, never by pid. It fails closed:
 // a missing event within the timeout fails the check and names it. A check that cannot be
-// staged is NotApplicable, which never counts as Passed.
+// staged is NotApplicable, which never counts as Passed. A check that saw no event while the
+// sensor lost events (sensor.DropCounter) is Inconclusive, and so is the run unless another check
+// failed: only a run without drops can fail a driver. While it runs the self-test asks the sensor
+// for lower-layer events (sensor.LowerLayerRequester), which it otherwise filters in the kernel.
 //
 // The binaries run on a private overlay mount (lower, upper, work and merged directories in a
 // temporary directory), built the way container runtimes build a container's root filesystem,

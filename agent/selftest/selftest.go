@@ -27,6 +27,11 @@ const (
 	ReasonNotApplicable = "ChecksNotApplicable"
 	ReasonInterrupted   = "Interrupted"
 	ReasonInvalidInput  = "InvalidInput"
+	// ReasonEventsDropped: a check saw no event while the sensor was losing events; the run is
+	// Inconclusive.
+	ReasonEventsDropped = "EventsDropped"
+	// ReasonSensorConfigFailed: the sensor could not be asked for lower-layer events.
+	ReasonSensorConfigFailed = "SensorConfigFailed"
 )
 
 // DefaultTimeout is how long a check waits for its event.
@@ -51,6 +56,10 @@ type Options struct {
 	BootIDPath string
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// DropGrace is how long the self-test waits, when a check saw no event, before it reads the
+	// sensor's drop count a last time: drops are reported late (the built-in reader within its
+	// flush interval, Falco's drop alerts about once a second). Default 1.5s.
+	DropGrace time.Duration
 	// RunID names this run's executables dp-<RunID>-<check>; empty means 8 random hex digits.
 	// A caller that sets it must keep it unique per run: events are matched by these names.
 	RunID string
@@ -75,6 +84,9 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 	}
 	if opts.WorkDir == "" {
 		opts.WorkDir = os.TempDir()
+	}
+	if opts.DropGrace <= 0 {
+		opts.DropGrace = 1500 * time.Millisecond
 	}
 	if opts.BootIDPath == "" {
 		opts.BootIDPath = "/proc/sys/kernel/random/boot_id"
@@ -118,6 +130,18 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 	sensorReady := opts.Now()
 	events, unsubscribe := s.Subscribe()
 	defer unsubscribe()
+	if lr, ok := s.(sensor.LowerLayerRequester); ok {
+		release, err := lr.RequestLowerLayer()
+		if err != nil {
+			return finish(v1alpha1.SelfTestFailed, ReasonSensorConfigFailed, err.Error())
+		}
+		defer release()
+	}
+	dc, countsDrops := s.(sensor.DropCounter)
+	var dropsBefore sensor.Drops
+	if countsDrops {
+		dropsBefore = dc.Drops()
+	}
 
 	r := &runner{opts: opts, events: events, seen: map[string]sensor.Event{}}
 	cleanup := r.stage(checks)
@@ -130,6 +154,14 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 		st.Checks = append(st.Checks, r.run(ctx, c))
 	}
 	checksDone := opts.Now()
+	var drops sensor.Drops
+	if countsDrops {
+		if missedEvent(st.Checks) && ctx.Err() == nil {
+			sleepCtx(ctx, opts.DropGrace)
+		}
+		drops = dc.Drops().Sub(dropsBefore)
+		inconclusive(st.Checks, drops)
+	}
 	cleanupErr := cleanup()
 
 	result, reason, summary := verdict(st.Checks)
@@ -139,6 +171,9 @@ func Run(ctx context.Context, s sensor.Sensor, opts Options) v1alpha1.SelfTestSt
 	msg := fmt.Sprintf("%s; sensor start %s, checks %s, cleanup %s; %s", summary,
 		sensorReady.Sub(start).Round(time.Microsecond), checksDone.Sub(sensorReady).Round(time.Microsecond),
 		opts.Now().Sub(checksDone).Round(time.Microsecond), r.stagedOn)
+	if countsDrops {
+		msg += "; events lost during the run: " + drops.String()
+	}
 	if cleanupErr != nil {
 		msg += "; cleanup: " + cleanupErr.Error()
 	}
@@ -183,12 +218,49 @@ func plan(names []v1alpha1.CheckName, run string) ([]check, error) {
 	return checks, nil
 }
 
-// verdict rolls the checks up: Passed only when every check passed; any failure fails; else
-// NotApplicable.
+// inconclusive turns the checks that saw no event into Inconclusive ones when the sensor lost
+// events meanwhile: the missing event may be one of them, so the miss proves nothing about the
+// driver. A check that saw a wrong event stays Failed: a drop loses events, it does not change them.
+func inconclusive(checks []v1alpha1.CheckResult, drops sensor.Drops) {
+	if drops.Total() == 0 {
+		return
+	}
+	for i := range checks {
+		c := &checks[i]
+		if c.Result == v1alpha1.SelfTestFailed && strings.HasPrefix(c.Observed, "no event") {
+			c.Result = v1alpha1.SelfTestInconclusive
+			c.Message += fmt.Sprintf("; the sensor lost %d events meanwhile (%s)", drops.Total(), drops)
+		}
+	}
+}
+
+// missedEvent reports whether a check failed for want of an event.
+func missedEvent(checks []v1alpha1.CheckResult) bool {
+	for _, c := range checks {
+		if c.Result == v1alpha1.SelfTestFailed && strings.HasPrefix(c.Observed, "no event") {
+			return true
+		}
+	}
+	return false
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// verdict rolls the checks up: Passed only when every check passed; any failure fails; else a
+// check without an event because of drops makes the run Inconclusive; else NotApplicable.
 func verdict(checks []v1alpha1.CheckResult) (v1alpha1.SelfTestResult, string, string) {
-	var failed, na, timedOut []string
+	var failed, na, timedOut, unsure []string
 	for _, c := range checks {
 		switch c.Result {
+		case v1alpha1.SelfTestInconclusive:
+			unsure = append(unsure, fmt.Sprintf("%s: %s", c.Name, c.Message))
 		case v1alpha1.SelfTestFailed:
 			failed = append(failed, fmt.Sprintf("%s: %s", c.Name, firstNonEmpty(c.Message, c.Observed)))
 			if strings.HasPrefix(c.Observed, "no event") {
@@ -205,6 +277,8 @@ func verdict(checks []v1alpha1.CheckResult) (v1alpha1.SelfTestResult, string, st
 			reason = ReasonCheckTimedOut
 		}
 		return v1alpha1.SelfTestFailed, reason, fmt.Sprintf("%d of %d checks failed: %s", len(failed), len(checks), strings.Join(failed, "; "))
+	case len(unsure) > 0:
+		return v1alpha1.SelfTestInconclusive, ReasonEventsDropped, fmt.Sprintf("%d of %d checks inconclusive: %s", len(unsure), len(checks), strings.Join(unsure, "; "))
 	case len(na) > 0:
 		return v1alpha1.SelfTestNotApplicable, ReasonNotApplicable, fmt.Sprintf("%d of %d checks not applicable: %s", len(na), len(checks), strings.Join(na, "; "))
 	case len(checks) == 0:

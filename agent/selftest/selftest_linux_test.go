@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -42,14 +43,16 @@ func expectedMethod(t *testing.T) string {
 	return "InodeOffset"
 }
 
-// wrapSensor passes the real sensor's events through mutate, which may change or drop them.
+// wrapSensor passes the real sensor's events through mutate, which may change or drop them. It
+// embeds the built-in sensor so the optional interfaces (lower-layer requests, drop counts)
+// reach the self-test; the events mutate drops are not counted, as a broken sensor would not.
 type wrapSensor struct {
-	sensor.Sensor
+	*sensor.Builtin
 	mutate func(sensor.Event) (sensor.Event, bool)
 }
 
 func (w *wrapSensor) Subscribe() (<-chan sensor.Event, func()) {
-	in, unsubscribe := w.Sensor.Subscribe()
+	in, unsubscribe := w.Builtin.Subscribe()
 	out := make(chan sensor.Event, 1024)
 	go func() {
 		defer close(out)
@@ -73,7 +76,12 @@ func randomHex(t *testing.T) string {
 
 func newBuiltin(t *testing.T) *sensor.Builtin {
 	t.Helper()
-	s := sensor.NewBuiltin(sensor.Options{})
+	return newBuiltinWith(t, sensor.Options{})
+}
+
+func newBuiltinWith(t *testing.T, opts sensor.Options) *sensor.Builtin {
+	t.Helper()
+	s := sensor.NewBuiltin(opts)
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil {
 			t.Errorf("close sensor: %v", err)
@@ -108,7 +116,7 @@ func TestAllChecksPassBothDrivers(t *testing.T) {
 		t.Run(string(d), func(t *testing.T) {
 			var mu sync.Mutex
 			seen := map[string]sensor.Event{}
-			s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+			s := &wrapSensor{Builtin: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
 				mu.Lock()
 				seen[ev.Filename] = ev
 				mu.Unlock()
@@ -204,7 +212,7 @@ func TestInodeOffsetMethodAlone(t *testing.T) {
 // overlay exec as lower must fail the upper-layer and copy-up checks.
 func TestFailsWhenUpperLayerIsNeverReported(t *testing.T) {
 	requireKernel(t)
-	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+	s := &wrapSensor{Builtin: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
 		if ev.UpperLayer() {
 			ev.Flags = ev.Flags&^sensor.FlagUpperLayer | sensor.FlagLowerLayer
 		}
@@ -240,7 +248,7 @@ func TestFailsWhenUpperLayerIsNeverReported(t *testing.T) {
 // TestFailsClosedOnMissingEvents: a sensor that drops upper-layer events fails by timeout.
 func TestFailsClosedOnMissingEvents(t *testing.T) {
 	requireKernel(t)
-	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+	s := &wrapSensor{Builtin: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
 		return ev, !ev.UpperLayer()
 	}}
 	workdir := t.TempDir()
@@ -275,7 +283,7 @@ func TestInterruptedRunCleansUp(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var once sync.Once
-	s := &wrapSensor{Sensor: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
+	s := &wrapSensor{Builtin: newBuiltin(t), mutate: func(ev sensor.Event) (sensor.Event, bool) {
 		if strings.HasPrefix(ev.Filename, "dp-") {
 			once.Do(cancel)
 			return ev, false
@@ -352,5 +360,103 @@ func TestUnstageableIsNotApplicable(t *testing.T) {
 		if want == v1alpha1.SelfTestNotApplicable && !strings.Contains(c.Message, "could not stage") {
 			t.Errorf("%s: message %q does not say why", c.Name, c.Message)
 		}
+	}
+}
+
+// blockedWriter is an alert output nobody reads (a full stdout pipe): Write blocks until release.
+type blockedWriter struct {
+	release chan struct{}
+	once    sync.Once
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	<-w.release
+	return len(p), nil
+}
+
+func (w *blockedWriter) unblock() { w.once.Do(func() { close(w.release) }) }
+
+// floodUpper mounts a private overlay under dir, drops the helper into its upper layer and
+// executes it n times: n upper-layer events, which the built-in sensor always sends.
+func floodUpper(t *testing.T, dir string, n int) {
+	t.Helper()
+	helper, err := helperBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"lower", "upper", "work", "merged"} {
+		if err := os.Mkdir(dir+"/"+d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	merged := dir + "/merged"
+	opts := "lowerdir=" + dir + "/lower,upperdir=" + dir + "/upper,workdir=" + dir + "/work"
+	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
+		t.Fatalf("mount overlay: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(merged, unix.MNT_DETACH) })
+	exe := merged + "/dp-flood"
+	if err := os.WriteFile(exe, helper, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if err := exec.Command(exe).Run(); err != nil {
+			t.Fatalf("exec %s: %v", exe, err)
+		}
+	}
+}
+
+// TestDropsMakeTheRunInconclusive is a busy node: a tiny kernel buffer, an alert output that
+// blocks the reader (a full stdout pipe) and a burst of upper-layer execs fill the buffer, so the
+// self-test's own events are lost. The run must be Inconclusive with the drops counted, never
+// Failed (which would blacklist a working driver), and the blocked output must not block the
+// self-test's subscription (the alert was once written holding the lock Subscribe needs).
+func TestDropsMakeTheRunInconclusive(t *testing.T) {
+	requireKernel(t)
+	for _, d := range drivers {
+		t.Run(string(d), func(t *testing.T) {
+			w := &blockedWriter{release: make(chan struct{})}
+			s := newBuiltinWith(t, sensor.Options{Alerts: w, RingBufferBytes: 4096, PerfBufferBytes: 4096, StallAfter: time.Second})
+			t.Cleanup(w.unblock) // runs before the sensor's Close
+			if err := s.Start(d); err != nil {
+				t.Fatal(err)
+			}
+			floodUpper(t, t.TempDir(), 300)
+			deadline := time.Now().Add(5 * time.Second)
+			for s.Drops().Kernel == 0 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if s.Drops().Kernel == 0 {
+				t.Fatalf("no kernel drops counted after the flood (drops %+v)", s.Drops())
+			}
+
+			workdir := t.TempDir()
+			done := make(chan v1alpha1.SelfTestStatus, 1)
+			go func() {
+				done <- Run(context.Background(), s, Options{Driver: d, WorkDir: workdir, Timeout: time.Second})
+			}()
+			var st v1alpha1.SelfTestStatus
+			select {
+			case st = <-done:
+			case <-time.After(30 * time.Second):
+				w.unblock()
+				t.Fatal("the self-test is blocked: a blocked alert output holds the lock Subscribe needs")
+			}
+			if st.Result != v1alpha1.SelfTestInconclusive || st.Reason != ReasonEventsDropped {
+				t.Fatalf("result %s reason %s, want Inconclusive EventsDropped: %s", st.Result, st.Reason, st.Message)
+			}
+			for _, c := range st.Checks {
+				if c.Result == v1alpha1.SelfTestFailed {
+					t.Errorf("%s Failed in a run with drops: %s", c.Name, c.Message)
+				}
+			}
+			if !strings.Contains(st.Message, "in the kernel (buffer full)") {
+				t.Errorf("message does not report the kernel drops: %s", st.Message)
+			}
+			if err := s.Health(); err == nil {
+				t.Error("Health is nil while the reader is stuck on a blocked alert output")
+			}
+			assertCleanedUp(t, workdir)
+		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -143,5 +144,61 @@ func TestHelperBinaryIsELF(t *testing.T) {
 	}
 	if len(b) > 200 || string(b[1:4]) != "ELF" {
 		t.Errorf("helper is %d bytes starting %q", len(b), b[:4])
+	}
+}
+
+// droppingSensor sees only what it is given and reports drops on every reading.
+type droppingSensor struct {
+	events []sensor.Event
+	drops  uint64
+	step   uint64
+	// lateBy delays the drop reports past the subscription, as Falco's drop alerts come late.
+	lateBy     time.Duration
+	subscribed time.Time
+}
+
+func (d *droppingSensor) Start(v1alpha1.Driver) error { return nil }
+func (d *droppingSensor) Subscribe() (<-chan sensor.Event, func()) {
+	d.subscribed = time.Now()
+	ch := make(chan sensor.Event, len(d.events))
+	for _, ev := range d.events {
+		ch <- ev
+	}
+	return ch, func() {}
+}
+func (d *droppingSensor) Close() error { return nil }
+func (d *droppingSensor) Drops() sensor.Drops {
+	if d.lateBy > 0 && time.Since(d.subscribed) < d.lateBy {
+		return sensor.Drops{User: d.drops}
+	}
+	d.drops += d.step
+	return sensor.Drops{User: d.drops}
+}
+
+// TestVerdictUnderDrops: a check without its event is Inconclusive when the sensor lost events
+// during the run and Failed when it did not; an event with the wrong flags fails either way.
+func TestVerdictUnderDrops(t *testing.T) {
+	checks := []v1alpha1.CheckName{v1alpha1.CheckExeFromMemfd}
+	wrong := sensor.Event{Filename: "memfd:dp-drops-memfd", Flags: sensor.FlagLowerLayer | sensor.FlagOverlay}
+	for _, tc := range []struct {
+		name   string
+		s      *droppingSensor
+		result v1alpha1.SelfTestResult
+		reason string
+	}{
+		{"no event, drops", &droppingSensor{step: 5}, v1alpha1.SelfTestInconclusive, ReasonEventsDropped},
+		{"no event, no drops", &droppingSensor{}, v1alpha1.SelfTestFailed, ReasonCheckTimedOut},
+		{"wrong event, drops", &droppingSensor{step: 5, events: []sensor.Event{wrong}}, v1alpha1.SelfTestFailed, ReasonCheckFailed},
+		// The drops show up after the check timed out (200ms) but within the grace (1.5s).
+		{"no event, drops reported late", &droppingSensor{step: 5, lateBy: 800 * time.Millisecond}, v1alpha1.SelfTestInconclusive, ReasonEventsDropped},
+	} {
+		st := Run(context.Background(), tc.s, Options{Driver: v1alpha1.DriverEBPF, Checks: checks, Timeout: 200 * time.Millisecond,
+			WorkDir: t.TempDir(), RunID: "drops"})
+		if st.Result != tc.result || st.Reason != tc.reason {
+			t.Errorf("%s: %s %s, want %s %s: %s", tc.name, st.Result, st.Reason, tc.result, tc.reason, st.Message)
+		}
+		if tc.s.step > 0 && !strings.Contains(st.Message, "5 in user space") {
+			t.Errorf("%s: message does not count the drops: %s", tc.name, st.Message)
+		}
 	}
 }

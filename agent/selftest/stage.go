@@ -111,10 +111,24 @@ func newOverlayStage(workdir string, helper []byte, lowerNames []string) (st *ov
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", st.lower, st.upper, st.work)
 	if err := unix.Mount("overlay", st.merged, "overlay", 0, opts); err != nil {
-		return st, fmt.Errorf("mount overlay on %s (layers on %s): %w", st.merged, st.backing, err)
+		return st, fmt.Errorf("mount overlay on %s (layers on %s): %w%s", st.merged, st.backing, err, mountHint(err))
 	}
 	st.overlayUp = true
 	return st, nil
+}
+
+// mountHint says which capability an overlay mount error points to. Overlay creates its work
+// directory (work/work) with mode 0000, whatever mode the self-test gave the directories, and
+// creates files in it with the mounter's credentials, when mounting and on every copy-up: root
+// without CAP_DAC_OVERRIDE gets EACCES there. The mount itself takes CAP_SYS_ADMIN.
+func mountHint(err error) string {
+	switch {
+	case errors.Is(err, unix.EACCES):
+		return " (overlayfs writes into its mode-0000 work directory with the mounter's credentials: that takes CAP_DAC_OVERRIDE)"
+	case errors.Is(err, unix.EPERM):
+		return " (mounting takes CAP_SYS_ADMIN, and a seccomp or AppArmor profile that allows mount)"
+	}
+	return ""
 }
 
 // path returns the merged (container's view) path of name.

@@ -29,17 +29,21 @@ type Alert struct {
 	OutputFields map[string]any `json:"output_fields"`
 }
 
-// NewAlert builds the alert for an upper-layer exec. The built-in sensor does not resolve
-// containers, so container.id is "host"; proc.exepath is the exe's file name, not a full path.
+// NewAlert builds the alert for an upper-layer exec. The container comes from the process's
+// cgroup (Container; "" when it exited first); proc.exepath is the exe's file name, not a full path.
 func NewAlert(ev Event, hostname string) Alert {
 	// Falco's evt.arg.flags only knows its own bits.
 	falcoFlags := ev.Flags &^ FlagOverlay
+	containerID := ev.Container.ShortID()
+	if ev.Container.ID == "" {
+		containerID = "<NA>" // Falco's spelling of a value it could not resolve
+	}
 	return Alert{
 		Time:     ev.Time.UTC(),
 		Rule:     AlertRule,
 		Priority: AlertPriority,
-		Output: fmt.Sprintf("%s: %s Executing binary not part of base image (proc_exepath=%s process=%s proc_pid=%d exe_flags=%s container_id=host)",
-			ev.Time.UTC().Format("15:04:05.000000000"), AlertPriority, ev.Filename, ev.Comm, ev.TGID, falcoFlags),
+		Output: fmt.Sprintf("%s: %s Executing binary not part of base image (proc_exepath=%s process=%s proc_pid=%d exe_flags=%s container_id=%s)",
+			ev.Time.UTC().Format("15:04:05.000000000"), AlertPriority, ev.Filename, ev.Comm, ev.TGID, falcoFlags, containerID),
 		Source:   AlertSource,
 		Tags:     AlertTags,
 		Hostname: hostname,
@@ -52,7 +56,9 @@ func NewAlert(ev Event, hostname string) Alert {
 			"proc.is_exe_from_memfd":    ev.FromMemfd(),
 			"proc.is_exe_writable":      ev.Flags.Has(FlagWritable),
 			"evt.arg.flags":             falcoFlags.String(),
-			"container.id":              "host",
+			"container.id":              containerID,
+			"container.full_id":         ev.Container.ID,
+			"k8s.pod.uid":               ev.Container.PodUID,
 			"driverpilot.driver":        string(ev.Driver),
 			"driverpilot.method":        ev.Method.String(),
 			"driverpilot.method_agrees": ev.Agreement.String(),

@@ -20,6 +20,8 @@ func TestWriteAlert(t *testing.T) {
 		Flags:    FlagWritable | FlagUpperLayer | FlagOverlay,
 		Method:   MethodInodeOffset,
 		Driver:   v1alpha1.DriverModernEBPF,
+		Container: Container{ID: "4f1c2b0a9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a",
+			PodUID: "0d6a2c31-5b7e-4f19-9c1a-7e2b3d4f5a6b"},
 	}
 	var buf bytes.Buffer
 	if err := WriteAlert(&buf, ev, "node-1"); err != nil {
@@ -48,7 +50,7 @@ func TestWriteAlert(t *testing.T) {
 		t.Errorf("time is not RFC3339Nano: %v", err)
 	}
 	output, _ := got["output"].(string)
-	for _, part := range []string{"my_echo", "proc_pid=100", "process=my_echo", "Critical"} {
+	for _, part := range []string{"my_echo", "proc_pid=100", "process=my_echo", "Critical", "container_id=4f1c2b0a9d8e)"} {
 		if !strings.Contains(output, part) {
 			t.Errorf("output %q lacks %q", output, part)
 		}
@@ -67,7 +69,9 @@ func TestWriteAlert(t *testing.T) {
 		"proc.is_exe_from_memfd":  false,
 		"proc.is_exe_writable":    true,
 		"evt.arg.flags":           "EXE_WRITABLE|EXE_UPPER_LAYER",
-		"container.id":            "host",
+		"container.id":            "4f1c2b0a9d8e",
+		"container.full_id":       ev.Container.ID,
+		"k8s.pod.uid":             "0d6a2c31-5b7e-4f19-9c1a-7e2b3d4f5a6b",
 	} {
 		if fields[key] != want {
 			t.Errorf("output_fields[%q] = %v (%T), want %v", key, fields[key], fields[key], want)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -28,6 +29,23 @@ type Options struct {
 	SubscriberBuffer int
 	// PerfBufferBytes is the per-CPU perf buffer of the ebpf driver (default 64 KiB).
 	PerfBufferBytes int
+	// ProcRoot is where the host's /proc is visible ("/proc"; "/host/proc" in the agent pod), to
+	// name the container of an alerting process.
+	ProcRoot string
+	// PerfWakeupEvents is how many events a per-CPU perf buffer collects before it wakes the
+	// reader (default: a quarter of the buffer, 128 events for 64 KiB); the flush interval reads
+	// the rest. A wakeup costs about 10us on a VM (an irq_work self-IPI): it must not come per event.
+	PerfWakeupEvents int
+	// RingBufferBytes is the modern_ebpf driver's ring buffer size, a power of two of at least a
+	// page (default 256 KiB).
+	RingBufferBytes int
+	// FlushInterval is the longest an event waits in a kernel buffer before the reader takes it
+	// (default 100ms): the kernel does not wake the reader per event (bpf/exec.bpf.c), so this
+	// bounds the detection latency.
+	FlushInterval time.Duration
+	// StallAfter is how long the reader may spend on one record (delivering it, writing its
+	// alert) before Health reports it stalled (default 5s).
+	StallAfter time.Duration
 	// ForceInodeOffset skips the CO-RE method, as on a kernel whose BTF lacks overlay's types
 	// (falco#3286), so the InodeOffset method decides. For tests and diagnostics.
 	ForceInodeOffset bool
@@ -43,6 +61,9 @@ type Builtin struct {
 	driver   v1alpha1.Driver
 	closers  []io.Closer // in close order
 	reader   recordReader
+	settings *ebpf.Map // settings[0]: enum setting_flag bits
+	counters *ebpf.Map // per-CPU enum counter values
+	lowerReq int       // holders of RequestLowerLayer
 	subs     map[int]chan Event
 	nextSub  int
 	closed   bool
@@ -50,8 +71,11 @@ type Builtin struct {
 	readErr  error
 	alertErr error
 
-	lost    atomic.Uint64 // samples the kernel could not deliver
+	lost    atomic.Uint64 // samples the kernel could not deliver (perf lost records)
 	dropped atomic.Uint64 // events a slow subscriber did not take, or that did not decode
+	// lastRead is when the reader last came back from the kernel buffer (unix nanoseconds); it
+	// comes back at least every FlushInterval while it is alive and not stuck on a record.
+	lastRead atomic.Int64
 }
 
 var _ Sensor = (*Builtin)(nil)
@@ -61,11 +85,27 @@ func NewBuiltin(opts Options) *Builtin {
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
 	}
+	if opts.ProcRoot == "" {
+		opts.ProcRoot = "/proc"
+	}
 	if opts.SubscriberBuffer <= 0 {
 		opts.SubscriberBuffer = 1024
 	}
 	if opts.PerfBufferBytes <= 0 {
 		opts.PerfBufferBytes = 64 << 10
+	}
+	if opts.PerfWakeupEvents <= 0 {
+		// A perf record of struct exec_event takes about 128 bytes with its headers.
+		opts.PerfWakeupEvents = max(1, opts.PerfBufferBytes/4/128)
+	}
+	if opts.RingBufferBytes <= 0 {
+		opts.RingBufferBytes = 256 << 10
+	}
+	if opts.FlushInterval <= 0 {
+		opts.FlushInterval = 100 * time.Millisecond
+	}
+	if opts.StallAfter <= 0 {
+		opts.StallAfter = 5 * time.Second
 	}
 	return &Builtin{opts: opts, subs: map[int]chan Event{}}
 }
@@ -73,13 +113,17 @@ func NewBuiltin(opts Options) *Builtin {
 // modernObjects and legacyObjects select the one program and map each driver loads; the other
 // pair in the object is never created (a kernel without ring buffers can still run ebpf).
 type modernObjects struct {
-	Prog   *ebpf.Program `ebpf:"dp_exec_tp_btf"`
-	Events *ebpf.Map     `ebpf:"events_rb"`
+	Prog     *ebpf.Program `ebpf:"dp_exec_tp_btf"`
+	Events   *ebpf.Map     `ebpf:"events_rb"`
+	Settings *ebpf.Map     `ebpf:"settings"`
+	Counters *ebpf.Map     `ebpf:"counters"`
 }
 
 type legacyObjects struct {
-	Prog   *ebpf.Program `ebpf:"dp_exec_raw_tp"`
-	Events *ebpf.Map     `ebpf:"events_perf"`
+	Prog     *ebpf.Program `ebpf:"dp_exec_raw_tp"`
+	Events   *ebpf.Map     `ebpf:"events_perf"`
+	Settings *ebpf.Map     `ebpf:"settings"`
+	Counters *ebpf.Map     `ebpf:"counters"`
 }
 
 // Start loads and attaches the program for driver and starts reading its events.
@@ -120,6 +164,9 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("set force_inode_offset: %w", err)}
 		}
 	}
+	if rb := spec.Maps[bpf.ExecMapEventsRb]; rb != nil {
+		rb.MaxEntries = uint32(b.opts.RingBufferBytes)
+	}
 	// KernelTypes stays nil so CO-RE searches vmlinux and module BTF (overlay as a module).
 	var closers []io.Closer
 	cleanup := func() {
@@ -128,8 +175,9 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 		}
 	}
 	var (
-		l  link.Link
-		rd recordReader
+		l                  link.Link
+		rd                 recordReader
+		settings, counters *ebpf.Map
 	)
 	switch driver {
 	case v1alpha1.DriverModernEBPF:
@@ -137,7 +185,8 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 		if err := spec.LoadAndAssign(&objs, nil); err != nil {
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("load tp_btf program: %w", err)}
 		}
-		closers = append(closers, objs.Prog, objs.Events)
+		closers = append(closers, objs.Prog, objs.Events, objs.Settings, objs.Counters)
+		settings, counters = objs.Settings, objs.Counters
 		if l, err = link.AttachTracing(link.TracingOptions{Program: objs.Prog}); err != nil {
 			cleanup()
 			return &Error{Reason: ReasonSensorAttachFailed, Driver: driver, Err: fmt.Errorf("attach tp_btf/sched_process_exec: %w", err)}
@@ -148,39 +197,154 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 			cleanup()
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("ring buffer reader: %w", err)}
 		}
-		rd = ringbufReader{r}
+		rd = ringbufReader{r: r, flush: b.opts.FlushInterval}
 	case v1alpha1.DriverEBPF:
 		var objs legacyObjects
 		if err := spec.LoadAndAssign(&objs, nil); err != nil {
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("load raw_tp program: %w", err)}
 		}
-		closers = append(closers, objs.Prog, objs.Events)
+		closers = append(closers, objs.Prog, objs.Events, objs.Settings, objs.Counters)
+		settings, counters = objs.Settings, objs.Counters
 		if l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "sched_process_exec", Program: objs.Prog}); err != nil {
 			cleanup()
 			return &Error{Reason: ReasonSensorAttachFailed, Driver: driver, Err: fmt.Errorf("attach raw_tp/sched_process_exec: %w", err)}
 		}
 		closers = append(closers, l)
-		r, err := perf.NewReader(objs.Events, b.opts.PerfBufferBytes)
+		r, err := perf.NewReaderWithOptions(objs.Events, b.opts.PerfBufferBytes, perf.ReaderOptions{WakeupEvents: b.opts.PerfWakeupEvents})
 		if err != nil {
 			cleanup()
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("perf reader: %w", err)}
 		}
-		rd = perfReader{r}
+		rd = perfReader{r: r, flush: b.opts.FlushInterval}
 	}
 	// Detach first, then drain: the link closes before the reader and the maps.
 	b.closers = append([]io.Closer{l}, closers[:len(closers)-1]...)
 	b.driver = driver
 	b.reader = rd
+	b.settings, b.counters = settings, counters
+	if b.lowerReq > 0 {
+		if err := b.writeSettings(); err != nil {
+			b.closeAll()
+			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: err}
+		}
+	}
 	b.readDone = make(chan struct{})
+	b.lastRead.Store(time.Now().UnixNano())
 	go b.readLoop(rd, dec)
 	return nil
 }
 
-// readLoop decodes records until the reader is closed.
+// closeAll undoes a Start that failed after its objects were assigned; b.mu is held.
+func (b *Builtin) closeAll() {
+	b.reader.close()
+	for _, c := range b.closers {
+		c.Close()
+	}
+	b.closers, b.reader, b.settings, b.counters, b.driver = nil, nil, nil, nil, ""
+}
+
+// RequestLowerLayer makes the kernel program send lower-layer overlay execs too, until release is
+// called (the self-test's lower-layer check needs them; otherwise the program drops them, since
+// nearly every exec on a Kubernetes node is one). Requests nest; it works before Start too.
+func (b *Builtin) RequestLowerLayer() (release func(), err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.lowerReq++
+	if err := b.writeSettings(); err != nil {
+		b.lowerReq--
+		return nil, err
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.lowerReq--
+			_ = b.writeSettings() // best effort: the worst case is events nobody asked for
+		})
+	}, nil
+}
+
+// writeSettings stores the settings the requests call for; b.mu is held.
+func (b *Builtin) writeSettings() error {
+	if b.settings == nil {
+		return nil
+	}
+	var v uint32
+	if b.lowerReq > 0 {
+		v |= uint32(bpf.ExecSettingFlagSETTING_SEND_LOWER)
+	}
+	if err := b.settings.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("write sensor settings: %w", err)
+	}
+	return nil
+}
+
+// Drops returns the events lost so far: in the kernel (no room in the ring or perf buffer), and
+// in user space (a full subscriber channel, an undecodable record).
+func (b *Builtin) Drops() Drops {
+	b.mu.Lock()
+	counters := b.counters
+	b.mu.Unlock()
+	d := Drops{Kernel: b.lost.Load(), User: b.dropped.Load()}
+	if counters != nil {
+		var perCPU []uint64
+		if err := counters.Lookup(uint32(bpf.ExecCounterCOUNTER_DROPPED), &perCPU); err == nil {
+			var n uint64
+			for _, v := range perCPU {
+				n += v
+			}
+			// A perf buffer's lost records count the same drops the program counted.
+			d.Kernel = max(d.Kernel, n)
+		}
+	}
+	return d
+}
+
+// Health reports whether the sensor still works: started, its reader alive and not stuck on one
+// record for StallAfter. Errors are *HealthError.
+func (b *Builtin) Health() error {
+	b.mu.Lock()
+	rd, done, readErr, closed := b.reader, b.readDone, b.readErr, b.closed
+	b.mu.Unlock()
+	if closed || rd == nil {
+		return &HealthError{Reason: ReasonSensorStopped, Err: errors.New("the sensor is not running")}
+	}
+	select {
+	case <-done:
+		b.mu.Lock()
+		readErr = b.readErr
+		b.mu.Unlock()
+		if readErr == nil {
+			readErr = errors.New("no error")
+		}
+		return &HealthError{Reason: ReasonReaderStopped, Err: fmt.Errorf("the event reader stopped: %w", readErr)}
+	default:
+	}
+	if since := time.Since(time.Unix(0, b.lastRead.Load())); since > b.opts.StallAfter {
+		return &HealthError{Reason: ReasonReaderStalled,
+			Err: fmt.Errorf("the event reader has not come back to the kernel buffer for %s (a blocked alert output?)", since.Round(time.Millisecond))}
+	}
+	return nil
+}
+
+// readLoop decodes records until the reader is closed. A panic (in an alert writer, say) stops it
+// with an error instead of the agent: Health reports it.
 func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 	defer close(b.readDone)
+	defer func() {
+		if p := recover(); p != nil {
+			b.mu.Lock()
+			b.readErr = fmt.Errorf("event reader panicked: %v", p)
+			b.mu.Unlock()
+		}
+	}()
 	for {
 		raw, lost, err := rd.read()
+		b.lastRead.Store(time.Now().UnixNano())
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			continue // a flush interval passed; every pending record was read
+		}
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
 				b.mu.Lock()
@@ -202,18 +366,29 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 	}
 }
 
+// deliver hands ev to every subscriber, then writes its alert. The alert is written without b.mu:
+// a blocked output (a full stdout pipe) must not block Subscribe, Close or Health, which need it.
+// It still holds up this reader, which Health then reports as stalled, and the kernel counts
+// what it cannot buffer meanwhile as drops.
 func (b *Builtin) deliver(ev Event) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.opts.Alerts != nil && b.alertErr == nil {
-		b.alertErr = WriteAlert(b.opts.Alerts, ev, b.opts.Hostname)
-	}
 	for _, ch := range b.subs {
 		select {
 		case ch <- ev:
 		default:
 			b.dropped.Add(1)
 		}
+	}
+	writeAlert := b.opts.Alerts != nil && b.alertErr == nil
+	b.mu.Unlock()
+	if !writeAlert || !ev.UpperLayer() {
+		return
+	}
+	ev.Container = ContainerOf(b.opts.ProcRoot, ev.TGID)
+	if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
+		b.mu.Lock()
+		b.alertErr = err
+		b.mu.Unlock()
 	}
 }
 
@@ -272,7 +447,12 @@ func (b *Builtin) Close() error {
 			closers = closers[1:]
 		}
 		errs = append(errs, rd.close())
-		<-done
+		select {
+		case <-done:
+		case <-time.After(closeWait):
+			// A reader stuck in an alert write cannot be interrupted; leave it rather than hang.
+			errs = append(errs, fmt.Errorf("event reader did not stop within %s (blocked writing an alert?)", closeWait))
+		}
 	}
 	for _, c := range closers {
 		errs = append(errs, c.Close())
@@ -288,6 +468,9 @@ func (b *Builtin) Close() error {
 	return errors.Join(errs...)
 }
 
+// closeWait bounds how long Close waits for the reader goroutine.
+const closeWait = 5 * time.Second
+
 // recordReader hides the difference between the ring buffer and the perf event array.
 type recordReader interface {
 	// read blocks for the next record; lost > 0 reports samples the kernel dropped instead.
@@ -295,18 +478,31 @@ type recordReader interface {
 	close() error
 }
 
-type ringbufReader struct{ r *ringbuf.Reader }
+// ringbufReader reads with a deadline of one flush interval: the program writes without waking
+// the reader, so after the deadline it takes whatever is pending, then returns
+// os.ErrDeadlineExceeded.
+type ringbufReader struct {
+	r     *ringbuf.Reader
+	flush time.Duration
+}
 
 func (r ringbufReader) read() ([]byte, uint64, error) {
+	r.r.SetDeadline(time.Now().Add(r.flush))
 	rec, err := r.r.Read()
 	return rec.RawSample, 0, err
 }
 
 func (r ringbufReader) close() error { return r.r.Close() }
 
-type perfReader struct{ r *perf.Reader }
+// perfReader reads like ringbufReader: the perf buffers wake it every PerfWakeupEvents events,
+// the deadline takes the rest.
+type perfReader struct {
+	r     *perf.Reader
+	flush time.Duration
+}
 
 func (r perfReader) read() ([]byte, uint64, error) {
+	r.r.SetDeadline(time.Now().Add(r.flush))
 	rec, err := r.r.Read()
 	return rec.RawSample, rec.LostSamples, err
 }

@@ -7,6 +7,13 @@
 // new binary in container" alert). Kernel-dependent decisions happen at load time only; the
 // package returns wrapped errors and never logs.
 //
+// Cost: the kernel program sends only upper-layer and memfd execs, and lower-layer ones while a
+// self-test asks for them (LowerLayerRequester); it never wakes the reader per event, and the
+// reader reads at least every FlushInterval. Load: what the kernel had no buffer room for, and
+// what a full subscriber channel refused, is counted (DropCounter), so the self-test can call a
+// miss inconclusive instead of blaming the driver. Health: HealthChecker says whether the reader
+// is alive and draining; alerts are written outside the lock Subscribe, Close and Health need.
+//
 // The Sensor interface is what the self-test (agent/selftest) drives, so a fault-injecting
 // implementation can prove that the self-test fails when detection does.
 package sensor

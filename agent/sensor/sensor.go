@@ -23,6 +23,93 @@ type Sensor interface {
 	Close() error
 }
 
+// DropCounter is a sensor that counts the events it lost. The self-test reads it before and
+// after a run: a check that saw no event while events were being lost proves nothing about the
+// driver, so such a run is inconclusive rather than failed.
+type DropCounter interface {
+	// Drops returns the events lost since the sensor was created (monotonic counters).
+	Drops() Drops
+}
+
+// HealthChecker is a sensor that can tell, between self-tests, whether it still works.
+type HealthChecker interface {
+	// Health returns nil while the sensor runs and takes its events, else a *HealthError.
+	Health() error
+}
+
+// LowerLayerRequester is a sensor that drops lower-layer overlay execs unless asked for them:
+// the self-test asks while it runs, because its lower-layer check needs the event.
+type LowerLayerRequester interface {
+	// RequestLowerLayer makes the sensor report lower-layer execs until release is called.
+	RequestLowerLayer() (release func(), err error)
+}
+
+// AllExecsReporter is a sensor that reports an exec of a dp-* executable on any filesystem
+// (Falco, with DriverPilot's rule). Between self-tests the agent proves such a sensor's event
+// flow, from the driver to the agent, with an exec of its own (selftest.ExecAlive); the built-in
+// sensor filters those execs in the kernel and is watched through HealthChecker alone.
+type AllExecsReporter interface {
+	ReportsAllExecs() bool
+}
+
+// Drops count lost events by where they were lost.
+type Drops struct {
+	// Kernel is events the kernel program had no buffer room for (ring buffer output failures,
+	// perf lost samples).
+	Kernel uint64
+	// User is events user space did not pass on: a full subscriber channel, an undecodable record.
+	User uint64
+	// Sensor is drops the sensor reported about itself (Falco's syscall event drop alerts).
+	Sensor uint64
+}
+
+// Total is the sum of every kind of drop.
+func (d Drops) Total() uint64 { return d.Kernel + d.User + d.Sensor }
+
+// Sub returns the drops since an earlier reading.
+func (d Drops) Sub(earlier Drops) Drops {
+	return Drops{Kernel: d.Kernel - earlier.Kernel, User: d.User - earlier.User, Sensor: d.Sensor - earlier.Sensor}
+}
+
+func (d Drops) String() string {
+	var parts []string
+	if d.Kernel > 0 {
+		parts = append(parts, fmt.Sprintf("%d in the kernel (buffer full)", d.Kernel))
+	}
+	if d.User > 0 {
+		parts = append(parts, fmt.Sprintf("%d in user space (subscriber full or undecodable)", d.User))
+	}
+	if d.Sensor > 0 {
+		parts = append(parts, fmt.Sprintf("%d reported by the sensor", d.Sensor))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Reasons carried by *HealthError.
+const (
+	// ReasonSensorStopped: the sensor is not running (never started, closed, or failed to start).
+	ReasonSensorStopped = "SensorStopped"
+	// ReasonReaderStopped: the built-in sensor's event reader ended (an error or a panic).
+	ReasonReaderStopped = "ReaderStopped"
+	// ReasonReaderStalled: the event reader is stuck on one record (a blocked alert output).
+	ReasonReaderStalled = "ReaderStalled"
+)
+
+// HealthError says why a running sensor no longer works.
+type HealthError struct {
+	// Reason is a CamelCase reason (the Reason constants here, or a sensor's own).
+	Reason string
+	// Err is the cause.
+	Err error
+}
+
+func (e *HealthError) Error() string { return fmt.Sprintf("%s: %v", e.Reason, e.Err) }
+
+func (e *HealthError) Unwrap() error { return e.Err }
+
 // Reasons carried by *Error, in the CamelCase form the self-test reports.
 const (
 	ReasonDriverNotSupported = "DriverNotSupported"
@@ -172,6 +259,8 @@ type Event struct {
 	Agreement Agreement
 	// Driver is the driver the event came through.
 	Driver v1alpha1.Driver
+	// Container is where the process ran; resolved only for events that alert.
+	Container Container
 }
 
 // UpperLayer reports whether the exe came from an overlayfs upper layer.

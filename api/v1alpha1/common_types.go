@@ -43,4 +43,7 @@ const (
 	NodeConditionRuntimeSecurityReady = "RuntimeSecurityReady"
 	// UnverifiedTaintKey is the optional NoSchedule taint kept on a node while it is not verified.
 	UnverifiedTaintKey = "security.driverpilot.io/unverified"
+	// ReasonSensorUnavailable is the self-test reason of an agent that cannot build the sensor the
+	// NodeSensor names (its pod runs another sensor kind): a mismatch, never the driver's failure.
+	ReasonSensorUnavailable = "SensorUnavailable"
 )

@@ -23,6 +23,14 @@ type NodeSensorSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	Attempt int32 `json:"attempt,omitempty"`
 
+	// provenAttempt is set when this attempt re-verifies the driver that passed the previous
+	// attempt (after an agent upgrade or a profile edit): the attempt the manager saw proven.
+	// That proof stands until the new verdict is in; an agent's claim about an earlier attempt
+	// counts for nothing without it.
+	// +optional
+	// +kubebuilder:validation:Minimum=0
+	ProvenAttempt int32 `json:"provenAttempt,omitempty"`
+
 	// candidates is the ordered list of drivers still eligible on this node, driver first.
 	// +optional
 	// +listType=atomic
@@ -123,22 +131,28 @@ type BoolFact struct {
 	Answer Answer `json:"answer"`
 	// source says how the answer was obtained (a file read, a program loaded, a label).
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented an answer, or that a No rests on (for example a denied load).
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
 // StringFact is a textual fact with how it was obtained. An empty value with an error is unknown.
 type StringFact struct {
-	// value is the fact; empty when it could not be established.
+	// value is the fact; empty when it could not be established. At most 256 characters, the
+	// bound of every field the manager copies a fact into (FailedAttempt.kernelRelease).
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Value string `json:"value,omitempty"`
 	// source says how the value was obtained.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented reading the fact.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
@@ -165,6 +179,12 @@ type ProbeFacts struct {
 	Distro DistroFacts `json:"distro"`
 	// cloud is the cloud provider of the node.
 	Cloud StringFact `json:"cloud"`
+	// boundingSet is the capability bounding set of the host's PID 1 (CapBnd of /proc/1/status,
+	// in hexadecimal as the kernel prints it). No process on the node holds a capability outside
+	// it, so a container that adds one does not start. Absent where it was not measured (an older
+	// agent).
+	// +optional
+	BoundingSet *StringFact `json:"boundingSet,omitempty"`
 	// probeTime is when the facts were collected.
 	// +optional
 	ProbeTime *metav1.Time `json:"probeTime,omitempty"`
@@ -206,7 +226,22 @@ type EBPFFacts struct {
 	RawTracepoint BoolFact `json:"rawTracepoint"`
 	// ringBuffer is whether a BPF ring buffer map can be created.
 	RingBuffer BoolFact `json:"ringBuffer"`
+	// memlock is how the kernel limits the agent's BPF memory: MemcgAccounting (Linux 5.11+:
+	// charged to the memory cgroup, RLIMIT_MEMLOCK does not apply), Unlimited (charged to
+	// RLIMIT_MEMLOCK, which is or was raised to unlimited) or Limited (charged to RLIMIT_MEMLOCK,
+	// and the agent could not raise it: it lacks CAP_SYS_RESOURCE). Measured by creating a map
+	// under a zero limit, as cilium/ebpf's rlimit package does. Absent where it was not measured
+	// (an older agent).
+	// +optional
+	Memlock *StringFact `json:"memlock,omitempty"`
 }
+
+// Values of EBPFFacts.Memlock.
+const (
+	MemlockMemcgAccounting = "MemcgAccounting"
+	MemlockUnlimited       = "Unlimited"
+	MemlockLimited         = "Limited"
+)
 
 // ModuleFacts describe loadable kernel module support.
 type ModuleFacts struct {
@@ -220,23 +255,28 @@ type ModuleFacts struct {
 type DistroFacts struct {
 	// id is os-release's ID (amzn, bottlerocket, cos, ubuntu, rhel, ol, talos, debian, flatcar...).
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	ID string `json:"id,omitempty"`
 	// versionID is os-release's VERSION_ID.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	VersionID string `json:"versionID,omitempty"`
 	// prettyName is os-release's PRETTY_NAME.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	PrettyName string `json:"prettyName,omitempty"`
 	// source is the file the facts were read from.
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Source string `json:"source,omitempty"`
 	// error is the error that prevented reading them.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Error string `json:"error,omitempty"`
 }
 
 // SelfTestResult is the verdict of a self-test or of one check.
-// +kubebuilder:validation:Enum=Passed;Failed;NotApplicable
+// +kubebuilder:validation:Enum=Passed;Failed;NotApplicable;Inconclusive
 type SelfTestResult string
 
 const (
@@ -246,7 +286,18 @@ const (
 	SelfTestFailed SelfTestResult = "Failed"
 	// SelfTestNotApplicable means the check could not be staged on this node (never counts as Passed).
 	SelfTestNotApplicable SelfTestResult = "NotApplicable"
+	// SelfTestInconclusive means the run proved nothing either way: a check saw no event while the
+	// sensor was losing events (a busy node). It never counts as Passed, nor as a failed attempt
+	// against the driver: the agent runs the self-test again, with backoff. Only a run without
+	// drops can fail a driver.
+	SelfTestInconclusive SelfTestResult = "Inconclusive"
 )
+
+// ConditionSensorHealthy is the agent's NodeSensor status condition that says whether the sensor
+// still works between self-tests (the built-in sensor's reader alive and draining, Falco's health
+// endpoint answering). The agent sets it False within seconds of the sensor dying, and True again
+// only together with a passing self-test; a node whose condition is False is not verified.
+const ConditionSensorHealthy = "SensorHealthy"
 
 // SelfTestStatus is the agent's report of its last self-test.
 type SelfTestStatus struct {
@@ -255,10 +306,12 @@ type SelfTestStatus struct {
 	// attempt is the NodeSensor spec.attempt this self-test answers.
 	// +kubebuilder:validation:Minimum=0
 	Attempt int32 `json:"attempt"`
-	// result is the verdict: Passed only when every check passed.
+	// result is the verdict: Passed only when every check passed; Inconclusive when a check saw
+	// no event while the sensor was dropping events.
 	Result SelfTestResult `json:"result"`
 	// reason is a CamelCase reason for a failure (for example CheckFailed, SensorLoadFailed).
 	// +optional
+	// +kubebuilder:validation:MaxLength=128
 	Reason string `json:"reason,omitempty"`
 	// message explains the verdict; for a load failure it holds the end of the verifier log.
 	// +optional
@@ -268,6 +321,7 @@ type SelfTestStatus struct {
 	// +optional
 	// +listType=map
 	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=4
 	Checks []CheckResult `json:"checks,omitempty"`
 	// startTime is when the self-test started.
 	// +optional
@@ -275,11 +329,14 @@ type SelfTestStatus struct {
 	// finishTime is when it finished.
 	// +optional
 	FinishTime *metav1.Time `json:"finishTime,omitempty"`
-	// bootID is the boot the self-test ran in; a new boot invalidates it.
+	// bootID is the boot the self-test ran in; a new boot invalidates it, and an empty one
+	// proves nothing.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	BootID string `json:"bootID,omitempty"`
 	// agentVersion is the version of the agent that ran it.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	AgentVersion string `json:"agentVersion,omitempty"`
 }
 
@@ -287,22 +344,26 @@ type SelfTestStatus struct {
 type CheckResult struct {
 	// name is the check.
 	Name CheckName `json:"name"`
-	// result is Passed, Failed or NotApplicable.
+	// result is Passed, Failed, NotApplicable or Inconclusive (no event while events were dropped).
 	Result SelfTestResult `json:"result"`
 	// expected is what the sensor had to report, for example "upper layer".
 	// +optional
+	// +kubebuilder:validation:MaxLength=256
 	Expected string `json:"expected,omitempty"`
 	// observed is what it reported, or "no event within 10s".
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Observed string `json:"observed,omitempty"`
 	// latency is the time from the exec to the event.
 	// +optional
 	Latency *metav1.Duration `json:"latency,omitempty"`
 	// method is how the sensor decided the layer (for the built-in sensor: CORE or InodeOffset).
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	Method string `json:"method,omitempty"`
 	// message explains a failure or a NotApplicable.
 	// +optional
+	// +kubebuilder:validation:MaxLength=1024
 	Message string `json:"message,omitempty"`
 }
 
@@ -319,11 +380,14 @@ type NodeSensorStatus struct {
 	HeartbeatTime *metav1.Time `json:"heartbeatTime,omitempty"`
 	// agentVersion is the version of the agent running on the node.
 	// +optional
+	// +kubebuilder:validation:MaxLength=64
 	AgentVersion string `json:"agentVersion,omitempty"`
-	// conditions are the agent's own conditions (for example SensorRunning).
+	// conditions are the agent's own conditions: SensorHealthy says whether the sensor still works
+	// between self-tests.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
+	// +kubebuilder:validation:MaxItems=16
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 

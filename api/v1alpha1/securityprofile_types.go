@@ -154,6 +154,7 @@ type SelfTestSpec struct {
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=4
 	// +kubebuilder:default={ExeUpperLayer, ExeLowerLayer}
+	// +kubebuilder:validation:XValidation:rule="self.exists(c, c == 'ExeUpperLayer')",message="checks must include ExeUpperLayer: the drop-and-execute detection is what a verified node proves"
 	Checks []CheckName `json:"checks,omitempty"`
 
 	// timeout bounds each check: an event not seen within it fails the check (fail closed).
@@ -227,7 +228,9 @@ type SecurityProfileStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
 	// conditions: Ready (every selected node verified; False with reason InvalidSpec for a spec the
-	// API server could not check), Progressing (nodes still verifying) and Degraded (nodes failed).
+	// API server could not check), Progressing (nodes still verifying; False with reason
+	// RolloutPaused, CanaryFailed or CanarySilent when the rollout stopped), Degraded (nodes
+	// failed) and Brownout (most agents stopped reporting together: nodes Unknown, no taints added).
 	// +optional
 	// +listType=map
 	// +listMapKey=type
@@ -236,6 +239,15 @@ type SecurityProfileStatus struct {
 	// nodes counts the selected nodes by state.
 	// +optional
 	Nodes NodeCounts `json:"nodes,omitempty"`
+
+	// canaries are the canary nodes, chosen once: every node spec.rollout.canary.nodeSelector
+	// matches, and count more in name order. A node that joins later does not take a count slot
+	// from a recorded canary; a canary that leaves the selection is replaced.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=5000
+	// +kubebuilder:validation:items:MaxLength=253
+	Canaries []string `json:"canaries,omitempty"`
 
 	// drivers counts verified nodes per driver.
 	// +optional
@@ -254,6 +266,10 @@ type NodeCounts struct {
 	Failed int32 `json:"failed"`
 	// pending is the number of nodes waiting for a probe, a decision or a self-test.
 	Pending int32 `json:"pending"`
+	// upToDate is the number of verified nodes proven under the current spec (observedGeneration):
+	// the sensor, the checks and a driver it allows. The others keep their earlier proof until
+	// the rollout re-verifies them.
+	UpToDate int32 `json:"upToDate"`
 }
 
 // DriverCount is the number of verified nodes running one driver.
@@ -272,6 +288,7 @@ type DriverCount struct {
 // +kubebuilder:printcolumn:name="Sensor",type=string,JSONPath=`.spec.sensor.kind`
 // +kubebuilder:printcolumn:name="Selected",type=integer,JSONPath=`.status.nodes.selected`
 // +kubebuilder:printcolumn:name="Verified",type=integer,JSONPath=`.status.nodes.verified`
+// +kubebuilder:printcolumn:name="Up-to-date",type=integer,JSONPath=`.status.nodes.upToDate`
 // +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.nodes.failed`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1

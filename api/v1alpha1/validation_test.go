@@ -160,6 +160,7 @@ func TestInvalidObjectsAreRefused(t *testing.T) {
 		{name: "interval shorter than timeout", spec: "selfTest:\n  timeout: 5m\n  interval: 2m", field: "spec", hint: "interval must be longer than selfTest.timeout"},
 		{name: "unknown check", spec: "selfTest:\n  checks: [ExeUpperLayer, ExeFromPipe]", field: "spec.selfTest.checks[1]", hint: `"ExeFromPipe"`},
 		{name: "duplicate check", spec: "selfTest:\n  checks: [ExeUpperLayer, ExeUpperLayer]", field: "spec.selfTest.checks[1]", hint: "Duplicate value"},
+		{name: "checks without ExeUpperLayer", spec: "selfTest:\n  checks: [ExeLowerLayer, ExeFromMemfd]", field: "spec.selfTest.checks", hint: "must include ExeUpperLayer"},
 		{name: "falco without image", spec: "sensor:\n  kind: Falco", field: "spec.sensor", hint: "sensor.image is required"},
 		{name: "unknown sensor kind", spec: "sensor:\n  kind: Tetragon", field: "spec.sensor.kind", hint: `"Tetragon"`},
 		{name: "falco version not semver", spec: "sensor:\n  kind: Falco\n  image: falco:latest\n  falcoVersion: latest", field: "spec.sensor.falcoVersion", hint: "should match"},
@@ -200,5 +201,39 @@ func TestInvalidObjectsAreRefused(t *testing.T) {
 				t.Errorf("message does not say %q:\n%s", tc.hint, msg)
 			}
 		})
+	}
+}
+
+// TestAgentStringsAreBounded writes what a hostile or broken agent could: every string it
+// writes has a bound, and none is longer than the field the manager copies it into.
+func TestAgentStringsAreBounded(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	ns := &v1alpha1.NodeSensor{Spec: v1alpha1.NodeSensorSpec{Profile: "bounds"}}
+	ns.Name = "bounds-a"
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	long := strings.Repeat("x", 300)
+	u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown}
+	ns.Status.Probe = &v1alpha1.ProbeFacts{BTF: v1alpha1.BTFFacts{Vmlinux: u}, EBPF: v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u},
+		Modules: v1alpha1.ModuleFacts{Supported: u, Disabled: u}, SecureBoot: u, Overlayfs: u}
+	ns.Status.Probe.Kernel.Release.Value = long
+	err := env.Client.Status().Update(ctx, ns)
+	if err == nil || !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "status.probe.kernel.release.value") {
+		t.Fatalf("a kernel release longer than FailedAttempt.kernelRelease (256) was not refused: %v", err)
+	}
+	// The agent clamps before it writes, so a long value costs its detail, not the report.
+	ns.Status.Probe.Kernel.Release.Error = strings.Repeat("é", 5000)
+	ns.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: "ebpf", Attempt: 1, Result: v1alpha1.SelfTestFailed,
+		Reason: long, BootID: long, Message: strings.Repeat("m", 9000),
+		Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestFailed, Observed: strings.Repeat("o", 5000)}}}
+	ns.Status.Clamp()
+	if err := env.Client.Status().Update(ctx, ns); err != nil {
+		t.Fatalf("a clamped status was refused: %v", err)
+	}
+	if got := ns.Status.Probe.Kernel.Release.Value; len(got) != 256 || !strings.HasSuffix(got, "...") {
+		t.Errorf("kernel release not clamped to 256: %d characters", len(got))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -65,7 +66,7 @@ func runAgent(args []string) error {
 		Profile:           nf.profile,
 		Client:            c,
 		Prober:            probe.New(nf.hostRoot),
-		NewSensor:         chooseSensor(ctx, alertOut, nf.nodeName, fo, c, log),
+		NewSensor:         chooseSensor(ctx, alertOut, nf.nodeName, nf.hostRoot, fo, c, log),
 		WorkDir:           *workdir,
 		HeartbeatInterval: nf.heartbeat,
 		Log:               log,
@@ -106,10 +107,10 @@ func (f *falcoFlags) bind(fs *flag.FlagSet) {
 
 // chooseSensor returns the sensor a NodeSensor spec asks for: the built-in eBPF sensor, or the
 // receiver for the pod's Falco.
-func chooseSensor(ctx context.Context, alerts io.Writer, nodeName string, fo falcoFlags, c client.Client, log logr.Logger) func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+func chooseSensor(ctx context.Context, alerts io.Writer, nodeName, hostRoot string, fo falcoFlags, c client.Client, log logr.Logger) func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 	return func(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
 		if spec.Sensor.Kind != v1alpha1.SensorFalco {
-			return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName}), nil
+			return sensor.NewBuiltin(sensor.Options{Alerts: alerts, Hostname: nodeName, ProcRoot: filepath.Join(hostRoot, "proc")}), nil
 		}
 		if fo.listen == "" {
 			return nil, fmt.Errorf("sensor kind Falco: this agent runs without a Falco receiver (--falco-listen); it must run as the sidecar of the profile's Falco pod")

@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/cilium/ebpf/rlimit"
 	"github.com/go-logr/logr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -39,7 +38,7 @@ func (f *nodeFlags) bind(fs *flag.FlagSet, heartbeatHelp string) {
 	f.zap.BindFlags(fs)
 }
 
-// setup checks the flags, sets up logging, the API client, the memlock limit and securityfs.
+// setup checks the flags, sets up logging, the API client and securityfs.
 // The returned cleanup unmounts what setup mounted.
 func (f *nodeFlags) setup(command string) (logr.Logger, client.WithWatch, func(), error) {
 	noop := func() {}
@@ -57,10 +56,9 @@ func (f *nodeFlags) setup(command string) (logr.Logger, client.WithWatch, func()
 	if err != nil {
 		return log, nil, noop, fmt.Errorf("client: %w", err)
 	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return log, nil, noop, fmt.Errorf("raise memlock limit: %w", err)
-	}
+	// No memlock raise here: the probe raises RLIMIT_MEMLOCK where the kernel charges BPF memory
+	// to it (before 5.11), and where it cannot (no CAP_SYS_RESOURCE) it reports that as a fact
+	// (ebpf.memlock) instead of the agent exiting before it can say anything.
 	cleanup := noop
 	if f.mountSecurityfs {
 		if unmount, err := probe.MountSecurityFS(f.hostRoot); err != nil {

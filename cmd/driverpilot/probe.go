@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/cilium/ebpf/rlimit"
 	"sigs.k8s.io/yaml"
 
 	"github.com/driverpilot/driverpilot/agent/probe"
@@ -99,14 +98,9 @@ func runProbe(args []string) error {
 	}
 	in := probe.Inputs{ProviderID: *providerID, Labels: parseLabels(*labels)}
 
+	// The live probe raises RLIMIT_MEMLOCK itself where the kernel charges BPF memory to it
+	// (before 5.11), before its load probes, and reports when it cannot (ebpf.memlock).
 	p := probe.New(*root)
-	if p.Live {
-		// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; without this the load probes
-		// could fail for want of memory rather than of ability.
-		if err := rlimit.RemoveMemlock(); err != nil {
-			return fmt.Errorf("raise memlock limit: %w", err)
-		}
-	}
 	if *mountSecurityfs {
 		unmount, err := probe.MountSecurityFS(*root)
 		if err != nil {

@@ -229,7 +229,7 @@ func run(ctx context.Context, o options) (err error) {
 		simCancel()
 		return err
 	}
-	cl.add(func() { simCancel(); sim.wait() })
+	cl.add(func() { simCancel(); sim.Wait() })
 
 	// Go.
 	mu := intstr.Parse(o.maxUnavailable)
@@ -262,7 +262,7 @@ wait:
 		case <-progressTick.C:
 			p := sim.obs.snapshot()
 			logf("t+%4.1fs: %d sensors, %d assigned, %d verdicts, %d nodes Verified, manager VmHWM %s",
-				time.Since(t0).Seconds(), p.sensors, p.assigned, sim.verdicts.Load(), p.ready, mib(mgr.mem.hwm.Load()))
+				time.Since(t0).Seconds(), p.sensors, p.assigned, sim.Stats().Verdicts, p.ready, mib(mgr.mem.hwm.Load()))
 		}
 	}
 	var tReady time.Time
@@ -282,7 +282,7 @@ wait:
 	mgrCPU := mgr.cpuSeconds()
 	hwm := mgr.mem.final()
 	simCancel()
-	sim.wait()
+	sim.Wait()
 	mgr.stop()
 	load1 := loadAvg()
 	// Stopping the apiserver flushes the audit log.
@@ -297,7 +297,7 @@ wait:
 	r := report{
 		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
 		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
-		simStats: sim.stats(), metrics: metrics, mgrLog: mgr.logSummary(),
+		simStats: sim.Stats(), metrics: metrics, mgrLog: mgr.logSummary(),
 	}
 	r.print(os.Stdout)
 	if !converged {

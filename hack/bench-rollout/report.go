@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/driverpilot/driverpilot/internal/simagent"
 )
 
 type machine struct {
@@ -75,7 +77,7 @@ type report struct {
 	audit            auditCounts
 	hwm, peakRSS     int64
 	mgrCPU           float64
-	simStats         simStats
+	simStats         simagent.Stats
 	metrics          []string
 	mgrLog           logSummary
 }
@@ -137,7 +139,7 @@ func (r report) print(w io.Writer) {
 	}
 	p("  peak rate:      %d manager writes in one second; mean %.1f/s until convergence", a.peakPerSecond, rate(a.toReady, r.tReady.Sub(r.t0)))
 	p("agent writes:     %d (audit; %d failed) — %d probes, %d verdicts, %d heartbeats, %d client errors",
-		a.agentWrites, a.agentFailed, r.simStats.probes, r.simStats.verdicts, r.simStats.beats, r.simStats.writeErrors)
+		a.agentWrites, a.agentFailed, r.simStats.Probes, r.simStats.Verdicts, r.simStats.Beats, r.simStats.WriteErrors)
 	p("manager memory:   peak RSS (VmHWM) %s; highest sampled VmRSS %s", mib(r.hwm), mib(r.peakRSS))
 	if r.converged && r.mgrCPU >= 0 {
 		p("manager CPU:      %.1f s user+sys over its life (%.0f%% of one core over the rollout window incl. startup)", r.mgrCPU, 100*r.mgrCPU/window.Seconds())

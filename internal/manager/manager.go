@@ -3,6 +3,7 @@
 package manager
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"time"
@@ -39,7 +40,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", "address of the health and readiness probes (0 disables them)")
 	fs.BoolVar(&o.LeaderElect, "leader-elect", false, "elect a leader so only one manager replica is active")
 	fs.StringVar(&o.Namespace, "namespace", "driverpilot-system", "namespace of the agent DaemonSets and the leader lease")
-	fs.StringVar(&o.AgentImage, "agent-image", "ghcr.io/driverpilot/driverpilot:"+version.Version, "image of the node agent (the manager's own version: a different one never re-verifies after an upgrade)")
+	fs.StringVar(&o.AgentImage, "agent-image", "", "image of the node agent (default: the image of the manager's own pod, read through POD_NAME and POD_NAMESPACE; outside a pod "+ImageRepo+":"+version.Version+"); it must be the manager's version, or nodes never re-verify after an upgrade")
 	fs.StringVar(&o.AgentSA, "agent-service-account", "driverpilot-agent", "service account of the node agents")
 	fs.DurationVar(&o.HeartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "how old an agent heartbeat may be before its node turns Unknown")
 	fs.StringVar(&o.KnownIssuesFile, "known-issues", "", "known-issue file replacing the embedded one")
@@ -73,6 +74,10 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("known issues: %w", err)
 	}
+	image, err := agentImage(context.Background(), cfg, o)
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme.New(),
 		Metrics:                 metricsOptions(o),
@@ -88,9 +93,10 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Client:           mgr.GetClient(),
 		Scheme:           mgr.GetScheme(),
 		Recorder:         mgr.GetEventRecorder("driverpilot-manager"),
+		APIReader:        mgr.GetAPIReader(),
 		KnownIssues:      issues,
 		HeartbeatTimeout: o.HeartbeatTimeout,
-		Agent:            controllers.AgentConfig{Namespace: o.Namespace, Image: o.AgentImage, ServiceAccount: o.AgentSA},
+		Agent:            controllers.AgentConfig{Namespace: o.Namespace, Image: image, ServiceAccount: o.AgentSA},
 		// The agent ships in the manager's own image, so they share a version.
 		AgentVersion: version.Version,
 	}

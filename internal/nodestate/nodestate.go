@@ -4,7 +4,11 @@
 package nodestate
 
 import (
+	"fmt"
+	"slices"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
@@ -30,12 +34,23 @@ const (
 	// Outdated: verified by an older agent that still runs there (its replacement has not
 	// started yet); it keeps its verified state.
 	Outdated Phase = "Outdated"
-	// Reverify: verified by an older agent while a newer one now runs; it keeps its verified
-	// state and waits for the rollout to let it re-verify (an operator upgrade).
+	// Reverify: verified, but the proof no longer answers what the node must prove: an older
+	// agent proved it and a newer one now runs (an operator upgrade), or the profile changed the
+	// sensor, the checks or the allowed drivers (Reprove). It keeps its verified state and waits
+	// for the rollout to let it re-verify.
 	Reverify Phase = "Reverify"
 	// Reverifying: a new attempt with the driver that passed the previous one, in the same
 	// boot; the node stays verified on that proof until the new verdict is in.
 	Reverifying Phase = "Reverifying"
+	// SensorUnhealthy: the driver passed its self-test, but the agent has since reported that the
+	// sensor stopped working (its SensorHealthy condition is False). The node is not verified
+	// until the agent reports a new passing self-test, which sets the condition True again. It
+	// holds no rollout slot and is not a failed attempt.
+	SensorUnhealthy Phase = "SensorUnhealthy"
+	// SensorUnavailable: the agent could not build the sensor the spec names (its pod runs
+	// another sensor kind, for example during a Builtin/Falco switch). Not the driver's fault:
+	// no failed attempt is recorded, and the agent tests again once its pod matches the spec.
+	SensorUnavailable Phase = "SensorUnavailable"
 )
 
 // Classify returns the phase of a NodeSensor at time now. A heartbeat older than
@@ -55,26 +70,68 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 		return Queued
 	}
 	t := st.SelfTest
-	// A verdict from an earlier boot says nothing about this one: the agent tests again.
-	sameBoot := t != nil && (t.BootID == "" || st.Probe.Kernel.BootID.Value == "" || t.BootID == st.Probe.Kernel.BootID.Value)
+	// A verdict from an earlier boot says nothing about this one: the agent tests again. A boot
+	// ID nobody reported matches nothing, or any old verdict would pass for this boot's.
+	sameBoot := t != nil && t.BootID != "" && t.BootID == st.Probe.Kernel.BootID.Value
 	if t == nil || t.Attempt != ns.Spec.Attempt || t.Driver != ns.Spec.Driver || !sameBoot {
-		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed {
-			return Reverifying
+		if sameBoot && t.Attempt == ns.Spec.Attempt-1 && t.Attempt == ns.Spec.ProvenAttempt && t.Attempt > 0 &&
+			t.Driver == ns.Spec.Driver && t.Result == v1alpha1.SelfTestPassed && MissingCheck(t, nil) == "" {
+			return unlessSensorUnhealthy(ns, Reverifying)
 		}
 		return Verifying
 	}
 	switch t.Result {
 	case v1alpha1.SelfTestPassed:
-		return Verified
+		if MissingCheck(t, ns.Spec.SelfTest.Checks) != "" {
+			// "Passed" without the checks this node must pass proves nothing: an agent that
+			// cannot stage them has to say Failed or NotApplicable, and is treated as if it had.
+			return AttemptFailed
+		}
+		return unlessSensorUnhealthy(ns, Verified)
 	case v1alpha1.SelfTestFailed, v1alpha1.SelfTestNotApplicable:
+		if t.Reason == v1alpha1.ReasonSensorUnavailable {
+			return SensorUnavailable
+		}
 		// NotApplicable never counts as proof: the driver cannot be trusted on this node.
 		return AttemptFailed
+	case v1alpha1.SelfTestInconclusive:
+		// The sensor lost events during the run: no proof either way. The agent runs it again
+		// with backoff; it is never recorded as a failed attempt against the driver.
+		return Verifying
 	}
 	return Verifying
 }
 
+// unlessSensorUnhealthy returns SensorUnhealthy instead of a proven phase when the agent reports
+// that the sensor stopped working after its self-test passed.
+func unlessSensorUnhealthy(ns *v1alpha1.NodeSensor, proven Phase) Phase {
+	if meta.IsStatusConditionFalse(ns.Status.Conditions, v1alpha1.ConditionSensorHealthy) {
+		return SensorUnhealthy
+	}
+	return proven
+}
+
+// MissingCheck returns the first check of required (ExeUpperLayer always among them) that the
+// self-test does not report as Passed, or "" when every one passed.
+func MissingCheck(t *v1alpha1.SelfTestStatus, required []v1alpha1.CheckName) v1alpha1.CheckName {
+	passed := map[v1alpha1.CheckName]bool{}
+	for _, c := range t.Checks {
+		if c.Result == v1alpha1.SelfTestPassed {
+			passed[c.Name] = true
+		}
+	}
+	for _, c := range append([]v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer}, required...) {
+		if !passed[c] {
+			return c
+		}
+	}
+	return ""
+}
+
 // InFlight reports whether the phase occupies one of the rollout's maxUnavailable slots.
-func (p Phase) InFlight() bool { return p == Verifying || p == AttemptFailed || p == Reverifying }
+func (p Phase) InFlight() bool {
+	return p == Verifying || p == AttemptFailed || p == Reverifying || p == SensorUnavailable
+}
 
 // Proven reports whether the node counts as verified: its current driver passed a self-test.
 func (p Phase) Proven() bool {
@@ -105,6 +162,9 @@ type Node struct {
 	// Stalled marks a node whose agent went silent while it was verifying: it still holds its
 	// rollout slot, or a silent fleet would let the rollout start every node.
 	Stalled bool
+	// Silent marks a node whose agent does not report: its heartbeat expired, or it never
+	// reported within the heartbeat timeout. A silent canary pauses the rollout.
+	Silent bool
 }
 
 // StalledWhileVerifying reports whether a node with an expired heartbeat was verifying.
@@ -136,4 +196,58 @@ func Rollup(nodes []Node) (v1alpha1.NodeCounts, []v1alpha1.DriverCount) {
 		}
 	}
 	return c, drivers
+}
+
+// Reprove says why a verified node's proof does not answer the profile's current spec, or ""
+// when it does: another sensor (kind, image or Falco version), other checks, or a driver the
+// decision no longer allows (candidates are the current decision's). A change that does not
+// alter what the node must prove (timeout, interval, the order of allowed drivers) costs nothing.
+func Reprove(spec v1alpha1.NodeSensorSpec, sensor v1alpha1.SensorSpec, checks []v1alpha1.CheckName, candidates []v1alpha1.Driver) string {
+	switch {
+	case spec.Sensor != sensor:
+		return fmt.Sprintf("sensor changed from %s to %s", describeSensor(spec.Sensor), describeSensor(sensor))
+	case !sameChecks(spec.SelfTest.Checks, checks):
+		return fmt.Sprintf("self-test checks changed from %v to %v", spec.SelfTest.Checks, checks)
+	case !slices.Contains(candidates, spec.Driver):
+		return fmt.Sprintf("driver %s is no longer allowed on this node", spec.Driver)
+	}
+	return ""
+}
+
+func describeSensor(s v1alpha1.SensorSpec) string {
+	out := string(s.Kind)
+	if out == "" {
+		out = string(v1alpha1.SensorBuiltin)
+	}
+	if s.Image != "" {
+		out += " " + s.Image
+	}
+	if s.FalcoVersion != "" {
+		out += " (Falco " + s.FalcoVersion + ")"
+	}
+	return out
+}
+
+func sameChecks(a, b []v1alpha1.CheckName) bool {
+	a, b = slices.Clone(a), slices.Clone(b)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
+
+// BrownoutThreshold is the share of a profile's nodes whose heartbeats must expire together for
+// a brownout, as the node lifecycle controller's unhealthyZoneThreshold (0.55).
+const BrownoutThreshold = 0.55
+
+// Brownout reports how many nodes' heartbeats expired and whether that is a brownout: more than
+// two nodes and at least BrownoutThreshold of them, the node lifecycle controller's rule for a
+// partially disrupted zone. In a brownout the cause is most likely the control plane or the
+// network, not the nodes: they turn Unknown but get no taint.
+func Brownout(nodes []Node) (expired int, brownout bool) {
+	for _, n := range nodes {
+		if n.Phase == HeartbeatExpired {
+			expired++
+		}
+	}
+	return expired, expired > 2 && float64(expired) >= BrownoutThreshold*float64(len(nodes))
 }

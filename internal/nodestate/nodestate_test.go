@@ -1,6 +1,7 @@
 package nodestate
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -15,8 +16,21 @@ func TestClassify(t *testing.T) {
 	stale := metav1.NewTime(now.Add(-10 * time.Minute))
 	probe := &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: "boot-2"}}}
 	verdict := func(attempt int32, d v1alpha1.Driver, r v1alpha1.SelfTestResult, boot string) *v1alpha1.SelfTestStatus {
-		return &v1alpha1.SelfTestStatus{Attempt: attempt, Driver: d, Result: r, BootID: boot}
+		return &v1alpha1.SelfTestStatus{Attempt: attempt, Driver: d, Result: r, BootID: boot,
+			Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: r}}}
 	}
+	unhealthy := []metav1.Condition{{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: "ReaderStopped"}}
+	healthy := []metav1.Condition{{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionTrue, Reason: "SelfTestPassed"}}
+	withChecks := func(st *v1alpha1.SelfTestStatus, checks ...v1alpha1.CheckResult) *v1alpha1.SelfTestStatus {
+		st.Checks = checks
+		return st
+	}
+	passed := func(c v1alpha1.CheckName) v1alpha1.CheckResult {
+		return v1alpha1.CheckResult{Name: c, Result: v1alpha1.SelfTestPassed}
+	}
+	both := v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2, SelfTest: v1alpha1.SelfTestSpec{
+		Checks: []v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeLowerLayer}}}
+	noBoot := &v1alpha1.ProbeFacts{}
 	cases := []struct {
 		name string
 		spec v1alpha1.NodeSensorSpec
@@ -27,13 +41,17 @@ func TestClassify(t *testing.T) {
 		{"probed, no decision", v1alpha1.NodeSensorSpec{}, v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &fresh}, Queued},
 		{"decided nothing", v1alpha1.NodeSensorSpec{Attempt: 3}, v1alpha1.NodeSensorStatus{Probe: probe}, NoSupportedDriver},
 		{"decided, no verdict", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 1}, v1alpha1.NodeSensorStatus{Probe: probe}, Verifying},
-		{"re-verifying the driver that passed the previous attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+		{"re-verifying the driver that passed the previous attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2, ProvenAttempt: 1},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Reverifying},
+		{"a previous pass the manager never saw proven keeps nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
+		{"a pass for attempt 0, which never exists, keeps nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 1},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(0, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
 		{"a new driver after another passed", v1alpha1.NodeSensorSpec{Driver: "kmod", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
-		{"a pass two attempts back proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3},
+		{"a pass two attempts back proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3, ProvenAttempt: 1},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
-		{"a previous pass in an earlier boot proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+		{"a previous pass in an earlier boot proves nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2, ProvenAttempt: 1},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "ebpf", v1alpha1.SelfTestPassed, "boot-1")}, Verifying},
 		{"passed", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verified},
@@ -43,6 +61,46 @@ func TestClassify(t *testing.T) {
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestFailed, "boot-2")}, AttemptFailed},
 		{"not applicable is no proof", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestNotApplicable, "boot-2")}, AttemptFailed},
+		{"inconclusive (events dropped) is no proof and no failed attempt", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestInconclusive, "boot-2")}, Verifying},
+		{"passed, then the sensor died", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: unhealthy}, SensorUnhealthy},
+		{"passed, sensor healthy", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: healthy}, Verified},
+		{"re-verifying on a proof whose sensor died", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3, ProvenAttempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), Conditions: unhealthy}, SensorUnhealthy},
+		{"an unhealthy sensor does not hide a failure", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestFailed, "boot-2"), Conditions: unhealthy}, AttemptFailed},
+		// Trust: proof is every required check Passed, for this attempt, driver and boot.
+		{"passed without any check", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: withChecks(verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"))}, AttemptFailed},
+		{"passed without a check the spec requires", both,
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, AttemptFailed},
+		{"passed with a required check failed", both,
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: withChecks(verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"),
+				passed(v1alpha1.CheckExeUpperLayer), v1alpha1.CheckResult{Name: v1alpha1.CheckExeLowerLayer, Result: v1alpha1.SelfTestFailed})}, AttemptFailed},
+		{"passed without ExeUpperLayer though the spec omits it", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2,
+			SelfTest: v1alpha1.SelfTestSpec{Checks: []v1alpha1.CheckName{v1alpha1.CheckExeLowerLayer}}},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: withChecks(verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"), passed(v1alpha1.CheckExeLowerLayer))}, AttemptFailed},
+		{"passed every required check", both,
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: withChecks(verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"),
+				passed(v1alpha1.CheckExeLowerLayer), passed(v1alpha1.CheckExeUpperLayer))}, Verified},
+		{"passed for another driver", v1alpha1.NodeSensorSpec{Driver: "kmod", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
+		{"passed with no boot ID", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "")}, Verifying},
+		{"passed on a node whose boot ID is unknown", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: noBoot, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "")}, Verifying},
+		{"previous pass with no boot ID keeps nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3, ProvenAttempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: noBoot, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "")}, Verifying},
+		{"previous pass without checks keeps nothing", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 3, ProvenAttempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: withChecks(verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2"))}, Verifying},
+		{"sensor unavailable is not the driver's failure", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: func() *v1alpha1.SelfTestStatus {
+				st := verdict(2, "ebpf", v1alpha1.SelfTestFailed, "boot-2")
+				st.Reason = v1alpha1.ReasonSensorUnavailable
+				return st
+			}()}, SensorUnavailable},
 		{"heartbeat expired", v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 2},
 			v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &stale, SelfTest: verdict(2, "ebpf", v1alpha1.SelfTestPassed, "boot-2")}, HeartbeatExpired},
 	}
@@ -62,8 +120,9 @@ func TestRollup(t *testing.T) {
 		{Name: "d", Phase: NoSupportedDriver},
 		{Name: "e", Phase: Verifying, Driver: v1alpha1.DriverEBPF},
 		{Name: "f", Phase: HeartbeatExpired, Driver: v1alpha1.DriverEBPF},
+		{Name: "g", Phase: SensorUnhealthy, Driver: v1alpha1.DriverEBPF},
 	})
-	want := v1alpha1.NodeCounts{Selected: 6, Verified: 3, Failed: 1, Pending: 2}
+	want := v1alpha1.NodeCounts{Selected: 7, Verified: 3, Failed: 1, Pending: 3}
 	if counts != want {
 		t.Errorf("counts %+v, want %+v", counts, want)
 	}
@@ -97,15 +156,76 @@ func TestNeedsReverify(t *testing.T) {
 func TestStalledWhileVerifying(t *testing.T) {
 	now := time.Now()
 	stale := metav1.NewTime(now.Add(-time.Hour))
-	probe := &v1alpha1.ProbeFacts{}
+	probe := &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: "boot-1"}}}
 	verifying := &v1alpha1.NodeSensor{Spec: v1alpha1.NodeSensorSpec{Driver: "ebpf", Attempt: 1},
 		Status: v1alpha1.NodeSensorStatus{Probe: probe, HeartbeatTime: &stale}}
 	if !StalledWhileVerifying(verifying, now) {
 		t.Error("a silent node with a driver and no verdict was verifying")
 	}
 	verified := verifying.DeepCopy()
-	verified.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: "ebpf", Attempt: 1, Result: v1alpha1.SelfTestPassed}
+	verified.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: "ebpf", Attempt: 1, Result: v1alpha1.SelfTestPassed, BootID: "boot-1",
+		Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestPassed}}}
 	if StalledWhileVerifying(verified, now) {
 		t.Error("a silent verified node was not verifying")
+	}
+}
+
+func TestReprove(t *testing.T) {
+	builtin := v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin}
+	falco := v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
+	upperLower := []v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer, v1alpha1.CheckExeLowerLayer}
+	spec := v1alpha1.NodeSensorSpec{Driver: "ebpf", Sensor: builtin, SelfTest: v1alpha1.SelfTestSpec{Checks: upperLower}}
+	all := []v1alpha1.Driver{"modern_ebpf", "ebpf", "kmod"}
+	cases := []struct {
+		name       string
+		sensor     v1alpha1.SensorSpec
+		checks     []v1alpha1.CheckName
+		candidates []v1alpha1.Driver
+		want       string // a word the reason must hold; "" for none
+	}{
+		{"nothing changed", builtin, upperLower, all, ""},
+		{"checks reordered", builtin, []v1alpha1.CheckName{v1alpha1.CheckExeLowerLayer, v1alpha1.CheckExeUpperLayer}, all, ""},
+		{"preference reordered, driver still allowed", builtin, upperLower, []v1alpha1.Driver{"kmod", "ebpf"}, ""},
+		{"builtin to falco", falco, upperLower, all, "Falco"},
+		{"falco image", v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.43.0"}, upperLower, all, "sensor"},
+		{"a check added", builtin, append(upperLower, v1alpha1.CheckExeCopyUp), all, "checks"},
+		{"driver no longer allowed", builtin, upperLower, []v1alpha1.Driver{"modern_ebpf"}, "no longer allowed"},
+	}
+	for _, tc := range cases {
+		got := Reprove(spec, tc.sensor, tc.checks, tc.candidates)
+		if (got == "") != (tc.want == "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%s: %q, want a reason holding %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestBrownout(t *testing.T) {
+	fleet := func(expired, healthy int) []Node {
+		var out []Node
+		for i := 0; i < expired; i++ {
+			out = append(out, Node{Phase: HeartbeatExpired})
+		}
+		for i := 0; i < healthy; i++ {
+			out = append(out, Node{Phase: Verified})
+		}
+		return out
+	}
+	cases := []struct {
+		expired, healthy int
+		want             bool
+	}{
+		{1, 0, false}, // one silent node is that node's problem
+		{2, 0, false}, // so are two: small profiles keep their taints
+		{3, 0, true},  // everyone at once
+		{6, 4, true},  // 60%
+		{5, 5, false}, // 50%: below the threshold
+		{11, 9, true}, // 55%
+		{10, 90, false},
+	}
+	for _, c := range cases {
+		expired, got := Brownout(fleet(c.expired, c.healthy))
+		if got != c.want || expired != c.expired {
+			t.Errorf("%d expired of %d: brownout %v (%d), want %v", c.expired, c.expired+c.healthy, got, expired, c.want)
+		}
 	}
 }

@@ -6,6 +6,7 @@ package rollout
 import (
 	"fmt"
 	"sort"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -31,19 +32,29 @@ type Plan struct {
 	InFlight int
 	// Blocked explains why queued nodes wait, empty when none wait for a reason other than slots.
 	Blocked string
-	// Paused is set when the rollout stopped after failures.
+	// Paused is set when the rollout stopped: after failures, or on a failed or silent canary.
 	Paused bool
+	// Reason is the CamelCase reason of a pause: TooManyFailures, CanaryFailed or CanarySilent.
+	Reason string
 }
 
+// Reasons of a paused rollout.
+const (
+	ReasonTooManyFailures = "TooManyFailures"
+	ReasonCanaryFailed    = "CanaryFailed"
+	ReasonCanarySilent    = "CanarySilent"
+)
+
 // Decide returns which waiting nodes may start verifying. Canaries start first. Other queued
-// nodes wait until every canary is proven; other nodes waiting to re-verify after an upgrade wait
-// until every canary is verified by the new agent. Nodes start in name order, so the rollout is
-// reproducible.
+// nodes wait until every canary is proven; other nodes waiting to re-verify (after an upgrade or
+// a profile edit) wait until every canary is verified under the new agent and spec. A canary
+// with no supported driver, or whose agent is silent, pauses everything. Nodes start in name
+// order, so the rollout is reproducible.
 func Decide(in Input) Plan {
 	var p Plan
 	var failed int
 	canariesProven, canariesCurrent := true, true
-	var waitingCanaries, queuedOthers, reverifyOthers []string
+	var waitingCanaries, queuedOthers, reverifyOthers, failedCanaries, silentCanaries []string
 	for _, n := range in.Nodes {
 		if n.Phase.InFlight() || n.Stalled {
 			p.InFlight++
@@ -52,6 +63,12 @@ func Decide(in Input) Plan {
 			failed++
 		}
 		if in.Canaries[n.Name] {
+			switch {
+			case n.Phase == nodestate.NoSupportedDriver:
+				failedCanaries = append(failedCanaries, n.Name)
+			case n.Silent:
+				silentCanaries = append(silentCanaries, n.Name)
+			}
 			canariesProven = canariesProven && n.Phase.Proven()
 			canariesCurrent = canariesCurrent && n.Phase == nodestate.Verified
 		}
@@ -65,8 +82,20 @@ func Decide(in Input) Plan {
 			reverifyOthers = append(reverifyOthers, n.Name)
 		}
 	}
-	if in.PauseOnFailures > 0 && failed >= in.PauseOnFailures {
-		p.Paused = true
+	const resume = "; the rollout resumes by itself once every canary is verified, or remove spec.rollout.canary to go on without canaries"
+	switch {
+	case len(failedCanaries) > 0:
+		p.Paused, p.Reason = true, ReasonCanaryFailed
+		p.Blocked = fmt.Sprintf("rollout paused: canary %s has no supported driver (see `kubectl get nodesensor %s -o yaml` for every reason); "+
+			"fix the node or allow another driver and it is decided again", names(failedCanaries), failedCanaries[0]) + resume
+		return p
+	case len(silentCanaries) > 0:
+		p.Paused, p.Reason = true, ReasonCanarySilent
+		p.Blocked = fmt.Sprintf("rollout paused: the agent of canary %s does not report (no heartbeat within the timeout); "+
+			"check the agent pod on that node (kubectl -n <namespace> get pods -o wide --field-selector spec.nodeName=%s)", names(silentCanaries), silentCanaries[0]) + resume
+		return p
+	case in.PauseOnFailures > 0 && failed >= in.PauseOnFailures:
+		p.Paused, p.Reason = true, ReasonTooManyFailures
 		p.Blocked = fmt.Sprintf("rollout paused: %d nodes have no supported driver (pauseOnFailures is %d)", failed, in.PauseOnFailures)
 		return p
 	}
@@ -79,7 +108,7 @@ func Decide(in Input) Plan {
 	if canariesCurrent {
 		candidates = append(candidates, reverifyOthers...)
 	} else if len(reverifyOthers) > 0 {
-		p.Blocked = fmt.Sprintf("%d nodes wait for the canary nodes to be re-verified by the new agent", len(reverifyOthers))
+		p.Blocked = fmt.Sprintf("%d nodes wait for the canary nodes to be re-verified (new agent or new profile settings)", len(reverifyOthers))
 	}
 	sort.Strings(candidates[len(waitingCanaries):])
 	sort.Strings(candidates[:len(waitingCanaries)])
@@ -92,6 +121,51 @@ func Decide(in Input) Plan {
 		slots--
 	}
 	return p
+}
+
+func names(n []string) string {
+	if len(n) > 3 {
+		return fmt.Sprintf("%s and %d more", strings.Join(n[:3], ", "), len(n)-3)
+	}
+	return strings.Join(n, ", ")
+}
+
+// ChooseCanaries returns the canary nodes, sorted: every governed node the canary selector
+// matched (matched), then count more. Count canaries are chosen once: those recorded (the last
+// pass's answer) that are still governed keep their slots, and only a free slot takes the next
+// governed node in name order, so a new node whose name sorts first does not take a slot.
+func ChooseCanaries(governed []string, matched map[string]bool, count int, recorded []string) []string {
+	isGoverned := make(map[string]bool, len(governed))
+	for _, n := range governed {
+		isGoverned[n] = true
+	}
+	var out []string
+	for _, n := range governed {
+		if matched[n] {
+			out = append(out, n)
+		}
+	}
+	chosen := map[string]bool{}
+	for _, n := range recorded {
+		if len(chosen) < count && isGoverned[n] && !matched[n] && !chosen[n] {
+			chosen[n] = true
+		}
+	}
+	sorted := append([]string(nil), governed...)
+	sort.Strings(sorted)
+	for _, n := range sorted {
+		if len(chosen) >= count {
+			break
+		}
+		if !matched[n] {
+			chosen[n] = true
+		}
+	}
+	for n := range chosen {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // ResolveMaxUnavailable turns the profile's maxUnavailable (count or percentage, rounded up) into

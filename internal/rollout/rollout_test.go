@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -45,7 +46,13 @@ func TestDecide(t *testing.T) {
 		{name: "canary first even when last by name", in: Input{Nodes: nodes(q, q, q), Canaries: map[string]bool{"n2": true}, MaxUnavailable: 3}, start: "[n2]", blockedOK: true},
 		{name: "others wait while a canary verifies", in: Input{Nodes: nodes(q, v), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", inFlight: 1, blockedOK: true},
 		{name: "others go once canaries are verified", in: Input{Nodes: nodes(q, k, q), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0 n2]"},
-		{name: "a failed canary stops the rollout", in: Input{Nodes: nodes(q, x), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
+		{name: "a failed canary pauses the rollout", in: Input{Nodes: nodes(q, x), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", paused: true, blockedOK: true},
+		{name: "a silent canary pauses the rollout",
+			in:    Input{Nodes: []nodestate.Node{{Name: "n0", Phase: q}, {Name: "n1", Phase: nodestate.AwaitingProbe, Silent: true}}, Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5},
+			start: "[]", paused: true, blockedOK: true},
+		{name: "a silent node that is no canary pauses nothing",
+			in:    Input{Nodes: []nodestate.Node{{Name: "n0", Phase: q}, {Name: "n1", Phase: nodestate.HeartbeatExpired, Silent: true}}, MaxUnavailable: 5},
+			start: "[n0]"},
 		{name: "re-verification is paced like a rollout", in: Input{Nodes: nodes(r, r, g), MaxUnavailable: 2}, start: "[n0]", inFlight: 1},
 		{name: "an outdated canary holds re-verification back", in: Input{Nodes: nodes(r, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[]", blockedOK: true},
 		{name: "an outdated canary does not hold a first verification back", in: Input{Nodes: nodes(q, o), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5}, start: "[n0]"},
@@ -75,6 +82,42 @@ func TestDecide(t *testing.T) {
 				t.Errorf("blocked %q, want a reason: %v", p.Blocked, tc.blockedOK)
 			}
 		})
+	}
+}
+
+func TestCanaryPauseNamesTheCanaryAndHowToContinue(t *testing.T) {
+	p := Decide(Input{Nodes: nodes(q, x), Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5})
+	if p.Reason != ReasonCanaryFailed || !strings.Contains(p.Blocked, "n1") || !strings.Contains(p.Blocked, "spec.rollout.canary") {
+		t.Errorf("pause %s: %q does not name the canary and how to continue", p.Reason, p.Blocked)
+	}
+	p = Decide(Input{Nodes: []nodestate.Node{{Name: "n0", Phase: q}, {Name: "n1", Phase: nodestate.HeartbeatExpired, Silent: true}},
+		Canaries: map[string]bool{"n1": true}, MaxUnavailable: 5})
+	if p.Reason != ReasonCanarySilent || !strings.Contains(p.Blocked, "n1") {
+		t.Errorf("pause %s: %q", p.Reason, p.Blocked)
+	}
+}
+
+func TestChooseCanaries(t *testing.T) {
+	cases := []struct {
+		name     string
+		governed []string
+		matched  map[string]bool
+		count    int
+		recorded []string
+		want     string
+	}{
+		{name: "first by name", governed: []string{"b", "c", "a"}, count: 1, want: "[a]"},
+		{name: "a new node sorting first does not take the slot", governed: []string{"a", "b", "c"}, count: 1, recorded: []string{"b"}, want: "[b]"},
+		{name: "a canary that left is replaced", governed: []string{"a", "c"}, count: 1, recorded: []string{"b"}, want: "[a]"},
+		{name: "a bigger count fills up", governed: []string{"a", "b", "c"}, count: 2, recorded: []string{"c"}, want: "[a c]"},
+		{name: "a smaller count keeps the recorded first", governed: []string{"a", "b", "c"}, count: 1, recorded: []string{"c", "b"}, want: "[c]"},
+		{name: "selector matches come on top of the count", governed: []string{"a", "b", "c"}, matched: map[string]bool{"c": true}, count: 1, recorded: []string{"a"}, want: "[a c]"},
+		{name: "selector only", governed: []string{"a", "b", "c"}, matched: map[string]bool{"b": true}, recorded: []string{"a"}, want: "[b]"},
+	}
+	for _, tc := range cases {
+		if got := fmt.Sprint(ChooseCanaries(tc.governed, tc.matched, tc.count, tc.recorded)); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
 	}
 }
 

@@ -2,7 +2,11 @@ package selection
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
@@ -12,8 +16,10 @@ import (
 // rule is one selection rule of DESIGN §6: when test answers Yes the drivers are excluded, when it
 // answers Unknown they are ranked lower. test returns the facts it rests on, in words.
 type rule struct {
-	id        string
-	drivers   []v1alpha1.Driver
+	id      string
+	drivers []v1alpha1.Driver
+	// sensors the rule applies to; empty means every sensor.
+	sensors   []v1alpha1.SensorKind
 	why       string
 	reference string
 	test      func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string)
@@ -36,7 +42,7 @@ var rules = []rule{
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			rel := f.Kernel.Release.Value
 			if rel == "" {
-				return v1alpha1.AnswerUnknown, "kernel release unknown: " + f.Kernel.Release.Error
+				return v1alpha1.AnswerUnknown, unknownFact("kernel release", f.Kernel.Release.Error)
 			}
 			return yesIf(strings.Contains(rel, "uek")), "kernel release " + rel
 		},
@@ -48,7 +54,7 @@ var rules = []rule{
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			mode := f.Lockdown.Value
 			if mode == "" {
-				return v1alpha1.AnswerUnknown, "lockdown unknown: " + f.Lockdown.Error
+				return v1alpha1.AnswerUnknown, unknownFact("lockdown", f.Lockdown.Error)
 			}
 			return yesIf(mode != "none"), "lockdown " + mode
 		},
@@ -112,13 +118,51 @@ var rules = []rule{
 		},
 	},
 	{
+		// The agent measured its own process: the built-in sensor loads from it (and, like
+		// cilium/ebpf's rlimit.RemoveMemlock, wants the limit unlimited where it applies). A Falco
+		// container has capabilities of its own (it keeps SYS_RESOURCE, controllers/falco.go).
+		id: "memlock-blocks-builtin-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
+		sensors:   []v1alpha1.SensorKind{v1alpha1.SensorBuiltin},
+		why:       "the built-in sensor needs RLIMIT_MEMLOCK lifted on this kernel and the agent could not lift it (its container does not add SYS_RESOURCE, which a host's capability bounding set may lack)",
+		reference: "https://ebpf-go.dev/concepts/rlimit/",
+		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
+			m := f.EBPF.Memlock
+			switch {
+			case m == nil:
+				return v1alpha1.AnswerNo, "memlock not reported by this agent"
+			case m.Value == "":
+				return v1alpha1.AnswerUnknown, "memlock unknown: " + m.Error
+			}
+			return yesIf(m.Value == v1alpha1.MemlockLimited), fmt.Sprintf("memlock %s (%s)", m.Value, m.Source)
+		},
+	},
+	{
+		// Ranked lower, not ruled out: a privileged Falco pod (a profile that also allows kmod or
+		// ebpf) runs where the runtime already gives containers an unlimited hard limit, and the
+		// self-test is the proof either way. Where the pod is least-privileged (modern_ebpf only)
+		// its container does not start, the self-test fails and this reason says why.
+		id: "no-sys-resource-ranks-falco-modern-ebpf-lower", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF},
+		sensors: []v1alpha1.SensorKind{v1alpha1.SensorFalco},
+		why: "Falco's modern_ebpf (libpman) raises RLIMIT_MEMLOCK to unlimited on every kernel and exits when it cannot, " +
+			"which takes SYS_RESOURCE unless the container's hard limit is unlimited already, and its least-privileged " +
+			"container adds SYS_RESOURCE, so it does not start where the host cannot grant it",
+		reference: "https://github.com/falcosecurity/libs/blob/master/userspace/libpman/src/configuration.c",
+		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
+			a, facts := lacksCapability(f.BoundingSet, unix.CAP_SYS_RESOURCE, "SYS_RESOURCE")
+			if a == v1alpha1.AnswerYes {
+				a = v1alpha1.AnswerUnknown
+			}
+			return a, facts
+		},
+	},
+	{
 		id: "lockdown-confidentiality-blocks-ebpf", drivers: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF},
 		why:       "lockdown confidentiality forbids eBPF from reading kernel memory",
 		reference: "https://github.com/falcosecurity/falco/issues/3416",
 		test: func(f v1alpha1.ProbeFacts) (v1alpha1.Answer, string) {
 			mode := f.Lockdown.Value
 			if mode == "" {
-				return v1alpha1.AnswerUnknown, "lockdown unknown: " + f.Lockdown.Error
+				return v1alpha1.AnswerUnknown, unknownFact("lockdown", f.Lockdown.Error)
 			}
 			return yesIf(mode == "confidentiality"), "lockdown " + mode
 		},
@@ -154,16 +198,39 @@ func boolTest(b v1alpha1.BoolFact, name string) (v1alpha1.Answer, string) {
 		}
 		return b.Answer, s
 	}
-	s := name + " unknown"
-	if b.Error != "" {
-		s += ": " + b.Error
+	return v1alpha1.AnswerUnknown, unknownFact(name, b.Error)
+}
+
+// unknownFact says what was observed about a fact nobody established: the agent never reported
+// it (not probed: an older agent, or a probe not run yet), or its probe failed on this node.
+func unknownFact(name, err string) string {
+	if err == "" {
+		return name + " unknown: not probed"
 	}
-	return v1alpha1.AnswerUnknown, s
+	return name + " unknown: the probe failed on this node: " + err
+}
+
+// lacksCapability answers whether the host's capability bounding set lacks capability bit.
+func lacksCapability(bs *v1alpha1.StringFact, bit int, name string) (v1alpha1.Answer, string) {
+	switch {
+	case bs == nil:
+		return v1alpha1.AnswerNo, "capability bounding set not reported by this agent"
+	case bs.Value == "":
+		return v1alpha1.AnswerUnknown, "capability bounding set unknown: " + bs.Error
+	}
+	mask, err := strconv.ParseUint(bs.Value, 16, 64)
+	if err != nil {
+		return v1alpha1.AnswerUnknown, fmt.Sprintf("capability bounding set %q: %v", bs.Value, err)
+	}
+	if mask&(1<<bit) != 0 {
+		return v1alpha1.AnswerNo, fmt.Sprintf("the host's capability bounding set %s has %s", bs.Value, name)
+	}
+	return v1alpha1.AnswerYes, fmt.Sprintf("the host's capability bounding set %s (%s) lacks %s", bs.Value, bs.Source, name)
 }
 
 func distroIs(f v1alpha1.ProbeFacts, id string) (v1alpha1.Answer, string) {
 	if f.Distro.ID == "" {
-		return v1alpha1.AnswerUnknown, "distro unknown: " + f.Distro.Error
+		return v1alpha1.AnswerUnknown, unknownFact("distro", f.Distro.Error)
 	}
 	return yesIf(f.Distro.ID == id), "distro " + f.Distro.ID
 }
@@ -194,7 +261,7 @@ func evaluate(drv v1alpha1.Driver, f v1alpha1.ProbeFacts, kind v1alpha1.SensorKi
 			Reference: "https://github.com/falcosecurity/falco/releases/tag/0.44.0"})
 	}
 	for _, r := range rules {
-		if !contains(r.drivers, drv) {
+		if !contains(r.drivers, drv) || (len(r.sensors) > 0 && !slices.Contains(r.sensors, kind)) {
 			continue
 		}
 		switch a, facts := r.test(f); a {

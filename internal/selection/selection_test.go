@@ -60,6 +60,26 @@ func lockdown(mode string) func(*v1alpha1.ProbeFacts) {
 	}
 }
 
+// memlock sets the BPF memory limit fact; "" is a failed measurement.
+func memlock(value string) func(*v1alpha1.ProbeFacts) {
+	return func(f *v1alpha1.ProbeFacts) {
+		f.EBPF.Memlock = &v1alpha1.StringFact{Value: value, Source: "test"}
+		if value == "" {
+			f.EBPF.Memlock = &v1alpha1.StringFact{Error: "create a BPF map: operation not permitted"}
+		}
+	}
+}
+
+// boundingSet sets the host's capability bounding set; "" is a failed read.
+func boundingSet(hex string) func(*v1alpha1.ProbeFacts) {
+	return func(f *v1alpha1.ProbeFacts) {
+		f.BoundingSet = &v1alpha1.StringFact{Value: hex, Source: "test"}
+		if hex == "" {
+			f.BoundingSet = &v1alpha1.StringFact{Error: "permission denied"}
+		}
+	}
+}
+
 var (
 	eks = func(opts ...func(*v1alpha1.ProbeFacts)) v1alpha1.ProbeFacts {
 		// Amazon Linux 2 5.10: overlay is a module and module BTF only exists from 5.11.
@@ -110,6 +130,51 @@ func TestDecideSituations(t *testing.T) {
 			facts: eks(), sensor: builtin,
 			candidates: []v1alpha1.Driver{modern, ebpf},
 			reasons:    []string{"kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Builtin sensor without CAP_SYS_RESOURCE: memlock rules out both eBPF drivers",
+			facts: eks(memlock(v1alpha1.MemlockLimited)), sensor: builtin,
+			reasons: []string{"modern_ebpf:memlock-blocks-builtin-ebpf", "ebpf:memlock-blocks-builtin-ebpf", "kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Builtin sensor, memlock raised to unlimited",
+			facts: eks(memlock(v1alpha1.MemlockUnlimited)), sensor: builtin,
+			candidates: []v1alpha1.Driver{modern, ebpf},
+			reasons:    []string{"kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "EKS AL2 5.10.219, Falco 0.38.2: the agent's memlock limit is not Falco's (its container keeps SYS_RESOURCE)",
+			facts: eks(memlock(v1alpha1.MemlockLimited)), sensor: falcoOnly("0.38.2"),
+			candidates: []v1alpha1.Driver{modern, ebpf, kmod},
+		},
+		{
+			name:  "Builtin sensor, memlock not measured: ranked lower, not ruled out",
+			facts: node("5.10.219", "amd64", "debian", "11", "", memlock("")), sensor: builtin,
+			candidates: []v1alpha1.Driver{modern, ebpf},
+			reasons:    []string{"modern_ebpf:memlock-blocks-builtin-ebpf", "ebpf:memlock-blocks-builtin-ebpf", "kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "host without SYS_RESOURCE in its bounding set, Falco 0.40.0: libpman may not raise memlock, modern_ebpf ranked last",
+			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001fffeffffff")), sensor: falcoOnly("0.40.0"),
+			candidates: []v1alpha1.Driver{ebpf, kmod, modern},
+			reasons:    []string{"modern_ebpf:no-sys-resource-ranks-falco-modern-ebpf-lower"},
+		},
+		{
+			name:  "host with SYS_RESOURCE in its bounding set, Falco 0.40.0",
+			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001ffffffffff")), sensor: falcoOnly("0.40.0"),
+			candidates: []v1alpha1.Driver{modern, ebpf, kmod},
+		},
+		{
+			name:  "host without SYS_RESOURCE, Builtin sensor: the agent does not add it",
+			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001fffeffffff")), sensor: builtin,
+			candidates: []v1alpha1.Driver{modern, ebpf},
+			reasons:    []string{"kmod:builtin-sensor-no-kmod"},
+		},
+		{
+			name:  "bounding set unknown, Falco 0.40.0: modern_ebpf ranked last",
+			facts: node("6.18.44", "amd64", "debian", "12", "", boundingSet("")), sensor: falcoOnly("0.40.0"),
+			candidates: []v1alpha1.Driver{ebpf, kmod, modern},
+			reasons:    []string{"modern_ebpf:no-sys-resource-ranks-falco-modern-ebpf-lower"},
 		},
 		{
 			name:  "Bottlerocket, lockdown integrity",
@@ -407,6 +472,62 @@ func TestReasonsCapped(t *testing.T) {
 	for _, drv := range v1alpha1.AllDrivers {
 		if !slices.ContainsFunc(d.Reasons, func(r v1alpha1.DriverReason) bool { return r.Driver == drv }) {
 			t.Errorf("cap dropped every reason of %s", drv)
+		}
+	}
+}
+
+// TestCapabilityReasonsSayWhy: the memlock and bounding-set reasons name the capability and the
+// measured values, so a NoSupportedDriver condition explains itself.
+func TestCapabilityReasonsSayWhy(t *testing.T) {
+	for _, tc := range []struct {
+		facts  v1alpha1.ProbeFacts
+		sensor v1alpha1.SensorSpec
+		want   []string
+	}{
+		{eks(memlock(v1alpha1.MemlockLimited)), builtin, []string{"RLIMIT_MEMLOCK", "SYS_RESOURCE", "memlock Limited (test)"}},
+		{node("6.18.44", "amd64", "debian", "12", "", boundingSet("000001fffeffffff")), falcoOnly("0.40.0"),
+			[]string{"ranked lower", "libpman", "000001fffeffffff", "lacks SYS_RESOURCE"}},
+	} {
+		d, err := Decide(Input{Facts: tc.facts, Sensor: tc.sensor, Policy: prefer(modern)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.Reasons) == 0 {
+			t.Fatalf("%s: no reason", tc.sensor.Kind)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(d.Reasons[0].Message, w) {
+				t.Errorf("%s: reason %q does not mention %q", tc.sensor.Kind, d.Reasons[0].Message, w)
+			}
+		}
+	}
+}
+
+// TestUnknownSaysWhatWasObserved: a fact the agent never reported reads "not probed", a fact
+// whose probe failed on the node says so with the error: two different things to fix.
+func TestUnknownSaysWhatWasObserved(t *testing.T) {
+	cases := []struct {
+		name string
+		set  func(*v1alpha1.ProbeFacts)
+		want string
+	}{
+		{"not probed", func(f *v1alpha1.ProbeFacts) { f.Lockdown = v1alpha1.StringFact{} }, "lockdown unknown: not probed"},
+		{"failed here", func(f *v1alpha1.ProbeFacts) { f.Lockdown = v1alpha1.StringFact{Error: "securityfs not mounted"} },
+			"lockdown unknown: the probe failed on this node: securityfs not mounted"},
+		{"bool not probed", func(f *v1alpha1.ProbeFacts) { f.Modules.Disabled = v1alpha1.BoolFact{} }, "unknown: not probed"},
+	}
+	for _, tc := range cases {
+		f := node("6.1.0-28-cloud-amd64", "amd64", "debian", "12", "aws", tc.set)
+		d, err := Decide(Input{Facts: f, Policy: prefer(v1alpha1.DriverKmod), Sensor: v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falco:0.42.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var msgs []string
+		for _, r := range d.Reasons {
+			msgs = append(msgs, r.Message)
+		}
+		if !strings.Contains(strings.Join(msgs, "\n"), tc.want) {
+			t.Errorf("%s: no reason says %q:\n%s", tc.name, tc.want, strings.Join(msgs, "\n"))
 		}
 	}
 }

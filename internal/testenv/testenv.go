@@ -7,11 +7,17 @@
 package testenv
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/yaml"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -131,4 +137,25 @@ func Require(t testing.TB) {
 		t.Skip(startErr.Error())
 	}
 	t.Fatalf("control plane: %v", startErr)
+}
+
+// CreateFromFile creates every object of a multi-document YAML file, leaving those that exist.
+func CreateFromFile(ctx context.Context, c client.Client, file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		u := &unstructured.Unstructured{}
+		if err := yaml.Unmarshal([]byte(doc), &u.Object); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		if err := c.Create(ctx, u); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("%s: %s %s: %w", filepath.Base(file), u.GetKind(), u.GetName(), err)
+		}
+	}
+	return nil
 }

@@ -2,9 +2,10 @@
 // driver. It is a benchmark, not a test: it prints figures and fails only when it cannot measure.
 //
 //  1. In-kernel cost per exec: the kernel's BPF run-time statistics of the sensor's program
-//     (run time / run count), separately for execs of an ordinary file (the common case; the
-//     program filters them out and sends nothing) and for execs from an overlay lower and upper
-//     layer (the program decides the layer and sends an event).
+//     (run time / run count), separately for execs of an ordinary file (the program filters them
+//     out and sends nothing), from an overlay lower layer (the program decides the layer and, with
+//     no self-test asking, sends nothing: nearly every exec on a Kubernetes node is one) and from
+//     an overlay upper layer (it sends an event, without waking the reader per event).
 //  2. Exec throughput: fork+exec of a tiny static executable N times with and without the sensor,
 //     the configurations interleaved round by round so drift on a shared machine cancels out.
 //
@@ -47,6 +48,7 @@ type config struct {
 	tputRounds  int
 	workdir     string
 	targetNanos float64
+	targetUpper float64
 	useSysctl   bool
 }
 
@@ -58,7 +60,8 @@ func main() {
 	flag.IntVar(&cfg.tputExecs, "tn", 1000, "execs per configuration and round for the throughput")
 	flag.IntVar(&cfg.tputRounds, "trounds", 15, "rounds of the throughput measurement")
 	flag.StringVar(&cfg.workdir, "workdir", "/var/tmp", "directory on an ordinary (not overlay) filesystem for the staged executables")
-	flag.Float64Var(&cfg.targetNanos, "target-ns", 1000, "per-exec budget for ordinary execs, shown beside the figure")
+	flag.Float64Var(&cfg.targetNanos, "target-ns", 500, "per-exec budget for ordinary and overlay lower-layer execs, shown beside the figure")
+	flag.Float64Var(&cfg.targetUpper, "target-upper-ns", 2000, "per-exec budget for overlay upper-layer execs (they send an event)")
 	flag.BoolVar(&cfg.useSysctl, "sysctl", false, "turn BPF statistics on with kernel.bpf_stats_enabled=1 (restored afterwards) instead of BPF_ENABLE_STATS")
 	flag.Parse()
 	for _, d := range strings.Split(*drivers, ",") {
@@ -122,16 +125,19 @@ func run(ctx context.Context, cfg config) (err error) {
 
 // exec kinds of the cost measurement.
 type kind struct {
-	name     string
-	path     func(*stage) string
-	exe      string
-	sendsEvt bool
+	name string
+	path func(*stage) string
+	exe  string
+	// overlay kinds take other processes' runs out at the ordinary-file rate.
+	overlay bool
+	// upper kinds have the upper-layer budget.
+	upper bool
 }
 
 var kinds = []kind{
-	{"ordinary file", func(s *stage) string { return s.plain }, plainName, false},
-	{"overlay lower", func(s *stage) string { return s.lower }, lowerName, true},
-	{"overlay upper", func(s *stage) string { return s.upper }, upperName, true},
+	{"ordinary file", func(s *stage) string { return s.plain }, plainName, false, false},
+	{"overlay lower", func(s *stage) string { return s.lower }, lowerName, true, false},
+	{"overlay upper", func(s *stage) string { return s.upper }, upperName, true, true},
 }
 
 type costRow struct {
@@ -268,7 +274,7 @@ func measureCost(ctx context.Context, cfg config, st *stage, d v1alpha1.Driver) 
 		}
 		row.others = row.delta.runs - row.execs
 		row.events = ss.count(row.kind.exe)
-		if !row.kind.sendsEvt {
+		if !row.kind.overlay {
 			plainNanos = float64(row.delta.runtime.Nanoseconds()) / float64(row.delta.runs)
 			row.nanos = plainNanos
 			continue
@@ -288,10 +294,11 @@ func printCosts(cfg config, rows []costRow) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "DRIVER\tEXEC KIND\tOUR EXECS\tOTHER EXECS\tEVENTS\tNS PER EXEC\tBUDGET\t")
 	for _, r := range rows {
-		budget := ""
-		if !r.kind.sendsEvt {
-			budget = fmt.Sprintf("%.0f ns %s", cfg.targetNanos, map[bool]string{true: "ok", false: "OVER"}[r.nanos <= cfg.targetNanos])
+		limit := cfg.targetNanos
+		if r.kind.upper {
+			limit = cfg.targetUpper
 		}
+		budget := fmt.Sprintf("%.0f ns %s", limit, map[bool]string{true: "ok", false: "OVER"}[r.nanos <= limit])
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%s\t\n", r.driver, r.kind.name, r.execs, r.others, r.events, r.nanos, budget)
 	}
 	tw.Flush()
@@ -306,9 +313,9 @@ type tputResult struct {
 	cpuRat []float64 // cpu / the baseline's cpu in the same round
 }
 
-// tputKinds are the execs the throughput runs time: the common case, and execs from an overlay
-// upper layer, for which the sensor sends an event and its reader wakes up.
-var tputKinds = []kind{kinds[0], kinds[2]}
+// tputKinds are the execs the throughput runs time: an ordinary file, an overlay lower layer (a
+// container's own processes) and an overlay upper layer (the sensor sends an event).
+var tputKinds = kinds
 
 // measureThroughput interleaves "no sensor" and each driver within every round, rotating the
 // order, and keeps per-round ratios against the baseline of the same round. It returns one result
@@ -394,6 +401,7 @@ func printThroughput(cfg config, results [][]*tputResult) {
 		}
 	}
 	tw.Flush()
+	fmt.Println("(target: throughput ratio at least 0.98 for every kind and driver)")
 	fmt.Println("(ratios are medians of per-round ratios against the no-sensor run of the same round; throughput")
 	fmt.Println(" is wall-clock and moves with the machine's load, child CPU time per exec much less so; the")
 	fmt.Println(" sensor's reader wakes in this process, so its cost shows in throughput, not in child CPU time)")

@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -157,7 +158,7 @@ func installDefault(t *testing.T) []*unstructured.Unstructured {
 			t.Fatalf("ServiceMonitor CRD: %v", err)
 		}
 		waitEstablished(t, smCRD.GetName())
-		objs := render(t, "config/default")
+		objs := append(render(t, "config/default"), render(t, "config/prometheus")...)
 		applyAll(t, objs)
 		installOnce.objs, installOnce.ok = objs, !t.Failed()
 	})
@@ -185,6 +186,12 @@ func TestDefaultConfigApplies(t *testing.T) {
 		"Role", "RoleBinding", "Deployment", "Service", "ServiceMonitor"} {
 		if kinds[k] == 0 {
 			t.Errorf("config/default renders no %s", k)
+		}
+	}
+	// config/default alone must apply to a fresh cluster: built-in kinds and its own CRDs only.
+	for _, obj := range render(t, "config/default") {
+		if g := obj.GroupVersionKind().Group; g != "" && !strings.HasSuffix(g, ".k8s.io") && g != "apps" && g != "security.driverpilot.io" {
+			t.Errorf("config/default renders %s of group %s, which a fresh cluster does not serve", id(obj), g)
 		}
 	}
 	if kinds["CustomResourceDefinition"] != 2 {
@@ -282,8 +289,13 @@ func TestDefaultConfigIsConsistent(t *testing.T) {
 	if !o.LeaderElect {
 		t.Error("the manager runs without --leader-elect")
 	}
-	if o.AgentImage != c.Image {
-		t.Errorf("--agent-image=%s, but the manager runs %s: the agent ships in the same image", o.AgentImage, c.Image)
+	// No --agent-image: the manager reads its own pod's image (POD_NAME), so an overlay or OLM
+	// that changes the image changes the agents' too.
+	if o.AgentImage != "" {
+		t.Errorf("--agent-image=%s is set: an install that changes the manager's image would leave the agents behind", o.AgentImage)
+	}
+	if !hasFieldEnv(c, "POD_NAME", "metadata.name") {
+		t.Error("the manager has no POD_NAME from the downward API to read its own image")
 	}
 	if !strings.HasPrefix(c.Image, bundlegen.ImageRepo+":") || strings.HasSuffix(c.Image, ":latest") {
 		t.Errorf("manager image %q is not a pinned %s tag", c.Image, bundlegen.ImageRepo)
@@ -334,7 +346,7 @@ func TestDefaultConfigIsConsistent(t *testing.T) {
 	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].TargetPort.String() != "metrics" {
 		t.Errorf("metrics Service ports %+v do not target the metrics port", svc.Spec.Ports)
 	}
-	mon := find(t, objs, "ServiceMonitor", "driverpilot-manager")
+	mon := find(t, render(t, "config/prometheus"), "ServiceMonitor", "driverpilot-manager")
 	sel, _, _ := unstructured.NestedStringMap(mon.Object, "spec", "selector", "matchLabels")
 	for k, v := range sel {
 		if svc.Labels[k] != v {
@@ -401,7 +413,16 @@ func (s *syncBuffer) String() string {
 func TestManagerRunsWithShippedRBAC(t *testing.T) {
 	objs := installDefault(t)
 	d := managerDeployment(t, objs)
-	o, _ := managerOptions(t, d)
+	o, c := managerOptions(t, d)
+	// The manager's own pod (never scheduled here: envtest runs no kubelet), which it reads for
+	// the image to give the agents, as in a cluster.
+	self := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "driverpilot-manager-deploy-test", Namespace: d.Namespace}, Spec: d.Spec.Template.Spec}
+	if err := env.Client.Create(t.Context(), self); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), self) })
+	t.Setenv("POD_NAME", self.Name)
+	t.Setenv("POD_NAMESPACE", self.Namespace)
 	if !o.MetricsSecure {
 		t.Error("the shipped manager serves metrics without authentication (--metrics-secure=false)")
 	}
@@ -470,8 +491,8 @@ func TestManagerRunsWithShippedRBAC(t *testing.T) {
 			return err
 		}
 		spec := ds.Spec.Template.Spec
-		if spec.ServiceAccountName != o.AgentSA || len(spec.Containers) == 0 || spec.Containers[0].Image != o.AgentImage {
-			return fmt.Errorf("DaemonSet runs %s as %s, want %s as %s", spec.Containers[0].Image, spec.ServiceAccountName, o.AgentImage, o.AgentSA)
+		if spec.ServiceAccountName != o.AgentSA || len(spec.Containers) == 0 || spec.Containers[0].Image != c.Image {
+			return fmt.Errorf("DaemonSet runs %s as %s, want the manager's own image %s as %s", spec.Containers[0].Image, spec.ServiceAccountName, c.Image, o.AgentSA)
 		}
 		return nil
 	})
@@ -519,4 +540,13 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+func hasFieldEnv(c corev1.Container, name, path string) bool {
+	for _, e := range c.Env {
+		if e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == path {
+			return true
+		}
+	}
+	return false
 }

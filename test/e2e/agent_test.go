@@ -5,24 +5,21 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/controllers"
 	"github.com/driverpilot/driverpilot/internal/manager"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 	"github.com/driverpilot/driverpilot/internal/testutil"
@@ -55,38 +52,7 @@ func requireRootAndBPF(t *testing.T) { testutil.RequireKernel(t) }
 func buildBinary(t *testing.T) string { return buildPackage(t, "./cmd/driverpilot") }
 
 // buildPackage builds a static binary of a package of this module into the test's temp dir.
-func buildPackage(t *testing.T, pkg string) string {
-	t.Helper()
-	root, err := testenv.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-o", bin, pkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build %s: %v\n%s", pkg, err, out)
-	}
-	return bin
-}
-
-func kubeconfig(t *testing.T) string {
-	t.Helper()
-	user, err := env.Environment.AddUser(envtest.User{Name: "e2e-agent", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
+func buildPackage(t *testing.T, pkg string) string { return testutil.BuildPackage(t, pkg) }
 
 // readyCondition returns the node's RuntimeSecurityReady condition, or nil.
 func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
@@ -101,55 +67,6 @@ func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
 		}
 	}
 	return nil
-}
-
-// unheldSensorPrograms lists sensor programs that no live process holds (a teammate's benchmark
-// may run the sensor at the same time; its programs are not this agent's leak).
-func unheldSensorPrograms(t *testing.T) []string {
-	t.Helper()
-	held := map[string]bool{}
-	fdinfos, _ := filepath.Glob("/proc/[0-9]*/fdinfo/*")
-	for _, f := range fdinfos {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if id, ok := strings.CutPrefix(line, "prog_id:"); ok {
-				held[strings.TrimSpace(id)] = true
-			}
-		}
-	}
-	var out []string
-	for _, p := range sensorPrograms(t) {
-		id := p[strings.LastIndex(p, " ")+1 : len(p)-1]
-		if !held[id] {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// sensorPrograms lists the loaded BPF programs of the built-in sensor.
-func sensorPrograms(t *testing.T) []string {
-	t.Helper()
-	var names []string
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			return names
-		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
-		}
-		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "dp_exec") {
-			names = append(names, fmt.Sprintf("%s (id %d)", info.Name, id))
-		}
-		p.Close()
-	}
 }
 
 func overlayMountsOf(t *testing.T, dir string) []string {
@@ -176,13 +93,13 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	testenv.Require(t)
 	requireRootAndBPF(t)
 	bin := buildBinary(t)
-	cfg := kubeconfig(t)
 	ctx := context.Background()
 	const nodeName = "e2e-this-machine"
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"e2e": "true"}}}
 	if err := env.Client.Create(ctx, node); err != nil {
 		t.Fatal(err)
 	}
+	cfg := agentKubeconfig(t, nodeName)
 	profile := &v1alpha1.SecurityProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: "e2e"},
 		Spec: v1alpha1.SecurityProfileSpec{
@@ -200,8 +117,9 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 
 	workdir := t.TempDir()
 	alerts := filepath.Join(t.TempDir(), "alerts.jsonl")
-	agent := exec.Command(bin, "agent", "--node-name", nodeName, "--kubeconfig", cfg,
-		"--heartbeat", "1s", "--workdir", workdir, "--alerts", alerts)
+	// The agent holds exactly the capabilities its DaemonSet grants, as in its pod.
+	agent := testutil.CapabilityCommand(t, controllers.AgentCapabilityNames(), bin, "agent", "--node-name", nodeName,
+		"--kubeconfig", cfg, "--heartbeat", "1s", "--workdir", workdir, "--alerts", alerts)
 	var logs strings.Builder
 	agent.Stdout, agent.Stderr = &logs, &logs
 	start := time.Now()
@@ -290,7 +208,7 @@ func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	// The kernel frees a program shortly after its last reference goes; allow it a moment.
 	var left []string
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if left = unheldSensorPrograms(t); len(left) == 0 {
+		if left = testutil.UnheldSensorPrograms(t); len(left) == 0 {
 			break
 		}
 	}

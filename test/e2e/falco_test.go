@@ -65,7 +65,6 @@ func runFalcoLoop(t *testing.T, name string, dropUpper bool) *v1alpha1.NodeSenso
 	requireRootAndBPF(t)
 	bin := buildBinary(t)
 	emu := buildPackage(t, "./test/e2e/falcoemu")
-	cfg := kubeconfig(t)
 	ctx := context.Background()
 
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"e2e-falco": name}}}
@@ -73,6 +72,7 @@ func runFalcoLoop(t *testing.T, name string, dropUpper bool) *v1alpha1.NodeSenso
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(ctx, node) })
+	cfg := agentKubeconfig(t, name)
 	profile := &v1alpha1.SecurityProfile{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: v1alpha1.SecurityProfileSpec{

@@ -31,7 +31,6 @@ const (
 	Channel        = "candidate"
 	ImageRepo      = "ghcr.io/driverpilot/driverpilot"
 	ManagerName    = "driverpilot-manager"
-	ManagerPrefix  = "--agent-image="
 	CSVFile        = "driverpilot.clusterserviceversion.yaml"
 	ManifestsDir   = "bundle/manifests"
 	MetadataDir    = "bundle/metadata"
@@ -328,7 +327,7 @@ func Committed(root string) (*CommittedCSV, error) {
 	return &CommittedCSV{Name: str(csv, "metadata", "name"), Version: str(csv, "spec", "version"), Replaces: str(csv, "spec", "replaces")}, nil
 }
 
-// setImage points the manager container, and the agent image it deploys, at image.
+// setImage points the manager container at image (the manager gives the agents its own image).
 func setImage(deploy object, image string) error {
 	containers, _ := get(deploy, "spec", "template", "spec", "containers").([]any)
 	found := false
@@ -341,16 +340,10 @@ func setImage(deploy object, image string) error {
 			return fmt.Errorf("the manager image %q is not %s", str(c, "image"), ImageRepo)
 		}
 		c["image"] = image
-		args, _ := c["args"].([]any)
-		for i, a := range args {
-			if s, _ := a.(string); strings.HasPrefix(s, ManagerPrefix) {
-				args[i] = ManagerPrefix + image
-				found = true
-			}
-		}
+		found = true
 	}
 	if !found {
-		return fmt.Errorf("no manager container with %s in Deployment %s", ManagerPrefix, ManagerName)
+		return fmt.Errorf("no manager container in Deployment %s", ManagerName)
 	}
 	return nil
 }

@@ -4,6 +4,9 @@
 // execute new binary in container", the other dp-* execs as DriverPilot's rule (the rules file
 // the agent's init step gives Falco). It serves Falco's /healthz once the sensor runs.
 // With -drop-upper it drops the upper-layer alerts: a Falco that misses the upper layer.
+// Unlike Falco it cannot see execs of ordinary files (the built-in sensor filters them in the
+// kernel), so the agent's liveness exec, every 60s by default, goes unanswered when the agent's
+// work directory is not an overlay: a test must finish within that time.
 package main
 
 import (
@@ -49,6 +52,12 @@ func run(url, health string, driver v1alpha1.Driver, dropUpper bool) error {
 	if err := s.Start(driver); err != nil {
 		return fmt.Errorf("start sensor: %w", err)
 	}
+	// Falco sees every exec; the built-in sensor filters lower-layer ones unless asked.
+	release, err := s.RequestLowerLayer()
+	if err != nil {
+		return fmt.Errorf("ask for lower-layer events: %w", err)
+	}
+	defer release()
 	var up atomic.Bool
 	up.Store(true)
 	go func() {

@@ -1,0 +1,195 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/driverpilot/driverpilot/agent"
+	"github.com/driverpilot/driverpilot/agent/probe"
+	"github.com/driverpilot/driverpilot/agent/sensor"
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/testenv"
+	"github.com/driverpilot/driverpilot/internal/version"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
+
+// fixture is a probe fixture tree; its boot ID is fixtureBoot.
+const (
+	fixture     = "probe/testdata/aks-ubuntu-22.04"
+	fixtureBoot = "5a4b3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
+)
+
+// stubSensor records the drivers it was started with, and the sensor kinds the agent built it
+// for, and never reports an event.
+type stubSensor struct {
+	mu      sync.Mutex
+	started []v1alpha1.Driver
+	built   []v1alpha1.SensorKind
+}
+
+func (s *stubSensor) build(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.built = append(s.built, spec.Sensor.Kind)
+	return s, nil
+}
+
+func (s *stubSensor) kinds() []v1alpha1.SensorKind {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]v1alpha1.SensorKind(nil), s.built...)
+}
+
+func (s *stubSensor) Start(d v1alpha1.Driver) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.started = append(s.started, d)
+	return nil
+}
+
+func (s *stubSensor) Subscribe() (<-chan sensor.Event, func()) {
+	ch := make(chan sensor.Event)
+	return ch, func() {}
+}
+
+func (s *stubSensor) Close() error { return nil }
+
+func (s *stubSensor) starts() []v1alpha1.Driver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]v1alpha1.Driver(nil), s.started...)
+}
+
+// provenByOldAgent creates a NodeSensor whose current attempt passed under agent 0.0.1-old.
+func provenByOldAgent(t *testing.T, name, bootID string) *v1alpha1.NodeSensor {
+	t.Helper()
+	ctx := context.Background()
+	ns := &v1alpha1.NodeSensor{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: v1alpha1.NodeSensorSpec{Profile: "upgrade", Driver: v1alpha1.DriverModernEBPF, Attempt: 3,
+			Sensor:   v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
+			SelfTest: v1alpha1.SelfTestSpec{Checks: []v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer}, Timeout: &metav1.Duration{Duration: time.Second}}},
+	}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	now := metav1.Now()
+	u := v1alpha1.BoolFact{Answer: v1alpha1.AnswerUnknown}
+	ns.Status.Probe = &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: bootID}},
+		BTF: v1alpha1.BTFFacts{Vmlinux: u}, EBPF: v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u},
+		Modules: v1alpha1.ModuleFacts{Supported: u, Disabled: u}, SecureBoot: u, Overlayfs: u}
+	ns.Status.AgentVersion = "0.0.1-old"
+	ns.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: v1alpha1.DriverModernEBPF, Attempt: 3, Result: v1alpha1.SelfTestPassed,
+		BootID: bootID, AgentVersion: "0.0.1-old", StartTime: &now, FinishTime: &now,
+		Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestPassed}}}
+	if err := env.Client.Status().Update(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func runAgent(t *testing.T, node, root string, s *stubSensor) {
+	t.Helper()
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := agent.New(agent.Options{
+		NodeName: node, Client: c, Prober: &probe.Prober{Root: root, AbilitiesUnavailable: "test"},
+		NewSensor: s.build,
+		WorkDir:   t.TempDir(), HeartbeatInterval: 200 * time.Millisecond, Log: logr.Discard(),
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func waitFor(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = cond(); err == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s: %v", what, err)
+}
+
+// TestUpgradeKeepsTheOldProof: a new agent finds its node proven by the previous agent version in
+// this boot. It starts the sensor with the proven driver without testing again (the manager
+// paces re-verification), and tests once the manager asks with a new attempt.
+func TestUpgradeKeepsTheOldProof(t *testing.T) {
+	testenv.Require(t)
+	ns := provenByOldAgent(t, "keep-proof", fixtureBoot)
+	s := &stubSensor{}
+	runAgent(t, "keep-proof", fixture, s)
+	waitFor(t, "sensor started on the old proof", func() error {
+		if got := s.starts(); len(got) != 1 || got[0] != v1alpha1.DriverModernEBPF {
+			return fmt.Errorf("sensor starts %v", got)
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // longer than the self-test timeout: a test would have reported by now
+	got := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ns), got); err != nil {
+		t.Fatal(err)
+	}
+	if st := got.Status.SelfTest; st.AgentVersion != "0.0.1-old" || st.Result != v1alpha1.SelfTestPassed || st.Attempt != 3 {
+		t.Errorf("the new agent replaced the old proof before the manager asked: %+v", st)
+	}
+	if got.Status.AgentVersion != version.Version {
+		t.Errorf("the new agent does not report its version: %q", got.Status.AgentVersion)
+	}
+	// The manager asks for re-verification under an edited profile (another sensor): the new
+	// agent answers attempt 4 itself, with a sensor built for the new spec.
+	got.Spec.Attempt = 4
+	got.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
+	if err := env.Client.Update(context.Background(), got); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "re-verified by the new agent", func() error {
+		cur := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ns), cur); err != nil {
+			return err
+		}
+		if st := cur.Status.SelfTest; st == nil || st.Attempt != 4 || st.AgentVersion != version.Version {
+			return fmt.Errorf("self-test %+v", st)
+		}
+		return nil
+	})
+	if kinds := s.kinds(); len(kinds) != 2 || kinds[1] != v1alpha1.SensorFalco {
+		t.Errorf("sensors built for %v: the new attempt reused the Builtin sensor for a Falco spec", kinds)
+	}
+}
+
+// TestUpgradeDoesNotKeepAProofWithoutBootID: an old proof with no boot ID, on a node whose boot
+// ID cannot be read either, proves nothing about this boot; the new agent tests again at once.
+func TestUpgradeDoesNotKeepAProofWithoutBootID(t *testing.T) {
+	testenv.Require(t)
+	ns := provenByOldAgent(t, "no-boot-proof", "")
+	runAgent(t, "no-boot-proof", t.TempDir(), &stubSensor{})
+	waitFor(t, "tested again", func() error {
+		cur := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ns), cur); err != nil {
+			return err
+		}
+		if st := cur.Status.SelfTest; st == nil || st.AgentVersion != version.Version || st.Attempt != 3 {
+			return fmt.Errorf("self-test %+v", st)
+		}
+		return nil
+	})
+}
