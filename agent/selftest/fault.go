@@ -47,12 +47,36 @@ func ParseFault(s string) (Fault, error) {
 	return FaultNone, fmt.Errorf("unknown fault %q (known: %v)", s, AllFaults)
 }
 
-// WithFault wraps s so that its events carry the fault; FaultNone returns s itself.
+// WithFault wraps s so that its events carry the fault; FaultNone returns s itself. The optional
+// interfaces the self-test uses (sensor.LowerLayerRequester, sensor.DropCounter) still reach s:
+// a fault must be the only difference, or a failure would prove nothing about the self-test. The
+// drops a fault makes are its own and are not counted: that is the bug it plays.
 func WithFault(s sensor.Sensor, f Fault) sensor.Sensor {
 	if f == FaultNone {
 		return s
 	}
-	return &faultySensor{Sensor: s, fault: f}
+	fs := &faultySensor{Sensor: s, fault: f}
+	lr, requests := s.(sensor.LowerLayerRequester)
+	dc, counts := s.(sensor.DropCounter)
+	switch {
+	case requests && counts:
+		return struct {
+			*faultySensor
+			sensor.LowerLayerRequester
+			sensor.DropCounter
+		}{fs, lr, dc}
+	case requests:
+		return struct {
+			*faultySensor
+			sensor.LowerLayerRequester
+		}{fs, lr}
+	case counts:
+		return struct {
+			*faultySensor
+			sensor.DropCounter
+		}{fs, dc}
+	}
+	return fs
 }
 
 // faultySensor is a decorator: Start and Close go to the real sensor, Subscribe passes every

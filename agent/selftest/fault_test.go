@@ -53,6 +53,25 @@ func TestFaults(t *testing.T) {
 		t.Errorf("drop-events delivered %d events", len(got))
 	}
 
+	// The self-test's optional interfaces reach the real sensor through the fault.
+	rich := &richSensor{chanSensor: base}
+	wrapped := WithFault(rich, FaultAllLower)
+	lr, ok := wrapped.(sensor.LowerLayerRequester)
+	if !ok {
+		t.Fatal("the fault hides sensor.LowerLayerRequester")
+	}
+	if release, err := lr.RequestLowerLayer(); err != nil || !rich.lower {
+		t.Errorf("RequestLowerLayer did not reach the sensor: %v", err)
+	} else {
+		release()
+	}
+	if dc, ok := wrapped.(sensor.DropCounter); !ok || dc.Drops().Total() != 3 {
+		t.Errorf("the fault hides sensor.DropCounter")
+	}
+	if _, ok := WithFault(base, FaultAllLower).(sensor.LowerLayerRequester); ok {
+		t.Errorf("the fault claims an interface the sensor lacks")
+	}
+
 	for _, s := range []string{"", "all-lower", "drop-events"} {
 		if _, err := ParseFault(s); err != nil {
 			t.Errorf("ParseFault(%q): %v", s, err)
@@ -62,3 +81,16 @@ func TestFaults(t *testing.T) {
 		t.Error("ParseFault accepted an unknown fault")
 	}
 }
+
+// richSensor also asks for lower-layer events and counts drops.
+type richSensor struct {
+	chanSensor
+	lower bool
+}
+
+func (r *richSensor) RequestLowerLayer() (func(), error) {
+	r.lower = true
+	return func() { r.lower = false }, nil
+}
+
+func (r *richSensor) Drops() sensor.Drops { return sensor.Drops{Kernel: 3} }
