@@ -1,7 +1,8 @@
 # One static binary, used for the manager and the node agent. `make image` builds the same image
-# (entrypoint, command, user, labels, linux/amd64) without a container engine; this file is for
-# machines that have one:
+# (entrypoint, command, user, labels; a linux/amd64 + linux/arm64 index) without a container engine;
+# this file is for machines that have one:
 #   docker build --build-arg VERSION=0.1.0 --build-arg REVISION=$(git rev-parse HEAD) -t ghcr.io/driverpilot/driverpilot:0.1.0 .
+#   docker buildx build --platform linux/amd64,linux/arm64 ...   (the same, as a multi-architecture index)
 # The BPF objects are committed (bpf2go output), so the build needs no clang; CGO is off, so the
 # binary runs on a base without a C library.
 FROM --platform=$BUILDPLATFORM golang:1.26.8-bookworm AS build

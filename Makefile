@@ -9,12 +9,15 @@ CONTROLLER_GEN := $(TOOLS)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/driverpilot/driverpilot/internal/version.Version=$(VERSION)
 
-.PHONY: all build generate manifests verify-generated test vet fmt run run-processes print-version tools kernel-matrix bench-sensor bench-rollout image bundle fault
+.PHONY: all build build-arm64 generate manifests verify-generated test vet fmt run run-processes print-version tools kernel-matrix bench-sensor bench-rollout image bundle fault
 
 all: build
 
 build: ## Build bin/driverpilot (static, CGO disabled).
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/driverpilot ./cmd/driverpilot
+
+build-arm64: ## Cross-build bin/driverpilot-linux-arm64 (static; the bpfel objects serve arm64 too).
+	CGO_ENABLED=0 GOOS=linux GOARCH=arm64 go build -trimpath -ldflags '$(LDFLAGS)' -o bin/driverpilot-linux-arm64 ./cmd/driverpilot
 
 $(CONTROLLER_GEN):
 	@mkdir -p $(TOOLS)
@@ -58,7 +61,7 @@ run-processes: ## The loop without a cluster: embedded control plane, manager an
 print-version:
 	@echo $(VERSION)
 
-kernel-matrix: ## Boots Debian 6.1 kernels under qemu and runs the self-test in each.
+kernel-matrix: ## Debian 5.10, 6.1, 6.12 (amd64, cloud-amd64) and 6.12 arm64 under qemu (TCG), plus the host kernel: probe, decision, self-test per driver, injected faults.
 	hack/kernel-matrix.sh
 
 bench-sensor: ## In-kernel cost per exec and exec throughput with and without the sensor.
@@ -70,8 +73,8 @@ bench-rollout: ## N simulated nodes and agents: time to converge, manager API wr
 IMG ?= ghcr.io/driverpilot/driverpilot:$(VERSION)
 DIST ?= dist
 
-image: build ## The container image without a container engine: $(DIST)/driverpilot-$(VERSION).tar (docker load) and $(DIST)/oci (OCI layout).
-	go run ./hack/image --binary bin/driverpilot --version $(VERSION) --revision "$$(git rev-parse HEAD)" \
+image: build build-arm64 ## The container image without a container engine: $(DIST)/oci (OCI layout, multi-architecture index linux/amd64 + linux/arm64) and $(DIST)/driverpilot-$(VERSION).tar, -arm64.tar (docker load).
+	go run ./hack/image --binary bin/driverpilot --binary-arm64 bin/driverpilot-linux-arm64 --version $(VERSION) --revision "$$(git rev-parse HEAD)" \
 	  --source-date-epoch "$${SOURCE_DATE_EPOCH:-$$(git log -1 --format=%ct)}" --tag $(IMG) --out $(DIST)
 
 bundle: ## The OLM bundle (bundle/, bundle.Dockerfile) from config/ for VERSION; REPLACES=x.y.z overrides the version it upgrades from.

@@ -5,11 +5,15 @@
 set -euo pipefail
 
 CLANG_VERSION="1:14.0-55.7~deb12u1"
+QEMU_VERSION="1:7.2+dfsg-7+deb12u18+b3"
 PACKAGES=(
   "clang=${CLANG_VERSION}"   # bpf2go's compiler for bpf/*.c
   llvm                       # llvm-strip for bpf2go
   libbpf-dev                 # bpf_helpers.h, bpf_core_read.h, bpf_tracing.h
-  qemu-system-x86            # kernel matrix: boots Debian kernels under TCG
+  "qemu-system-x86=${QEMU_VERSION}"  # kernel matrix: boots Debian amd64 kernels under TCG
+  "qemu-system-arm=${QEMU_VERSION}"  # kernel matrix: qemu-system-aarch64 boots the arm64 kernel (TCG)
+  xz-utils                   # kernel matrix: decompresses modules
+  zstd                       # kernel matrix: decompresses modules
   cpio                       # kernel matrix: initramfs
   kmod                       # kernel matrix: modinfo/depmod on unpacked kernel packages
   "containernetworking-plugins=1.1.1+ds1-3+b5"  # local cluster: bridge, host-local, loopback CNI plugins

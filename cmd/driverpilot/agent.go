@@ -1,3 +1,5 @@
+//go:build !matrixguest
+
 package main
 
 import (
@@ -23,6 +25,10 @@ import (
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
+
+func init() {
+	subcommands["agent"] = subcommand{runAgent, "run the node agent (probe, sensor, self-test, report)"}
+}
 
 // runAgent runs the node agent until it is interrupted.
 func runAgent(args []string) error {

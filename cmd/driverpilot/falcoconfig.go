@@ -1,3 +1,5 @@
+//go:build !matrixguest
+
 package main
 
 import (
@@ -57,10 +59,7 @@ func runFalcoConfig(args []string) error {
 	return nil
 }
 
-// Registered here rather than in main.go's map: gofmt would realign every line of that map.
+// Registered here rather than in main.go's map: not in the matrixguest build.
 func init() {
-	subcommands["falco-config"] = struct {
-		run   func(args []string) error
-		usage string
-	}{runFalcoConfig, "init step of a Falco pod: wait for this node's driver, configure Falco and falcoctl with it"}
+	subcommands["falco-config"] = subcommand{runFalcoConfig, "init step of a Falco pod: wait for this node's driver, configure Falco and falcoctl with it"}
 }

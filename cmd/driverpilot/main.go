@@ -1,5 +1,9 @@
 // Command driverpilot is DriverPilot's one binary: the manager, the node agent, and the probe and
 // self-test a person can run by hand on a node.
+//
+// Built with -tags matrixguest it holds only probe and selftest (the commands that talk to no API
+// server): the kernel matrix cross-builds that for its arm64 guest, a third of the packages to
+// compile. The shipped binary is always built without the tag.
 package main
 
 import (
@@ -10,13 +14,15 @@ import (
 	"github.com/driverpilot/driverpilot/internal/version"
 )
 
-// subcommands maps each subcommand to its entry point; each lives in its own file.
-var subcommands = map[string]struct {
+// subcommand is one command's entry point and its line in the usage.
+type subcommand struct {
 	run   func(args []string) error
 	usage string
-}{
-	"manager":  {runManager, "run the controller manager"},
-	"agent":    {runAgent, "run the node agent (probe, sensor, self-test, report)"},
+}
+
+// subcommands maps each subcommand to its entry point; each lives in its own file. The commands
+// that talk to the API server register themselves from their files (see the matrixguest tag).
+var subcommands = map[string]subcommand{
 	"probe":    {runProbe, "print this machine's facts and the driver decision"},
 	"selftest": {runSelftest, "run the exe_upper_layer self-test on this machine"},
 }
@@ -60,7 +66,9 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 func printUsage() {
 	fmt.Fprintf(os.Stderr, "usage: driverpilot <command> [flags]\n\ncommands:\n")
 	for _, name := range []string{"manager", "agent", "probe", "selftest", "falco-config"} {
-		fmt.Fprintf(os.Stderr, "  %-12s %s\n", name, subcommands[name].usage)
+		if c, ok := subcommands[name]; ok {
+			fmt.Fprintf(os.Stderr, "  %-12s %s\n", name, c.usage)
+		}
 	}
 	fmt.Fprintf(os.Stderr, "  %-12s %s\n", "version", "print the version")
 }

@@ -1,3 +1,5 @@
+//go:build !matrixguest
+
 package main
 
 import (
@@ -9,6 +11,8 @@ import (
 
 	"github.com/driverpilot/driverpilot/internal/manager"
 )
+
+func init() { subcommands["manager"] = subcommand{runManager, "run the controller manager"} }
 
 // runManager runs the controller manager against the cluster of the current kubeconfig.
 func runManager(args []string) error {

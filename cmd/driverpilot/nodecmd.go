@@ -1,3 +1,5 @@
+//go:build !matrixguest
+
 package main
 
 import (

@@ -1,5 +1,10 @@
 // Command image builds DriverPilot's container image from the static binary without a container
 // engine, as a `docker save` archive and an OCI image layout under dist/ (`make image`).
+//
+// With --binary-arm64 as well, the OCI layout holds a multi-architecture image index
+// (linux/amd64 and linux/arm64) under the tag, and each architecture also gets its own
+// `docker save` archive: driverpilot-VERSION.tar (amd64, as without it) and
+// driverpilot-VERSION-arm64.tar.
 package main
 
 import (
@@ -16,6 +21,7 @@ import (
 func main() {
 	var o imagebuild.Options
 	flag.StringVar(&o.Binary, "binary", "bin/driverpilot", "static linux/amd64 driverpilot binary")
+	arm64 := flag.String("binary-arm64", "", "static linux/arm64 driverpilot binary: makes the OCI layout a multi-architecture index")
 	flag.StringVar(&o.Version, "version", "", "version label (required)")
 	flag.StringVar(&o.Revision, "revision", "", "git commit label (required)")
 	tag := flag.String("tag", "", "image reference (default ghcr.io/driverpilot/driverpilot:VERSION)")
@@ -48,14 +54,40 @@ func main() {
 		fail(err)
 	}
 	oci := filepath.Join(*out, "oci")
-	if err := imagebuild.WriteLayout(oci, *tag, img); err != nil {
-		fail(err)
+	if *arm64 == "" {
+		if err := imagebuild.WriteLayout(oci, *tag, img); err != nil {
+			fail(err)
+		}
+		digest, err := img.Digest()
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("%s %s\nwrote %s (docker load) and %s (OCI layout)\n", *tag, digest, archive, oci)
+		return
 	}
-	digest, err := img.Digest()
+	oa := o
+	oa.Binary, oa.Architecture = *arm64, "arm64"
+	armImg, err := imagebuild.Build(oa)
 	if err != nil {
 		fail(err)
 	}
-	fmt.Printf("%s %s\nwrote %s (docker load) and %s (OCI layout)\n", *tag, digest, archive, oci)
+	armArchive := filepath.Join(*out, "driverpilot-"+o.Version+"-arm64.tar")
+	if err := imagebuild.WriteTarball(armArchive, *tag, armImg); err != nil {
+		fail(err)
+	}
+	idx, err := imagebuild.BuildIndex(o, oa)
+	if err != nil {
+		fail(err)
+	}
+	if err := imagebuild.WriteLayoutIndex(oci, *tag, idx); err != nil {
+		fail(err)
+	}
+	digest, err := idx.Digest()
+	if err != nil {
+		fail(err)
+	}
+	fmt.Printf("%s %s (index: linux/amd64, linux/arm64)\nwrote %s and %s (docker load, one architecture each) and %s (OCI layout)\n",
+		*tag, digest, archive, armArchive, oci)
 }
 
 func fail(err error) {

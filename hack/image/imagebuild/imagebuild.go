@@ -1,7 +1,8 @@
 // Package imagebuild builds DriverPilot's container image without a container engine: the
 // static driverpilot binary on a minimal distroless-style root (passwd and group with the
 // nonroot user 65532, /tmp, /home/nonroot), with the configuration of the Dockerfile
-// (entrypoint /driverpilot, command manager, user 65532) and OCI labels, for linux/amd64.
+// (entrypoint /driverpilot, command manager, user 65532) and OCI labels, for linux/amd64 and
+// linux/arm64. BuildIndex puts one image per architecture into a multi-architecture image index.
 //
 // The image is reproducible: file times and the creation time are one fixed instant, so the
 // same binary, version and revision always give the same digest.
@@ -37,8 +38,11 @@ const (
 
 // Options describe the image to build.
 type Options struct {
-	// Binary is the static linux/amd64 driverpilot executable.
+	// Binary is the static linux driverpilot executable for Architecture.
 	Binary string
+	// Architecture is the image's platform architecture in GOARCH spelling: amd64 (the default
+	// when empty) or arm64. The binary must be built for it.
+	Architecture string
 	// Version and Revision (the git commit) go into the OCI labels.
 	Version, Revision string
 	// Created is the image creation time and every file's time (SOURCE_DATE_EPOCH); zero
@@ -46,8 +50,19 @@ type Options struct {
 	Created time.Time
 }
 
-// ErrNotStatic says the binary would not run on an image without a C library.
-var ErrNotStatic = errors.New("not a static linux/amd64 executable")
+// ErrNotStatic says the binary would not run on an image without a C library, or not on the
+// image's architecture.
+var ErrNotStatic = errors.New("not a static linux executable for the image's architecture")
+
+// machines maps the supported architectures to their ELF machine.
+var machines = map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+
+func (o Options) arch() string {
+	if o.Architecture == "" {
+		return "amd64"
+	}
+	return o.Architecture
+}
 
 // Labels returns the OCI labels of the image.
 func Labels(o Options) map[string]string {
@@ -77,7 +92,10 @@ func Build(o Options) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkStatic(bin); err != nil {
+	if _, ok := machines[o.arch()]; !ok {
+		return nil, fmt.Errorf("architecture %q: want amd64 or arm64", o.Architecture)
+	}
+	if err := checkStatic(bin, machines[o.arch()]); err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Binary, err)
 	}
 	t := o.created()
@@ -112,7 +130,7 @@ func Build(o Options) (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Architecture, cf.OS = o.arch(), "linux"
 	cf.Created = v1.Time{Time: t}
 	cf.Config = v1.Config{
 		Entrypoint: []string{Entrypoint},
@@ -129,13 +147,13 @@ func Build(o Options) (v1.Image, error) {
 	return mutate.Annotations(img, Labels(o)).(v1.Image), nil
 }
 
-// checkStatic accepts an x86-64 ELF executable without an interpreter (no dynamic loader).
-func checkStatic(bin []byte) error {
+// checkStatic accepts an ELF executable for machine without an interpreter (no dynamic loader).
+func checkStatic(bin []byte, machine elf.Machine) error {
 	f, err := elf.NewFile(bytes.NewReader(bin))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotStatic, err)
 	}
-	if f.Machine != elf.EM_X86_64 || (f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN) {
+	if f.Machine != machine || (f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN) {
 		return fmt.Errorf("%w: machine %v, type %v", ErrNotStatic, f.Machine, f.Type)
 	}
 	for _, p := range f.Progs {
@@ -195,12 +213,58 @@ func WriteTarball(path, ref string, img v1.Image) error {
 // WriteLayout writes the image as an OCI image layout directory, replacing what was there,
 // with ref as its reference name (skopeo copy oci:DIR:REF, crane push --index).
 func WriteLayout(dir, ref string, img v1.Image) error {
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	p, err := layout.Write(dir, empty.Index)
+	p, err := newLayout(dir)
 	if err != nil {
 		return err
 	}
-	return p.AppendImage(img, layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref}))
+	return p.AppendImage(img, refName(ref))
+}
+
+// newLayout makes an empty OCI image layout at dir, replacing what was there.
+func newLayout(dir string) (layout.Path, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return "", err
+	}
+	return layout.Write(dir, empty.Index)
+}
+
+func refName(ref string) layout.Option {
+	return layout.WithAnnotations(map[string]string{"org.opencontainers.image.ref.name": ref})
+}
+
+// BuildIndex builds one image per Options (one per architecture) and puts them in a
+// multi-architecture OCI image index, each with its platform (linux/<arch>), in the given order.
+// The index carries the labels as annotations; it is as reproducible as its images.
+func BuildIndex(opts ...Options) (v1.ImageIndex, error) {
+	if len(opts) == 0 {
+		return nil, errors.New("no images for the index")
+	}
+	var idx v1.ImageIndex = mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	seen := map[string]bool{}
+	for _, o := range opts {
+		if seen[o.arch()] {
+			return nil, fmt.Errorf("architecture %s given twice", o.arch())
+		}
+		seen[o.arch()] = true
+		img, err := Build(o)
+		if err != nil {
+			return nil, fmt.Errorf("linux/%s: %w", o.arch(), err)
+		}
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{
+			MediaType: types.OCIManifestSchema1,
+			Platform:  &v1.Platform{OS: "linux", Architecture: o.arch()},
+		}})
+	}
+	return mutate.Annotations(idx, Labels(opts[0])).(v1.ImageIndex), nil
+}
+
+// WriteLayoutIndex writes a multi-architecture index as an OCI image layout directory, replacing
+// what was there, with ref as the index's reference name (skopeo copy --all oci:DIR:REF,
+// ctr images import --all-platforms, crane push --index).
+func WriteLayoutIndex(dir, ref string, idx v1.ImageIndex) error {
+	p, err := newLayout(dir)
+	if err != nil {
+		return err
+	}
+	return p.AppendIndex(idx, refName(ref))
 }

@@ -1,16 +1,23 @@
 //go:build linux
 
 // Command init is PID 1 of the kernel-matrix guest. It mounts the pseudo filesystems, loads the
-// kernel modules the host put in the initramfs (overlay, on Debian's 6.1), runs
-// `driverpilot selftest` once per driver, prints every result between the markers of package
-// matrix on the serial console, and powers the machine off.
+// kernel modules the host put in the initramfs (overlay and its dependencies), prints what
+// `driverpilot probe` finds and decides on this kernel, runs `driverpilot selftest` once per
+// driver, then once per injected sensor fault (each must fail), prints every result between the
+// markers of package matrix on the serial console, and powers the machine off.
 //
-// It reads its parameters from the kernel command line:
+// As PID 1 it reads its parameters from the kernel command line:
 //
 //	dpmatrix.nonce=<hex>             marker nonce (required)
 //	dpmatrix.drivers=modern_ebpf,ebpf
 //	dpmatrix.checks=ExeUpperLayer,...
 //	dpmatrix.timeout=300s            per self-test run
+//	dpmatrix.faults=all-lower,drop-events   faults to inject (agent/selftest.Fault), default none
+//	dpmatrix.faultdrivers=modern_ebpf       drivers the faults run with (default: the first driver)
+//
+// Run by anyone else (not PID 1) it is the matrix's host cell: the same sections for the running
+// kernel, printed to stdout, parameters as flags (-nonce, -drivers, -checks, -timeout, -faults,
+// -fault-drivers, -driverpilot, -workdir); it mounts nothing, loads no module and powers nothing off.
 //
 // Build it static: CGO_ENABLED=0 go build -o init ./hack/kernel-matrix/init
 package main
@@ -20,11 +27,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -34,37 +43,97 @@ import (
 )
 
 const (
-	driverpilotBin = "/bin/driverpilot"
+	guestDriverpilot = "/bin/driverpilot"
 	// moduleOrder lists the module files to load, one path a line, dependencies first.
 	moduleOrder = "/lib/modules/load-order"
+	// faultEnv is agent/selftest.FaultEnv (not imported: it would link the sensor into /init).
+	faultEnv = "DRIVERPILOT_SELFTEST_FAULT"
+	// dropTimeout is the per-check timeout of a drop-events run: no event can come, so waiting
+	// longer proves nothing more.
+	dropTimeout = "2s"
 )
 
+// params are one matrix run's parameters.
+type params struct {
+	nonce, checks     string
+	drivers           []string
+	faults            []string
+	faultDrivers      []string
+	timeout           time.Duration
+	driverpilot, work string
+	host              bool
+}
+
 func main() {
+	if os.Getpid() != 1 {
+		os.Exit(hostMain(os.Args[1:]))
+	}
 	defer powerOff()
 	console := openConsole()
 	logf := func(format string, args ...any) { fmt.Fprintf(console, "dpmatrix-init: "+format+"\n", args...) }
 
 	info := matrix.GuestInfo{UptimeAtInit: uptime()}
 	info.Problems = append(info.Problems, mountAll(logf)...)
-	params := cmdline()
-	nonce := params["dpmatrix.nonce"]
-	if nonce == "" {
+	kv := cmdline()
+	p := params{
+		nonce:        kv["dpmatrix.nonce"],
+		drivers:      splitList(kv["dpmatrix.drivers"], "modern_ebpf,ebpf"),
+		checks:       kv["dpmatrix.checks"],
+		faults:       splitList(kv["dpmatrix.faults"], ""),
+		faultDrivers: splitList(kv["dpmatrix.faultdrivers"], ""),
+		driverpilot:  guestDriverpilot,
+		work:         "/work",
+	}
+	if p.nonce == "" {
 		logf("no dpmatrix.nonce on the kernel command line; nothing to do")
 		return
 	}
-	drivers := splitList(params["dpmatrix.drivers"], "modern_ebpf,ebpf")
-	checks := params["dpmatrix.checks"]
-	timeout, err := time.ParseDuration(params["dpmatrix.timeout"])
+	timeout, err := time.ParseDuration(kv["dpmatrix.timeout"])
 	if err != nil || timeout <= 0 {
 		timeout = 300 * time.Second
 	}
+	p.timeout = timeout
+	info.Modules = loadModules(logf)
+	run(console, p, info, logf)
+}
 
+// hostMain runs the matrix on the running kernel (the host cell) and returns the exit code.
+func hostMain(args []string) int {
+	fs := flag.NewFlagSet("kernel-matrix-init", flag.ContinueOnError)
+	nonce := fs.String("nonce", "", "marker nonce (required)")
+	drivers := fs.String("drivers", "modern_ebpf,ebpf", "drivers, comma-separated")
+	checks := fs.String("checks", "", "checks, comma-separated (default all)")
+	timeout := fs.Duration("timeout", 300*time.Second, "per self-test run")
+	faults := fs.String("faults", "", "sensor faults to inject, comma-separated")
+	faultDrivers := fs.String("fault-drivers", "", "drivers the faults run with (default: the first driver)")
+	bin := fs.String("driverpilot", "driverpilot", "the driverpilot binary")
+	work := fs.String("workdir", os.TempDir(), "directory the self-tests stage their overlay in")
+	if err := fs.Parse(args); err != nil || *nonce == "" || fs.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: init -nonce HEX [flags]  (not PID 1: runs the matrix on this kernel)")
+		return 2
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "dpmatrix-host: "+format+"\n", args...) }
+	p := params{
+		nonce: *nonce, checks: *checks, timeout: *timeout, driverpilot: *bin, work: *work, host: true,
+		drivers: splitList(*drivers, ""), faults: splitList(*faults, ""), faultDrivers: splitList(*faultDrivers, ""),
+	}
+	sum := run(os.Stdout, p, matrix.GuestInfo{UptimeAtInit: uptime()}, logf)
+	if failed(sum) {
+		return 1
+	}
+	return 0
+}
+
+// run prints the info and probe sections, runs the self-tests and the fault runs, and prints the
+// done section.
+func run(console *os.File, p params, info matrix.GuestInfo, logf func(string, ...any)) matrix.Summary {
+	info.Host = p.host
+	info.Architecture = runtime.GOARCH
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err == nil {
 		info.KernelRelease = unix.ByteSliceToString(uts.Release[:])
 		info.KernelVersion = unix.ByteSliceToString(uts.Version[:])
 	}
-	info.Modules = loadModules(logf)
 	info.VmlinuxBTF = exists("/sys/kernel/btf/vmlinux")
 	info.OverlayModuleBTF = exists("/sys/kernel/btf/overlay")
 	if b, err := os.ReadFile("/sys/kernel/security/lockdown"); err == nil {
@@ -72,50 +141,109 @@ func main() {
 	} else {
 		info.Lockdown = "unknown: " + err.Error()
 	}
-	writeJSON(console, nonce, matrix.SectionInfo, 0, info, logf)
+	writeJSON(console, p.nonce, matrix.SectionInfo, 0, info, logf)
+
+	probeRC, probeOut := probe(console, p, logf)
+	if err := matrix.WriteSection(console, p.nonce, matrix.SectionProbe, probeRC, probeOut); err != nil {
+		logf("print probe result: %v", err)
+	}
 
 	var sum matrix.Summary
-	for _, d := range drivers {
-		run, stdout := selftest(console, d, checks, timeout, logf)
+	for _, d := range p.drivers {
+		run, stdout := selftest(console, p, d, "", logf)
 		sum.Runs = append(sum.Runs, run)
-		if err := matrix.WriteSection(console, nonce, matrix.SelftestSection(d), run.RC, stdout); err != nil {
+		if err := matrix.WriteSection(console, p.nonce, matrix.SelftestSection(d), run.RC, stdout); err != nil {
 			logf("print %s result: %v", d, err)
 		}
 	}
-	if failed(sum) {
+	faultDrivers := p.faultDrivers
+	if len(faultDrivers) == 0 && len(p.drivers) > 0 {
+		faultDrivers = p.drivers[:1]
+	}
+	if len(p.faults) == 0 {
+		faultDrivers = nil
+	}
+	for _, d := range faultDrivers {
+		for _, f := range p.faults {
+			run, stdout := selftest(console, p, d, f, logf)
+			sum.Runs = append(sum.Runs, run)
+			if err := matrix.WriteSection(console, p.nonce, matrix.FaultSection(f, d), run.RC, stdout); err != nil {
+				logf("print %s/%s result: %v", f, d, err)
+			}
+		}
+	}
+	if failed(sum) && !p.host {
 		dumpKernelLog(console)
 	}
 	sum.UptimeAtEnd = uptime()
-	writeJSON(console, nonce, matrix.SectionDone, 0, sum, logf)
+	writeJSON(console, p.nonce, matrix.SectionDone, 0, sum, logf)
+	return sum
 }
 
-// selftest runs one driver's self-test; its stderr goes to the console line by line as it comes.
-func selftest(console *os.File, driver, checks string, timeout time.Duration, logf func(string, ...any)) (matrix.Run, []byte) {
-	workdir := filepath.Join("/work", driver)
-	run := matrix.Run{Driver: driver, RC: -1}
+// probe runs `driverpilot probe -o json`: the facts and the selection engine's decision.
+func probe(console *os.File, p params, logf func(string, ...any)) (int, []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// securityfs is mounted already in the guest; on the host the probe mounts it if needed.
+	cmd := exec.CommandContext(ctx, p.driverpilot, "probe", "-o", "json")
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	pw := &prefixWriter{w: console, prefix: matrix.StderrPrefix("probe")}
+	cmd.Stderr = pw
+	err := cmd.Run()
+	pw.Flush()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		return exit.ExitCode(), stdout.Bytes()
+	case err != nil:
+		logf("probe: %v", err)
+		return -1, stdout.Bytes()
+	}
+	return 0, stdout.Bytes()
+}
+
+// selftest runs one driver's self-test, with a sensor fault injected unless fault is ""; its
+// stderr goes to the console line by line as it comes.
+func selftest(console *os.File, p params, driver, fault string, logf func(string, ...any)) (matrix.Run, []byte) {
+	name := driver
+	if fault != "" {
+		name = fault + "-" + driver
+	}
+	workdir := filepath.Join(p.work, "dpmatrix-"+name)
+	run := matrix.Run{Driver: driver, Fault: fault, RC: -1}
 	if err := os.MkdirAll(workdir, 0o755); err != nil {
 		run.Error = err.Error()
 		return run, nil
 	}
+	defer os.RemoveAll(workdir)
 	args := []string{"selftest", "--driver", driver, "-o", "json", "--workdir", workdir}
-	if checks != "" {
-		args = append(args, "--checks", checks)
+	if p.checks != "" {
+		args = append(args, "--checks", p.checks)
 	}
-	logf("running %s %s", driverpilotBin, strings.Join(args, " "))
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	if fault == "drop-events" {
+		args = append(args, "--timeout", dropTimeout)
+	}
+	logf("running %s%s %s", prefixIf(fault, faultEnv+"="+fault+" "), p.driverpilot, strings.Join(args, " "))
+	ctx, cancel := context.WithTimeout(context.Background(), p.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, driverpilotBin, args...)
+	cmd := exec.CommandContext(ctx, p.driverpilot, args...)
+	cmd.Env = os.Environ()
+	if fault != "" {
+		cmd.Env = append(cmd.Env, faultEnv+"="+fault)
+	}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
-	cmd.Stderr = &prefixWriter{w: console, prefix: matrix.StderrPrefix(driver)}
+	pw := &prefixWriter{w: console, prefix: matrix.StderrPrefix(name)}
+	cmd.Stderr = pw
 	start := time.Now()
 	err := cmd.Run()
-	cmd.Stderr.(*prefixWriter).Flush()
+	pw.Flush()
 	run.Seconds = time.Since(start).Seconds()
 	var exit *exec.ExitError
 	switch {
 	case ctx.Err() != nil:
-		run.Error = fmt.Sprintf("killed after %s", timeout)
+		run.Error = fmt.Sprintf("killed after %s", p.timeout)
 	case errors.As(err, &exit):
 		run.RC = exit.ExitCode()
 	case err != nil:
@@ -123,8 +251,16 @@ func selftest(console *os.File, driver, checks string, timeout time.Duration, lo
 	default:
 		run.RC = 0
 	}
-	logf("%s self-test finished: rc=%d %.1fs %s", driver, run.RC, run.Seconds, run.Error)
+	logf("%s self-test finished: rc=%d %.1fs %s", name, run.RC, run.Seconds, run.Error)
 	return run, stdout.Bytes()
+}
+
+// prefixIf returns s when cond is not empty.
+func prefixIf(cond, s string) string {
+	if cond == "" {
+		return ""
+	}
+	return s
 }
 
 // mountAll mounts what the sensor and the self-test need; it returns the failures.
@@ -301,9 +437,11 @@ func (p *prefixWriter) Flush() {
 	}
 }
 
+// failed reports whether a run without a fault did not pass (a fault run must fail: the report
+// judges those).
 func failed(sum matrix.Summary) bool {
 	for _, r := range sum.Runs {
-		if r.RC != 0 {
+		if r.Fault == "" && r.RC != 0 {
 			return true
 		}
 	}

@@ -16,6 +16,10 @@ type GuestInfo struct {
 	OverlayModuleBTF bool `json:"overlayModuleBTF"`
 	// Lockdown is the content of /sys/kernel/security/lockdown, or why it could not be read.
 	Lockdown string `json:"lockdown,omitempty"`
+	// Host is true when the matrix ran on this machine's own kernel, not in a guest.
+	Host bool `json:"host,omitempty"`
+	// Architecture is the machine (GOARCH spelling) the matrix ran on.
+	Architecture string `json:"architecture,omitempty"`
 	// Problems are setup steps that failed (a mount, a module); any problem fails the kernel.
 	Problems []string `json:"problems,omitempty"`
 }
@@ -40,6 +44,8 @@ type Summary struct {
 type Run struct {
 	// Driver is the --driver it ran with.
 	Driver string `json:"driver"`
+	// Fault is the sensor fault injected into the run (agent/selftest.Fault), "" for none.
+	Fault string `json:"fault,omitempty"`
 	// RC is its exit code (-1 when it did not start or was killed at the timeout).
 	RC int `json:"rc"`
 	// Seconds is how long it ran.

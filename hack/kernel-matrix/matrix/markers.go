@@ -21,12 +21,20 @@ const (
 	SectionInfo = "info"
 	// SectionDone holds the guest's Summary as JSON; it is the last thing printed before power-off.
 	SectionDone = "done"
+	// SectionProbe holds the stdout of `driverpilot probe -o json`: the probe's facts and the
+	// selection engine's decision for this kernel.
+	SectionProbe = "probe"
 	// selftestPrefix + driver holds the stdout of `driverpilot selftest --driver <driver> -o json`.
 	selftestPrefix = "selftest/"
+	// faultPrefix + fault + "/" + driver holds the same for a run with an injected sensor fault.
+	faultPrefix = "fault/"
 )
 
 // SelftestSection is the section name for one driver's self-test output.
 func SelftestSection(driver string) string { return selftestPrefix + driver }
+
+// FaultSection is the section name for one driver's self-test output with an injected fault.
+func FaultSection(fault, driver string) string { return faultPrefix + fault + "/" + driver }
 
 // Errors a parsed section can carry.
 var (

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/selection"
 )
 
 var (
@@ -49,13 +50,36 @@ func passing(driver string) v1alpha1.SelfTestStatus {
 	return st
 }
 
+// probeResult is what `driverpilot probe` prints for a kernel whose overlay types are where
+// overlayTypes says, with the decision ranking candidates.
+func probeResult(overlayTypes string, candidates ...v1alpha1.Driver) ProbeResult {
+	yes := v1alpha1.BoolFact{Answer: v1alpha1.AnswerYes}
+	var pr ProbeResult
+	pr.Probe.BTF.Vmlinux, pr.Probe.EBPF.TPBTF, pr.Probe.EBPF.RawTracepoint, pr.Probe.EBPF.RingBuffer = yes, yes, yes, yes
+	pr.Probe.BTF.OverlayTypes.Value = overlayTypes
+	pr.Probe.Lockdown.Value = "none"
+	pr.Decision = selection.Decision{Candidates: candidates}
+	if len(candidates) > 0 {
+		pr.Decision.Driver = candidates[0]
+	}
+	return pr
+}
+
 // goodLog is a whole boot in which everything passed, with kernel noise around the sections.
 func goodLog(t *testing.T, statuses map[string]v1alpha1.SelfTestStatus, rcs map[string]int) []byte {
+	t.Helper()
+	return logWith(t, statuses, rcs, probeResult(v1alpha1.OverlayTypesModule, "modern_ebpf", "ebpf"), nil)
+}
+
+// logWith is goodLog with a given probe section and fault runs (fault/driver -> status, exit 1).
+func logWith(t *testing.T, statuses map[string]v1alpha1.SelfTestStatus, rcs map[string]int, pr ProbeResult,
+	faults map[string]v1alpha1.SelfTestStatus) []byte {
 	t.Helper()
 	var log bytes.Buffer
 	log.WriteString("SeaBIOS (version 1.16.2)\n[    0.000000] Linux version 6.1.0-56-amd64\n")
 	log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "6.1.0-56-amd64", UptimeAtInit: 3.2, OverlayModuleBTF: true,
 		Modules: []ModuleLoad{{Name: "overlay"}}}))
+	log.Write(section(t, SectionProbe, 0, pr))
 	var sum Summary
 	for _, d := range testDrivers {
 		st, ok := statuses[d]
@@ -65,6 +89,10 @@ func goodLog(t *testing.T, statuses map[string]v1alpha1.SelfTestStatus, rcs map[
 		log.WriteString(StderrPrefix(d) + "sensor started\n")
 		log.Write(section(t, SelftestSection(d), rcs[d], st))
 		sum.Runs = append(sum.Runs, Run{Driver: d, RC: rcs[d], Seconds: 4})
+	}
+	for name, st := range faults {
+		fault, driver, _ := strings.Cut(name, "/")
+		log.Write(section(t, FaultSection(fault, driver), 1, st))
 	}
 	log.Write(section(t, SectionDone, 0, sum))
 	log.WriteString("[   20.100000] reboot: Power down\n")
@@ -87,10 +115,23 @@ func TestAllPassed(t *testing.T) {
 	if !WriteTable(&out, []KernelReport{r}) {
 		t.Fatalf("WriteTable says failed:\n%s", out.String())
 	}
-	for _, want := range []string{"6.1.0-56-amd64  modern_ebpf  ExeFromMemfd   Passed  CORE (Agree)", "PASS", "3.2s", "module"} {
+	for _, want := range []string{
+		"6.1.0-56-amd64  modern_ebpf  Passed         Passed         Passed     Passed        CORE    Agree",
+		"PASS", "3.2s", "Module", "modern_ebpf>ebpf  modern_ebpf,ebpf  ✓   ebpf>",
+	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+func TestMarkdown(t *testing.T) {
+	r := Evaluate(boot(goodLog(t, nil, nil)), testDrivers, testChecks)
+	var out bytes.Buffer
+	WriteMarkdown(&out, []KernelReport{r})
+	want := "| 6.1.0-56-amd64 | - | Module | modern_ebpf > ebpf | modern_ebpf, ebpf | CORE (Agree) | - | pass |"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, out.String())
 	}
 }
 
@@ -299,5 +340,127 @@ func TestMethodExpectation(t *testing.T) {
 	b.OverlayBTF = &absent
 	if r := Evaluate(b, []string{"modern_ebpf"}, testChecks); r.Passed() {
 		t.Fatalf("without module BTF the guest must also report it absent; got pass")
+	}
+}
+
+// The selection engine's first driver must be one that passed on the kernel.
+func TestDecisionMustPass(t *testing.T) {
+	failedCheck := passing("modern_ebpf")
+	failedCheck.Result = v1alpha1.SelfTestFailed
+	failedCheck.Checks[0].Result = v1alpha1.SelfTestFailed
+	statuses := map[string]v1alpha1.SelfTestStatus{"modern_ebpf": failedCheck}
+	rcs := map[string]int{"modern_ebpf": 1}
+
+	r := Evaluate(boot(logWith(t, statuses, rcs, probeResult(v1alpha1.OverlayTypesModule, "modern_ebpf", "ebpf"), nil)), testDrivers, testChecks)
+	if r.Passed() || !strings.Contains(strings.Join(r.Problems, "\n"), "ranks modern_ebpf first") {
+		t.Fatalf("a failing first driver must fail the kernel; problems %v", r.Problems)
+	}
+	if len(r.Worked) != 1 || r.Worked[0] != "ebpf" {
+		t.Errorf("worked: %v, want [ebpf]", r.Worked)
+	}
+	r = Evaluate(boot(logWith(t, nil, nil, probeResult(v1alpha1.OverlayTypesModule, "kmod"), nil)), testDrivers, testChecks)
+	if r.Passed() {
+		t.Errorf("a decision for a driver the matrix does not run must fail")
+	}
+	var log bytes.Buffer
+	log.Write(section(t, SectionInfo, 0, GuestInfo{KernelRelease: "x", OverlayModuleBTF: true}))
+	for _, d := range testDrivers {
+		log.Write(section(t, SelftestSection(d), 0, passing(d)))
+	}
+	log.Write(section(t, SectionDone, 0, Summary{}))
+	if r := Evaluate(boot(log.Bytes()), testDrivers, testChecks); r.Passed() {
+		t.Errorf("a kernel without probe output must fail: its decision is unknown")
+	}
+}
+
+// The probe's overlay types fix the method: a kernel without overlay types must decide by the inode
+// offset, one with them by CORE.
+func TestMethodFromProbe(t *testing.T) {
+	r := Evaluate(boot(logWith(t, nil, nil, probeResult(v1alpha1.OverlayTypesAbsent, "modern_ebpf", "ebpf"), nil)), testDrivers, testChecks)
+	if r.Passed() {
+		t.Fatalf("CORE decided where the probe found no overlay types; want failure")
+	}
+}
+
+// From a kernel's real facts, the falco#3286 known issue must keep modern_ebpf from first place for
+// a Falco release before the fix exactly where the probe finds no overlay types.
+func TestFalco3286FromFacts(t *testing.T) {
+	for _, tc := range []struct {
+		types      string
+		wantFirst  v1alpha1.Driver
+		wantReason bool
+	}{
+		{v1alpha1.OverlayTypesAbsent, v1alpha1.DriverEBPF, true},
+		{v1alpha1.OverlayTypesModule, v1alpha1.DriverModernEBPF, false},
+	} {
+		pr := probeResult(tc.types, "modern_ebpf", "ebpf")
+		pr.Probe.Kernel.Release.Value, pr.Probe.Kernel.Version.Value = "6.1.0-56-amd64", "6.1.192"
+		pr.Probe.Distro.ID, pr.Probe.Distro.VersionID = "debian", "12"
+		d, err := falcoDecision(pr.Probe)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Driver != tc.wantFirst {
+			t.Errorf("overlay types %s: Falco %s first driver %s, want %s (%+v)", tc.types, FalcoBefore3286, d.Driver, tc.wantFirst, d.Reasons)
+		}
+		if p := falco3286Problem(pr.Probe, d); p != "" {
+			t.Errorf("overlay types %s: %s", tc.types, p)
+		}
+		// A decision that ignored the issue is caught.
+		if tc.wantReason {
+			ignored := selection.Decision{Driver: v1alpha1.DriverModernEBPF, Candidates: []v1alpha1.Driver{"modern_ebpf", "ebpf"}}
+			if falco3286Problem(pr.Probe, ignored) == "" {
+				t.Errorf("a decision that ranks modern_ebpf first without overlay types was not caught")
+			}
+		}
+	}
+}
+
+// Every injected fault must fail the self-test, for the fault's reason.
+func TestFaults(t *testing.T) {
+	allLower := passing("modern_ebpf")
+	allLower.Result = v1alpha1.SelfTestFailed
+	for _, i := range []int{0, 2} {
+		allLower.Checks[i].Result, allLower.Checks[i].Observed = v1alpha1.SelfTestFailed, "lower layer"
+	}
+	dropped := passing("modern_ebpf")
+	dropped.Result = v1alpha1.SelfTestFailed
+	for i := range dropped.Checks {
+		dropped.Checks[i].Result, dropped.Checks[i].Observed = v1alpha1.SelfTestFailed, "no event within 2s"
+	}
+	notStarted := v1alpha1.SelfTestStatus{Driver: "modern_ebpf", Result: v1alpha1.SelfTestFailed, Reason: "SensorLoadFailed"}
+	pr := probeResult(v1alpha1.OverlayTypesModule, "modern_ebpf", "ebpf")
+	faults := []string{"all-lower", "drop-events"}
+
+	b := boot(logWith(t, nil, nil, pr, map[string]v1alpha1.SelfTestStatus{"all-lower/modern_ebpf": allLower, "drop-events/modern_ebpf": dropped}))
+	b.Faults = faults
+	r := Evaluate(b, testDrivers, testChecks)
+	var out bytes.Buffer
+	if !r.Passed() || !WriteTable(&out, []KernelReport{r}) {
+		t.Fatalf("caught faults must pass: %v %+v\n%s", r.Problems, r.Faults, out.String())
+	}
+	if !strings.Contains(out.String(), "all-lower    Caught  ExeUpperLayer,ExeCopyUp") || !strings.Contains(out.String(), "false passes: 0") {
+		t.Errorf("fault table:\n%s", out.String())
+	}
+
+	for name, tc := range map[string]struct {
+		faults map[string]v1alpha1.SelfTestStatus
+		want   string
+	}{
+		"false pass":   {map[string]v1alpha1.SelfTestStatus{"all-lower/modern_ebpf": passing("modern_ebpf"), "drop-events/modern_ebpf": dropped}, "FalsePass"},
+		"not started":  {map[string]v1alpha1.SelfTestStatus{"all-lower/modern_ebpf": allLower, "drop-events/modern_ebpf": notStarted}, "Inconclusive"},
+		"wrong reason": {map[string]v1alpha1.SelfTestStatus{"all-lower/modern_ebpf": dropped, "drop-events/modern_ebpf": dropped}, "Inconclusive"},
+		"missing":      {map[string]v1alpha1.SelfTestStatus{"drop-events/modern_ebpf": dropped}, "NoResult"},
+	} {
+		b := boot(logWith(t, nil, nil, pr, tc.faults))
+		b.Faults = faults
+		r := Evaluate(b, testDrivers, testChecks)
+		var out bytes.Buffer
+		if r.Passed() || WriteTable(&out, []KernelReport{r}) {
+			t.Errorf("%s: want failure", name)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("%s: report lacks %q:\n%s", name, tc.want, out.String())
+		}
 	}
 }

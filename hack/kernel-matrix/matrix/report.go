@@ -11,7 +11,14 @@ import (
 	"time"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/config/knownissues"
+	"github.com/driverpilot/driverpilot/internal/selection"
 )
+
+// FalcoBefore3286 is a Falco release before the falco#3286 fix (0.38.2). The report also decides for
+// a Falco sensor of this version from each kernel's real probe facts: the known-issue rule must skip
+// modern_ebpf exactly where the probe finds no overlay types (the falco#3286 situation).
+const FalcoBefore3286 = "0.38.1"
 
 // Boot is one kernel's boot as the host saw it.
 type Boot struct {
@@ -30,6 +37,34 @@ type Boot struct {
 	// fixes the method that must decide the layer: CORE with the module BTF (a sensor that silently
 	// fell back would hide the falco#3286 bug class), InodeOffset without it.
 	OverlayBTF *bool
+	// Faults are the sensor faults (agent/selftest.Fault) the guest injected; each run with one
+	// must fail the self-test because of the fault.
+	Faults []string
+	// FaultDrivers are the drivers the faults ran with (default: the first driver).
+	FaultDrivers []string
+}
+
+// ProbeResult is what `driverpilot probe -o json` printed in the guest: the facts and the
+// selection engine's decision for the Builtin sensor with the default preference.
+type ProbeResult struct {
+	Probe    v1alpha1.ProbeFacts `json:"probe"`
+	Decision selection.Decision  `json:"decision"`
+	// Falco is the host's decision, from the same facts, for a Falco FalcoBefore3286 sensor with the
+	// default preference and the embedded known issues; not part of the probe's output.
+	Falco *selection.Decision `json:"-"`
+}
+
+// FaultCell is one run with an injected sensor fault. It passes only when the self-test failed,
+// and failed for the fault's reason: a self-test that passed would be a false pass, one that failed
+// for another reason (the sensor did not start) proves nothing.
+type FaultCell struct {
+	Driver, Fault string
+	// Result is Caught, FalsePass, Inconclusive or what went wrong before it (NoResult, Corrupt...).
+	Result string
+	// Failed are the checks the fault made fail.
+	Failed []string
+	Detail string
+	Pass   bool
 }
 
 // Cell is one kernel × driver × check result.
@@ -58,6 +93,12 @@ type KernelReport struct {
 	// Summary is the guest's done section, nil when the guest did not finish.
 	Summary *Summary
 	Cells   []Cell
+	// Probe is the guest's probe section, nil when it is missing or unreadable.
+	Probe *ProbeResult
+	// Worked are the drivers whose every check passed, in the matrix's driver order.
+	Worked []string
+	// Faults are the runs with an injected sensor fault.
+	Faults []FaultCell
 	// Problems fail the kernel even when every cell passed (setup failures, a missing done marker).
 	Problems []string
 	// Tail is the end of the console log, shown when the kernel did not boot or did not finish.
@@ -74,6 +115,11 @@ func (r KernelReport) Passed() bool {
 	}
 	for _, c := range r.Cells {
 		if !c.Pass {
+			return false
+		}
+	}
+	for _, f := range r.Faults {
+		if !f.Pass {
 			return false
 		}
 	}
@@ -153,9 +199,34 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 			r.Info.OverlayModuleBTF, *b.OverlayBTF))
 	}
 	booted := r.Info != nil
+	if s, ok := sections[SectionProbe]; ok && s.Err == nil {
+		var pr ProbeResult
+		if err := json.Unmarshal(s.Body, &pr); err != nil || s.RC != 0 {
+			r.Problems = append(r.Problems, fmt.Sprintf("probe: exit %d, output is not the probe's JSON (%v): %.300s", s.RC, err, strings.TrimSpace(string(s.Body))))
+		} else {
+			r.Probe = &pr
+		}
+	} else if ok {
+		r.Problems = append(r.Problems, "probe: "+s.Err.Error())
+	} else if booted {
+		r.Problems = append(r.Problems, "no probe output: the decision for this kernel is unknown")
+	}
 	wantMethod := ""
 	if b.OverlayBTF != nil {
 		wantMethod = map[bool]string{true: "CORE", false: "InodeOffset"}[*b.OverlayBTF]
+	}
+	// The probe says where overlay's types are; CORE must decide wherever they are, the inode
+	// offset only where they are not.
+	if r.Probe != nil {
+		probed := map[string]string{v1alpha1.OverlayTypesVmlinux: "CORE", v1alpha1.OverlayTypesModule: "CORE",
+			v1alpha1.OverlayTypesAbsent: "InodeOffset"}[r.Probe.Probe.BTF.OverlayTypes.Value]
+		switch {
+		case wantMethod == "":
+			wantMethod = probed
+		case probed != "" && probed != wantMethod:
+			r.Problems = append(r.Problems, fmt.Sprintf("the probe finds overlay types %s, this boot needs the %s method",
+				r.Probe.Probe.BTF.OverlayTypes.Value, wantMethod))
+		}
 	}
 	for _, d := range drivers {
 		cells := driverCells(d, checks, sections, booted)
@@ -166,8 +237,42 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 			}
 		}
 		r.Cells = append(r.Cells, cells...)
-		if problem := runProblem(d, sections); problem != "" {
+		problem := runProblem(d, sections)
+		if problem != "" {
 			r.Problems = append(r.Problems, problem)
+		}
+		worked := problem == "" && len(cells) > 0
+		for _, c := range cells {
+			worked = worked && c.Pass
+		}
+		if worked {
+			r.Worked = append(r.Worked, d)
+		}
+	}
+	if r.Probe != nil {
+		if problem := decisionProblem(r.Probe.Decision, drivers, r.Worked); problem != "" {
+			r.Problems = append(r.Problems, problem)
+		}
+		d, err := falcoDecision(r.Probe.Probe)
+		if err != nil {
+			r.Problems = append(r.Problems, fmt.Sprintf("decide for Falco %s: %v", FalcoBefore3286, err))
+		} else {
+			r.Probe.Falco = &d
+			if problem := falco3286Problem(r.Probe.Probe, d); problem != "" {
+				r.Problems = append(r.Problems, problem)
+			}
+		}
+	}
+	faultDrivers := b.FaultDrivers
+	if len(faultDrivers) == 0 && len(drivers) > 0 {
+		faultDrivers = drivers[:1]
+	}
+	if len(b.Faults) == 0 {
+		faultDrivers = nil
+	}
+	for _, d := range faultDrivers {
+		for _, f := range b.Faults {
+			r.Faults = append(r.Faults, faultCell(d, f, checks, sections, booted))
 		}
 	}
 	if !r.Passed() {
@@ -182,6 +287,130 @@ func Evaluate(b Boot, drivers, checks []string) KernelReport {
 		}
 	}
 	return r
+}
+
+// falcoDecision decides for a Falco FalcoBefore3286 sensor from a kernel's facts.
+func falcoDecision(f v1alpha1.ProbeFacts) (selection.Decision, error) {
+	issues, err := knownissues.Default()
+	if err != nil {
+		return selection.Decision{}, err
+	}
+	return selection.Decide(selection.Input{
+		Facts:       f,
+		Policy:      v1alpha1.DriverPolicy{Preference: selection.DefaultPreference},
+		Sensor:      v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, FalcoVersion: FalcoBefore3286},
+		KnownIssues: issues,
+	})
+}
+
+// falco3286Problem reports a Falco decision where the falco#3286 rule fired on a kernel whose probe
+// found overlay types, or did not fire on one whose probe found none.
+func falco3286Problem(f v1alpha1.ProbeFacts, d selection.Decision) string {
+	fired := false
+	for _, r := range d.Reasons {
+		fired = fired || (r.Driver == v1alpha1.DriverModernEBPF && strings.Contains(r.Rule+" "+r.Message, "falco#3286"))
+	}
+	absent := f.BTF.OverlayTypes.Value == v1alpha1.OverlayTypesAbsent
+	switch {
+	case absent && (!fired || d.Driver == v1alpha1.DriverModernEBPF):
+		return fmt.Sprintf("Falco %s: overlay types are absent, yet falco#3286 did not keep modern_ebpf from first place (candidates %v)",
+			FalcoBefore3286, d.Candidates)
+	case !absent && fired:
+		return fmt.Sprintf("Falco %s: falco#3286 fired though the probe finds overlay types in %s", FalcoBefore3286, f.BTF.OverlayTypes.Value)
+	}
+	return ""
+}
+
+// decisionProblem reports a decision whose first driver is not one that passed on this kernel: the
+// selection engine would send nodes with this kernel to a driver that cannot see an upper-layer exec.
+func decisionProblem(d selection.Decision, tested, worked []string) string {
+	switch {
+	case d.Driver == "":
+		if len(worked) > 0 {
+			return fmt.Sprintf("the selection engine finds no driver, but %s passed", strings.Join(worked, ","))
+		}
+	case !slicesContains(tested, string(d.Driver)):
+		return fmt.Sprintf("the selection engine ranks %s first, which the matrix does not run", d.Driver)
+	case !slicesContains(worked, string(d.Driver)):
+		return fmt.Sprintf("the selection engine ranks %s first (candidates %v), but it did not pass here: fix the rules (internal/selection, config/knownissues)",
+			d.Driver, d.Candidates)
+	}
+	return ""
+}
+
+func slicesContains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// faultCell judges one run with an injected fault: it must fail, and for the fault's reason.
+func faultCell(driver, fault string, checks []string, sections map[string]Section, booted bool) FaultCell {
+	fc := FaultCell{Driver: driver, Fault: fault}
+	s, ok := sections[FaultSection(fault, driver)]
+	switch {
+	case !ok && !booted:
+		fc.Result, fc.Detail = "NoBoot", "the guest never ran the self-test"
+		return fc
+	case !ok:
+		fc.Result, fc.Detail = "NoResult", "no self-test output on the console"
+		return fc
+	case s.Err != nil:
+		fc.Result, fc.Detail = "Corrupt", s.Err.Error()
+		return fc
+	}
+	var st v1alpha1.SelfTestStatus
+	if err := json.Unmarshal(s.Body, &st); err != nil {
+		fc.Result, fc.Detail = "BadOutput", fmt.Sprintf("exit %d, output is not SelfTestStatus JSON (%v)", s.RC, err)
+		return fc
+	}
+	if st.Result == v1alpha1.SelfTestPassed || s.RC == 0 {
+		fc.Result, fc.Detail = "FalsePass", fmt.Sprintf("the self-test passed (result %s, exit %d) with the fault injected", st.Result, s.RC)
+		return fc
+	}
+	// What the fault must do to each requested check, and what must still pass.
+	mustFail := map[string]string{}
+	switch fault {
+	case "all-lower":
+		mustFail["ExeUpperLayer"], mustFail["ExeCopyUp"] = "lower layer", "lower layer"
+	case "drop-events":
+		for _, c := range checks {
+			mustFail[c] = "no event"
+		}
+	default:
+		fc.Result, fc.Detail = "Inconclusive", "unknown fault "+fault
+		return fc
+	}
+	var missing []string
+	for _, name := range checks {
+		want, must := mustFail[name]
+		var cr *v1alpha1.CheckResult
+		for i := range st.Checks {
+			if string(st.Checks[i].Name) == name {
+				cr = &st.Checks[i]
+			}
+		}
+		switch {
+		case cr == nil:
+			missing = append(missing, name+" not run")
+		case must && cr.Result == v1alpha1.SelfTestFailed && strings.HasPrefix(cr.Observed, want):
+			fc.Failed = append(fc.Failed, name)
+		case must:
+			missing = append(missing, fmt.Sprintf("%s %s (observed %q, want a failure observing %q)", name, cr.Result, cr.Observed, want))
+		case cr.Result != v1alpha1.SelfTestPassed:
+			missing = append(missing, fmt.Sprintf("%s %s though the fault does not touch it", name, cr.Result))
+		}
+	}
+	if len(missing) > 0 || len(fc.Failed) == 0 {
+		fc.Result = "Inconclusive"
+		fc.Detail = joinNonEmpty(": ", "the self-test failed, but not (only) for the fault: "+strings.Join(missing, "; "), st.Reason)
+		return fc
+	}
+	fc.Result, fc.Pass = "Caught", true
+	return fc
 }
 
 // agreementRE finds the method agreement in a check's message, e.g. "method CORE (Agree)".
@@ -291,51 +520,127 @@ func prefixIf(prefix, s string) string {
 	return prefix + s
 }
 
-// WriteTable prints the timing table, the matrix and the failures, and returns whether all passed.
+// WriteTable prints the boot table, the probe-and-decision table, the check matrix, the fault
+// table and the failures, and returns whether all passed.
 func WriteTable(w io.Writer, reports []KernelReport) bool {
 	all := len(reports) > 0
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KERNEL\tRELEASE\tOVERLAY BTF\tBOOT\tSELFTESTS\tWALL\tVERDICT")
+	fmt.Fprintln(tw, "KERNEL\tRELEASE\tARCH\tBOOT\tSELFTESTS\tWALL\tVERDICT")
 	for _, r := range reports {
-		release, btf, boot, run := "-", "-", "-", "-"
+		release, arch, boot, run := "-", "-", "-", "-"
 		if r.Info != nil {
-			release = r.Info.KernelRelease
-			btf = map[bool]string{true: "module", false: "absent"}[r.Info.OverlayModuleBTF]
+			release, arch = r.Info.KernelRelease, orDash(r.Info.Architecture)
 			boot = fmt.Sprintf("%.1fs", r.Info.UptimeAtInit)
+			if r.Info.Host {
+				boot = "host"
+			}
 		}
 		if r.Summary != nil {
 			var total float64
-			var parts []string
 			for _, run := range r.Summary.Runs {
 				total += run.Seconds
-				parts = append(parts, fmt.Sprintf("%s %.1fs", run.Driver, run.Seconds))
 			}
-			run = fmt.Sprintf("%.1fs (%s)", total, strings.Join(parts, ", "))
+			run = fmt.Sprintf("%.1fs (%d runs)", total, len(r.Summary.Runs))
 		}
 		verdict := "PASS"
 		if !r.Passed() {
 			verdict, all = "FAIL", false
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fs\t%s\n", r.Kernel, release, btf, boot, run, r.Wall.Seconds(), verdict)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.1fs\t%s\n", r.Kernel, release, arch, boot, run, r.Wall.Seconds(), verdict)
 	}
 	tw.Flush()
-	fmt.Fprintln(w)
+
+	fmt.Fprintln(w, "\nProbe facts and the selection engine's decision (Builtin sensor, default preference) vs what passed:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "KERNEL\tDRIVER\tCHECK\tRESULT\tMETHOD (CORE vs InodeOffset)")
+	fmt.Fprintf(tw, "KERNEL\tDISTRO\tVMLINUX BTF\tOVERLAY TYPES\tTP_BTF\tRAW_TP\tRINGBUF\tLOCKDOWN\tDECISION\tPASSED\tOK\tFALCO %s\n", FalcoBefore3286)
+	for _, r := range reports {
+		if r.Probe == nil {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s\t✗\t-\n", r.Kernel, orDash(strings.Join(r.Worked, ",")))
+			continue
+		}
+		f, d := r.Probe.Probe, r.Probe.Decision
+		ok := "✓"
+		if decisionProblem(d, driversOf(r.Cells), r.Worked) != "" {
+			ok = "✗"
+		}
+		falco := "-"
+		if r.Probe.Falco != nil {
+			falco = orDash(candidates(*r.Probe.Falco, ">"))
+			if falco3286Problem(f, *r.Probe.Falco) != "" {
+				falco += " ✗"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Kernel, orDash(strings.TrimSpace(f.Distro.ID+" "+f.Distro.VersionID)),
+			answer(f.BTF.Vmlinux), orDash(f.BTF.OverlayTypes.Value),
+			answer(f.EBPF.TPBTF), answer(f.EBPF.RawTracepoint), answer(f.EBPF.RingBuffer), orDash(f.Lockdown.Value),
+			orDash(candidates(d, ">")), orDash(strings.Join(r.Worked, ",")), ok, falco)
+	}
+	tw.Flush()
+
+	fmt.Fprintln(w, "\nChecks (✗ marks a failed cell), the method that decided the layer and whether CORE and InodeOffset agree:")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	var checks []string
 	for _, r := range reports {
 		for _, c := range r.Cells {
-			res := c.Result
-			if !c.Pass {
-				res += " ✗"
+			if !slicesContains(checks, c.Check) {
+				checks = append(checks, c.Check)
 			}
-			method := c.Method
-			if c.Agreement != "" {
-				method += " (" + c.Agreement + ")"
+		}
+	}
+	fmt.Fprintf(tw, "KERNEL\tDRIVER\t%s\tMETHOD\tAGREE\n", strings.Join(checks, "\t"))
+	for _, r := range reports {
+		for _, d := range driversOf(r.Cells) {
+			results := make([]string, len(checks))
+			var methods, agree []string
+			for i, name := range checks {
+				results[i] = "-"
+				for _, c := range r.Cells {
+					if c.Driver != d || c.Check != name {
+						continue
+					}
+					results[i] = c.Result
+					if !c.Pass {
+						results[i] += " ✗"
+					}
+					if c.Method != "-" && c.Method != "" && !slicesContains(methods, c.Method) {
+						methods = append(methods, c.Method)
+					}
+					if c.Agreement != "" && !slicesContains(agree, c.Agreement) {
+						agree = append(agree, c.Agreement)
+					}
+				}
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Kernel, c.Driver, c.Check, res, method)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Kernel, d, strings.Join(results, "\t"),
+				orDash(strings.Join(methods, ",")), orDash(strings.Join(agree, ",")))
 		}
 	}
 	tw.Flush()
+
+	faults := false
+	for _, r := range reports {
+		faults = faults || len(r.Faults) > 0
+	}
+	if faults {
+		fmt.Fprintln(w, "\nInjected sensor faults (each must fail the self-test because of the fault; FalsePass is the bug):")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "KERNEL\tDRIVER\tFAULT\tRESULT\tCHECKS THE FAULT FAILED")
+		falsePasses := 0
+		for _, r := range reports {
+			for _, f := range r.Faults {
+				res := f.Result
+				if !f.Pass {
+					res += " ✗"
+				}
+				if f.Result == "FalsePass" {
+					falsePasses++
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Kernel, f.Driver, f.Fault, res, orDash(strings.Join(f.Failed, ",")))
+			}
+		}
+		tw.Flush()
+		fmt.Fprintf(w, "false passes: %d\n", falsePasses)
+	}
+
 	for _, r := range reports {
 		if r.Passed() {
 			continue
@@ -361,6 +666,11 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 			driver, failure, _ := strings.Cut(key, "\x00")
 			fmt.Fprintf(w, "  - %s %s: %s\n", driver, strings.Join(checksByFailure[key], ","), failure)
 		}
+		for _, f := range r.Faults {
+			if !f.Pass {
+				fmt.Fprintf(w, "  - fault %s with %s: %s: %s\n", f.Fault, f.Driver, f.Result, f.Detail)
+			}
+		}
 		for _, d := range sortedKeys(r.Stderr) {
 			fmt.Fprintf(w, "  %s self-test stderr (last %d lines):\n", d, len(r.Stderr[d]))
 			for _, l := range r.Stderr[d] {
@@ -375,4 +685,73 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 		}
 	}
 	return all
+}
+
+// candidates joins a decision's candidates, best first.
+func candidates(d selection.Decision, sep string) string {
+	var out []string
+	for _, c := range d.Candidates {
+		out = append(out, string(c))
+	}
+	return strings.Join(out, sep)
+}
+
+// driversOf lists the drivers of cells in their order.
+func driversOf(cells []Cell) []string {
+	var out []string
+	for _, c := range cells {
+		if !slicesContains(out, c.Driver) {
+			out = append(out, c.Driver)
+		}
+	}
+	return out
+}
+
+func answer(b v1alpha1.BoolFact) string { return orDash(string(b.Answer)) }
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// WriteMarkdown prints the kernel table the README shows: one row per kernel with the probe's
+// overlay types, the decision, each driver's checks and method, and the faults.
+func WriteMarkdown(w io.Writer, reports []KernelReport) {
+	fmt.Fprintln(w, "| kernel | arch | overlay types | decision | passed | method (agreement) | faults | verdict |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range reports {
+		arch, types, decision := "-", "-", "-"
+		if r.Info != nil {
+			arch = orDash(r.Info.Architecture)
+		}
+		if r.Probe != nil {
+			types = orDash(r.Probe.Probe.BTF.OverlayTypes.Value)
+			decision = orDash(candidates(r.Probe.Decision, " > "))
+		}
+		var methods []string
+		for _, c := range r.Cells {
+			if c.Method == "-" || c.Method == "" {
+				continue
+			}
+			m := c.Method
+			if c.Agreement != "" {
+				m += " (" + c.Agreement + ")"
+			}
+			if !slicesContains(methods, m) {
+				methods = append(methods, m)
+			}
+		}
+		var faults []string
+		for _, f := range r.Faults {
+			faults = append(faults, f.Fault+": "+f.Result)
+		}
+		verdict := "pass"
+		if !r.Passed() {
+			verdict = "**FAIL**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Kernel, arch, types, decision,
+			orDash(strings.Join(r.Worked, ", ")), orDash(strings.Join(methods, ", ")), orDash(strings.Join(faults, ", ")), verdict)
+	}
 }

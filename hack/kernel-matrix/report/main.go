@@ -2,10 +2,14 @@
 // check × result × detection method, boot and run time per kernel, and for every failure the reason
 // and the end of the console. It exits 1 unless every cell on every kernel passed.
 //
-// Usage: report -drivers modern_ebpf,ebpf -checks ExeUpperLayer,... MANIFEST
+// Usage: report -drivers modern_ebpf,ebpf -checks ExeUpperLayer,... [-markdown FILE] MANIFEST
 //
-// MANIFEST has one boot a line, tab-separated: kernel, nonce, wall seconds, qemu exit code, log path
-// and optionally overlay-btf=true|false, whether the guest must have overlay's module BTF.
+// MANIFEST has one boot a line, tab-separated: kernel, nonce, wall seconds, qemu exit code, log path,
+// then optional key=value fields:
+//
+//	overlay-btf=true|false   whether the guest must have overlay's module BTF
+//	faults=all-lower,...     sensor faults the guest injected (each run must fail the self-test)
+//	fault-drivers=ebpf,...   the drivers the faults ran with (default: the first driver)
 package main
 
 import (
@@ -23,6 +27,7 @@ import (
 func main() {
 	drivers := flag.String("drivers", "modern_ebpf,ebpf", "drivers every kernel must pass, comma-separated")
 	checks := flag.String("checks", "ExeUpperLayer,ExeLowerLayer,ExeCopyUp,ExeFromMemfd", "checks every driver must pass, comma-separated")
+	markdown := flag.String("markdown", "", "also write the kernel table as Markdown to FILE (the README's table)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: report [-drivers LIST] [-checks LIST] MANIFEST")
@@ -37,11 +42,19 @@ func main() {
 	for _, b := range boots {
 		reports = append(reports, matrix.Evaluate(b, strings.Split(*drivers, ","), strings.Split(*checks, ",")))
 	}
+	if *markdown != "" {
+		var b strings.Builder
+		matrix.WriteMarkdown(&b, reports)
+		if err := os.WriteFile(*markdown, []byte(b.String()), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "report: %v\n", err)
+			os.Exit(2)
+		}
+	}
 	if !matrix.WriteTable(os.Stdout, reports) {
 		fmt.Println("\nkernel matrix: FAILED")
 		os.Exit(1)
 	}
-	fmt.Println("\nkernel matrix: every check passed on every kernel")
+	fmt.Println("\nkernel matrix: every check passed on every kernel, and every injected fault failed the self-test")
 }
 
 func readManifest(path string) ([]matrix.Boot, error) {
@@ -57,16 +70,32 @@ func readManifest(path string) ([]matrix.Boot, error) {
 			continue
 		}
 		fields := strings.Split(sc.Text(), "\t")
-		if len(fields) != 5 && len(fields) != 6 {
-			return nil, fmt.Errorf("%s:%d: want 5 or 6 tab-separated fields, got %d", path, n, len(fields))
+		if len(fields) < 5 {
+			return nil, fmt.Errorf("%s:%d: want at least 5 tab-separated fields, got %d", path, n, len(fields))
 		}
-		var overlayBTF *bool
-		if len(fields) == 6 && fields[5] != "" {
-			v, err := strconv.ParseBool(strings.TrimPrefix(fields[5], "overlay-btf="))
-			if err != nil {
-				return nil, fmt.Errorf("%s:%d: want overlay-btf=true|false, got %q", path, n, fields[5])
+		var (
+			overlayBTF           *bool
+			faults, faultDrivers []string
+		)
+		for _, opt := range fields[5:] {
+			if opt == "" {
+				continue
 			}
-			overlayBTF = &v
+			k, v, _ := strings.Cut(opt, "=")
+			switch k {
+			case "overlay-btf":
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return nil, fmt.Errorf("%s:%d: want overlay-btf=true|false, got %q", path, n, opt)
+				}
+				overlayBTF = &b
+			case "faults":
+				faults = splitList(v)
+			case "fault-drivers":
+				faultDrivers = splitList(v)
+			default:
+				return nil, fmt.Errorf("%s:%d: unknown field %q (known: overlay-btf, faults, fault-drivers)", path, n, opt)
+			}
 		}
 		wall, err := strconv.ParseFloat(fields[2], 64)
 		if err != nil {
@@ -82,7 +111,18 @@ func readManifest(path string) ([]matrix.Boot, error) {
 		}
 		boots = append(boots, matrix.Boot{
 			Kernel: fields[0], Nonce: fields[1], Wall: time.Duration(wall * float64(time.Second)), QemuRC: rc, Log: log, OverlayBTF: overlayBTF,
+			Faults: faults, FaultDrivers: faultDrivers,
 		})
 	}
 	return boots, sc.Err()
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
