@@ -140,6 +140,9 @@ func Up(ctx context.Context, cfg Config, images ...string) (c *Cluster, err erro
 	if _, err := os.Stat(filepath.Join(cfg.StateDir, "host.json")); err == nil {
 		return nil, fmt.Errorf("a cluster already runs here or was not torn down (%s exists): run `hack/cluster.sh down`", cfg.StateDir)
 	}
+	if _, err := os.Stat("/sys/class/net/" + hostLink); err == nil {
+		return nil, fmt.Errorf("another local cluster runs on this machine (link %s exists): stop it, or clean up after it with `hack/cluster.sh down`", hostLink)
+	}
 	c = &Cluster{cfg: cfg}
 	if err := os.MkdirAll(c.dir("logs"), 0o755); err != nil {
 		return nil, err
