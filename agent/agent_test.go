@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-logr/logr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/driverpilot/driverpilot/agent"
@@ -156,9 +157,16 @@ func TestUpgradeKeepsTheOldProof(t *testing.T) {
 	}
 	// The manager asks for re-verification under an edited profile (another sensor): the new
 	// agent answers attempt 4 itself, with a sensor built for the new spec.
-	got.Spec.Attempt = 4
-	got.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
-	if err := env.Client.Update(context.Background(), got); err != nil {
+	// The agent writes its status meanwhile (heartbeats, sensor health): retry on conflict, as
+	// the manager does.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ns), got); err != nil {
+			return err
+		}
+		got.Spec.Attempt = 4
+		got.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
+		return env.Client.Update(context.Background(), got)
+	}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "re-verified by the new agent", func() error {
