@@ -2,6 +2,7 @@ package fault
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,6 +31,7 @@ const (
 	label          = "driverpilot.io/fault-suite"
 	namespace      = "driverpilot-system"
 	profileName    = "fault"
+	markerName     = "fault-suite-marker"
 	// heartbeatTimeout is the manager's; the agents beat every second.
 	heartbeatTimeout = 10 * time.Second
 	selfTestDelay    = 1500 * time.Millisecond
@@ -83,6 +86,13 @@ func TestFaultsDuringRollout(t *testing.T) {
 		if err := cl.client.Create(ctx, newNode(names[i])); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Markers no profile selects: the suite writes them to know when the watcher has caught up.
+	if err := cl.client.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: markerName}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.client.Create(ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: markerName}, Spec: v1alpha1.NodeSensorSpec{Profile: markerName}}); err != nil {
+		t.Fatal(err)
 	}
 	s := &suite{t: t, ctx: ctx, cl: cl, touched: map[string]bool{}}
 	s.w = startWatcher(ctx, t, cl.config, label, maxUnavailable, grace)
@@ -168,6 +178,30 @@ func newNode(name string) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{label: "true"}}}
 }
 
+// syncWatcher writes the markers and waits until the watcher has seen both writes: after an API
+// outage its watches re-connect with a back-off, and a phase must not judge a stale view.
+func (s *suite) syncWatcher() {
+	s.t.Helper()
+	var nodeRV, sensorRV uint64
+	s.waitFor("markers written", recover, func() (bool, string) {
+		stamp := map[string]any{"metadata": map[string]any{"annotations": map[string]string{"fault-suite/stamp": time.Now().Format(time.RFC3339Nano)}}}
+		raw, _ := json.Marshal(stamp)
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: markerName}}
+		if err := s.cl.client.Patch(s.ctx, n, client.RawPatch(types.MergePatchType, raw)); err != nil {
+			return false, err.Error()
+		}
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: markerName}}
+		if err := s.cl.client.Patch(s.ctx, ns, client.RawPatch(types.MergePatchType, raw)); err != nil {
+			return false, err.Error()
+		}
+		nodeRV, sensorRV = rvOf(n.ResourceVersion), rvOf(ns.ResourceVersion)
+		return true, ""
+	})
+	s.waitFor("watcher caught up", recover, func() (bool, string) {
+		return s.w.caughtUp(nodeRV, sensorRV), fmt.Sprintf("waiting for node rv %d, sensor rv %d", nodeRV, sensorRV)
+	})
+}
+
 // waitFor polls cond until it holds; on timeout it fails the test (and goes on) and returns false.
 func (s *suite) waitFor(what string, limit time.Duration, cond func() (bool, string)) bool {
 	s.t.Helper()
@@ -187,6 +221,7 @@ func (s *suite) waitFor(what string, limit time.Duration, cond func() (bool, str
 // settle waits until the rollout made progress since a count of verified nodes (or is complete)
 // and every node in want is True again; it returns how long that took from since.
 func (s *suite) settle(what string, since time.Time, verifiedBefore int, want []string) string {
+	s.syncWatcher()
 	ok := s.waitFor(what, recover, func() (bool, string) {
 		st := s.w.snapshot()
 		var missing []string
@@ -238,6 +273,7 @@ func (s *suite) record(fault, did, reconverge string, broken ...string) {
 func (s *suite) managerKilled() {
 	const name = "manager SIGKILL + restart"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	at := time.Now()
 	s.mgr.kill()
@@ -254,6 +290,7 @@ func (s *suite) managerKilled() {
 func (s *suite) apiServerRestarted() {
 	const name = "API server restart"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	at := time.Now()
 	s.w.beginBrownout() // an API outage is a brownout for the heartbeats, too
@@ -283,6 +320,7 @@ func (s *suite) apiServerRestarted() {
 func (s *suite) nodeDeleted() {
 	const name = "Node deleted (then re-registered)"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	victim, was := s.untouched(before.verifyingNodes), "verifying"
 	if victim == "" {
@@ -341,6 +379,7 @@ func without(list []string, x string) []string {
 func (s *suite) nodeSensorDeleted() {
 	const name = "NodeSensor deleted"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	victim := s.untouched(before.verifiedNodes)
 	old := s.w.sensor(victim)
@@ -370,6 +409,7 @@ func (s *suite) verifyingAgentsSilent() {
 		st := s.w.snapshot()
 		return len(st.verifyingNodes) > 0 || len(st.notConverged) == 0, "none verifying"
 	})
+	s.syncWatcher()
 	before := s.w.snapshot()
 	var silent []string
 	for _, n := range before.verifyingNodes {
@@ -395,6 +435,7 @@ func (s *suite) verifyingAgentsSilent() {
 func (s *suite) brownout() {
 	const name = "brownout: every agent silent"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	silence := heartbeatTimeout + 4*time.Second
 	at := time.Now()
@@ -521,6 +562,7 @@ func (s *suite) hostileStatuses() {
 		st := s.w.snapshot()
 		return st.verified >= len(hs)+8, fmt.Sprintf("%d verified", st.verified)
 	})
+	s.syncWatcher()
 	before := s.w.snapshot()
 	var victims []string
 	for range hs {

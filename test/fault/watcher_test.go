@@ -76,6 +76,9 @@ type watcher struct {
 	flagged      map[string]bool
 	pending      []pendingTrue
 	starts       []pendingStart
+	maxRV        uint64
+	maxNodeRV    uint64
+	maxSensorRV  uint64
 	log          map[string][]transition
 	inFlight     int
 	verifying    []string
@@ -111,19 +114,20 @@ func startWatcher(ctx context.Context, t *testing.T, cfg *rest.Config, label str
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(obj client.Object, handler func(any, bool)) {
+	add := func(obj client.Object, handler func(o any, deleted, tombstone bool)) {
 		inf, err := ca.GetInformer(ctx, obj)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { handler(o, false) },
-			UpdateFunc: func(_, o any) { handler(o, false) },
+			AddFunc:    func(o any) { handler(o, false, false) },
+			UpdateFunc: func(_, o any) { handler(o, false, false) },
 			DeleteFunc: func(o any) {
-				if d, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+				d, tombstone := o.(toolscache.DeletedFinalStateUnknown)
+				if tombstone {
 					o = d.Obj
 				}
-				handler(o, true)
+				handler(o, true, tombstone)
 			},
 		}); err != nil {
 			t.Fatal(err)
@@ -155,6 +159,15 @@ func finishOf(st *v1alpha1.SelfTestStatus) time.Time {
 		return time.Time{}
 	}
 	return st.FinishTime.Time
+}
+
+// seen parses a resourceVersion and remembers the highest one seen.
+func (w *watcher) seen(rv string) uint64 {
+	v := rvOf(rv)
+	if v > w.maxRV {
+		w.maxRV = v
+	}
+	return v
 }
 
 func rvOf(s string) uint64 { v, _ := strconv.ParseUint(s, 10, 64); return v }
@@ -223,14 +236,19 @@ func (w *watcher) phaseOf(node string) string {
 // setNodePhase tags the violations of one node with a fault of its own ("" ends it).
 func (w *watcher) setNodePhase(node, p string) { w.mu.Lock(); w.nodePhase[node] = p; w.mu.Unlock() }
 
-func (w *watcher) onSensor(o any, deleted bool) {
+func (w *watcher) onSensor(o any, deleted, tombstone bool) {
 	ns, ok := o.(*v1alpha1.NodeSensor)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	name, rv := ns.Name, rvOf(ns.ResourceVersion)
+	name, rv := ns.Name, w.seen(ns.ResourceVersion)
+	w.maxSensorRV = max(w.maxSensorRV, rv)
+	if tombstone {
+		// Deleted while the watch was down: the re-list says only that it is gone by now.
+		rv = w.maxRV
+	}
 	old := w.sensors[name]
 	if deleted {
 		delete(w.sensors, name)
@@ -303,13 +321,14 @@ func (w *watcher) countInFlight() {
 	}
 }
 
-func (w *watcher) onNode(o any, deleted bool) {
+func (w *watcher) onNode(o any, deleted, _ bool) {
 	node, ok := o.(*corev1.Node)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.maxNodeRV = max(w.maxNodeRV, w.seen(node.ResourceVersion))
 	name := node.Name
 	old := w.nodes[name]
 	if deleted {
@@ -355,7 +374,8 @@ func (w *watcher) onNode(o any, deleted bool) {
 func (w *watcher) at(node string, rv uint64) *nsVersion {
 	var v *nsVersion
 	for i := range w.history[node] {
-		if h := &w.history[node][i]; h.rv < rv && (v == nil || h.rv > v.rv) {
+		// On a tie the later entry wins: a deletion recorded with the last known version.
+		if h := &w.history[node][i]; h.rv < rv && (v == nil || h.rv >= v.rv) {
 			v = h
 		}
 	}
@@ -472,6 +492,13 @@ func orNone(d v1alpha1.Driver) string {
 		return "none"
 	}
 	return string(d)
+}
+
+// caughtUp reports whether both watches delivered at least these resourceVersions.
+func (w *watcher) caughtUp(nodeRV, sensorRV uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.maxNodeRV >= nodeRV && w.maxSensorRV >= sensorRV
 }
 
 // setPhase tags the violations found from now on with a fault's name.
