@@ -100,6 +100,7 @@ func TestFaultsDuringRollout(t *testing.T) {
 	_, agentCfg := cl.kubeconfig(t, "driverpilot-fault-agents")
 	fleet, err := simagent.Start(ctx, agentCfg, scheme.New(), names, simagent.Options{
 		SelfTestDelay: selfTestDelay, Heartbeat: time.Second, Workers: 8, AgentVersion: version.Version,
+		OnWrite: s.w.observeWrite,
 		Verdict: func(node string, _ v1alpha1.NodeSensorSpec, honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
 			if f, ok := s.verdict.LoadAndDelete(node); ok {
 				return f.(func(*v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus)(honest)
@@ -609,6 +610,8 @@ func (s *suite) hostileStatuses() {
 		ns.Status.HeartbeatTime = &now
 		if err := s.fleet.Client().Status().Patch(s.ctx, ns, client.MergeFrom(base)); err != nil {
 			outcomes[i].refused = err
+		} else {
+			s.w.observeWrite(ns.DeepCopy())
 		}
 	}
 	time.Sleep(grace + 5*time.Second)

@@ -275,9 +275,30 @@ func (w *watcher) onSensor(o any, deleted, tombstone bool) {
 	if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
 		w.reported[ns.UID] = st.Attempt
 	}
+	w.record(name, ns)
+	w.countInFlight()
+	if started {
+		w.starts = append(w.starts, pendingStart{node: name, phase: w.phaseOf(name), rv: rv, seen: time.Now()})
+	}
+	w.checkTrue(name)
+}
+
+// record adds a NodeSensor version to the node's history (once per resourceVersion) and notes
+// the attempts it proves.
+func (w *watcher) record(name string, ns *v1alpha1.NodeSensor) {
+	rv := rvOf(ns.ResourceVersion)
+	for _, h := range w.history[name] {
+		if h.rv == rv {
+			return
+		}
+	}
+	st := ns.Status.SelfTest
+	if st != nil && st.Attempt > w.reported[ns.UID] {
+		w.reported[ns.UID] = st.Attempt
+	}
 	err := w.proofError(ns)
 	var finish time.Time
-	if st := ns.Status.SelfTest; st != nil {
+	if st != nil {
 		if err == nil && st.Attempt == ns.Spec.Attempt {
 			if w.proven[ns.UID] == nil {
 				w.proven[ns.UID] = map[int32]string{}
@@ -286,18 +307,20 @@ func (w *watcher) onSensor(o any, deleted, tombstone bool) {
 		}
 		finish = finishOf(st)
 	}
-	st := ns.Status.SelfTest
 	verifying := ns.Spec.Driver != "" && (st == nil || st.Attempt < ns.Spec.Attempt)
 	h := append(w.history[name], nsVersion{rv: rv, proof: err, finish: finish, driver: ns.Spec.Driver, verifying: verifying})
-	if len(h) > 64 {
-		h = h[len(h)-64:]
+	if len(h) > 96 {
+		h = h[len(h)-96:]
 	}
 	w.history[name] = h
-	w.countInFlight()
-	if started {
-		w.starts = append(w.starts, pendingStart{node: name, phase: w.phaseOf(name), rv: rv, seen: time.Now()})
-	}
-	w.checkTrue(name)
+}
+
+// observeWrite records a NodeSensor as an agent's (or the suite's) write left it: into the
+// history only, which judges by resourceVersion; what the node looks like now stays the watch's.
+func (w *watcher) observeWrite(ns *v1alpha1.NodeSensor) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.record(ns.Name, ns)
 }
 
 // countInFlight counts the selected nodes verifying: a driver assigned, no verdict for that
@@ -385,9 +408,10 @@ func (w *watcher) at(node string, rv uint64) *nsVersion {
 // judgeStarts checks each attempt the manager started a few seconds ago against the nodes
 // verifying at that resourceVersion. A start is voluntary when the node was waiting (no driver)
 // or proven (a re-verification); a fallback after a failed or disproven verdict is not, the node
-// being unavailable already. Judging by resourceVersion, not by arrival, keeps a watch that
-// re-lists after an API outage (objects in name order) from inventing overlaps; a re-list can
-// hide a real overlap, never add one.
+// being unavailable already. It judges by resourceVersion, not by arrival: a watch that re-lists
+// after an API outage delivers objects in name order and skips versions. The history also holds
+// every version an agent wrote (observeWrite), so no verdict is missed; a skipped manager write
+// can only hide an overlap, not invent one.
 func (w *watcher) judgeStarts() {
 	keep := w.starts[:0]
 	for _, p := range w.starts {
