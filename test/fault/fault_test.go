@@ -143,6 +143,17 @@ func TestFaultsDuringRollout(t *testing.T) {
 		return st.verified >= 4, fmt.Sprintf("%d verified", st.verified)
 	})
 
+	// The table and the broken invariants are reported even when a fault stops the run early.
+	defer func() {
+		s.printTable(time.Since(start))
+		for _, v := range s.w.allViolations() {
+			t.Errorf("invariant %q broken during %q at t+%.1fs: %s", v.kind, v.phase, v.at.Seconds(), v.msg)
+		}
+		if t.Failed() {
+			s.logStories()
+			t.Logf("manager log (end):\n%s", s.mgr.tail(4000))
+		}
+	}()
 	s.managerKilled()
 	s.apiServerRestarted()
 	s.nodeDeleted()
@@ -151,15 +162,6 @@ func TestFaultsDuringRollout(t *testing.T) {
 	s.brownout()
 	s.hostileStatuses()
 	s.final(profile, t0)
-
-	s.printTable(time.Since(start))
-	for _, v := range s.w.allViolations() {
-		t.Errorf("invariant %q broken during %q at t+%.1fs: %s", v.kind, v.phase, v.at.Seconds(), v.msg)
-	}
-	if t.Failed() {
-		s.logStories()
-		t.Logf("manager log (end):\n%s", s.mgr.tail(4000))
-	}
 }
 
 // logStories logs, for every node an invariant names, what happened to it from the start.
