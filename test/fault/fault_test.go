@@ -43,7 +43,10 @@ const (
 )
 
 // row is one line of the fault table.
-type row struct{ fault, did, invariants, reconverge string }
+type row struct {
+	fault, did, reconverge string
+	broken                 []string // what failed beyond the watched invariants
+}
 
 // suite is the running world: control plane, manager process, simulated agents, watcher.
 type suite struct {
@@ -252,25 +255,31 @@ func short(list []string) string {
 
 // record adds a table row with the invariant results of the phase.
 func (s *suite) record(fault, did, reconverge string, broken ...string) {
-	vs := s.w.violationsIn(fault)
-	inv := "ok"
-	if len(vs) > 0 || len(broken) > 0 {
-		kinds := map[string]int{}
-		var order []string
-		for _, v := range vs {
-			if kinds[v.kind] == 0 {
-				order = append(order, v.kind)
-			}
-			kinds[v.kind]++
-		}
-		var parts []string
-		for _, k := range order {
-			parts = append(parts, fmt.Sprintf("%s ×%d", k, kinds[k]))
-		}
-		inv = "BROKEN: " + strings.Join(append(parts, broken...), ", ")
+	r := row{fault: fault, did: did, reconverge: reconverge, broken: broken}
+	s.rows = append(s.rows, r)
+	s.t.Logf("fault %q: %s | invariants so far %s | reconverged %s", fault, did, s.invariants(r), reconverge)
+}
+
+// invariants sums up a row's broken invariants; called again for the table, as a start is
+// judged a few seconds after it happened.
+func (s *suite) invariants(r row) string {
+	vs := s.w.violationsIn(r.fault)
+	if len(vs) == 0 && len(r.broken) == 0 {
+		return "ok"
 	}
-	s.rows = append(s.rows, row{fault: fault, did: did, invariants: inv, reconverge: reconverge})
-	s.t.Logf("fault %q: %s | invariants %s | reconverged %s", fault, did, inv, reconverge)
+	kinds := map[string]int{}
+	var order []string
+	for _, v := range vs {
+		if kinds[v.kind] == 0 {
+			order = append(order, v.kind)
+		}
+		kinds[v.kind]++
+	}
+	var parts []string
+	for _, k := range order {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, kinds[k]))
+	}
+	return "BROKEN: " + strings.Join(append(parts, r.broken...), ", ")
 }
 
 func (s *suite) managerKilled() {
@@ -762,11 +771,12 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 }
 
 func (s *suite) printTable(total time.Duration) {
+	time.Sleep(4 * time.Second) // the last starts are judged
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nFault suite: %d simulated nodes, maxUnavailable %d, %.0fs in all\n\n", nodeCount, maxUnavailable, total.Seconds())
 	fmt.Fprintf(&b, "| fault | what the loop did | invariants | time to reconverge |\n|---|---|---|---|\n")
 	for _, r := range s.rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.fault, strings.ReplaceAll(r.did, "|", "/"), r.invariants, r.reconverge)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.fault, strings.ReplaceAll(r.did, "|", "/"), s.invariants(r), r.reconverge)
 	}
 	s.t.Log(b.String())
 }
