@@ -515,9 +515,16 @@ type hostile struct {
 	name string
 	// status changes the node's status; facts, when set, replace the probe (it re-probes).
 	status func(ns *v1alpha1.NodeSensor)
-	// failNext makes the agent's next verdict Failed after it re-probed with facts.
-	facts    func(bootID string) *v1alpha1.ProbeFacts
-	failNext bool
+	facts  func(bootID string) *v1alpha1.ProbeFacts
+	// fail, with facts, turns the agent's next verdict (after it re-probed) into a failure.
+	fail func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus
+}
+
+// timedOut is the verdict of a self-test whose upper-layer event never came.
+func timedOut(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
+	honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "CheckTimedOut", "ExeUpperLayer: no event within 10s"
+	honest.Checks[0].Result = v1alpha1.SelfTestFailed
+	return honest
 }
 
 func hostiles() []hostile {
@@ -558,10 +565,22 @@ func hostiles() []hostile {
 			st.Checks[0].Result, st.Checks[0].Message = v1alpha1.SelfTestFailed, strings.Repeat("c", 512<<10)
 			ns.Status.SelfTest = st
 		}},
-		{name: "kernelRelease of 321 chars, then a failed self-test", failNext: true, facts: func(bootID string) *v1alpha1.ProbeFacts {
+		{name: "kernelRelease of 321 chars, then a failed self-test", fail: timedOut, facts: func(bootID string) *v1alpha1.ProbeFacts {
 			f := simagent.TypicalFacts(bootID)
 			f.Kernel.Release.Value = longRelease
 			return f
+		}},
+		{name: "every string at its schema bound, then a failed self-test", facts: func(bootID string) *v1alpha1.ProbeFacts {
+			f := simagent.TypicalFacts(bootID)
+			f.Kernel.Release.Value = "6.1.0-28-cloud-amd64-" + strings.Repeat("r", 256-21)
+			f.Distro.PrettyName = strings.Repeat("p", 256)
+			f.Lockdown.Error = strings.Repeat("e", 1024)
+			return f
+		}, fail: func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
+			honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "Check"+strings.Repeat("Failed", 20)+"Now", strings.Repeat("m", 4096)
+			honest.Checks[0].Result, honest.Checks[0].Observed = v1alpha1.SelfTestFailed, strings.Repeat("o", 1024)
+			honest.Checks[0].Message = strings.Repeat("c", 1024)
+			return honest
 		}},
 	}
 }
@@ -599,17 +618,12 @@ func (s *suite) hostileStatuses() {
 			ns := s.w.sensor(node)
 			base := ns.DeepCopy()
 			ns.Status.Probe = h.facts(ns.Status.Probe.Kernel.BootID.Value)
+			ns.Status.SelfTest = h.fail(simagent.Honest(ns.Spec, ns.Status.Probe.Kernel.BootID.Value, version.Version, time.Now()))
 			if err := s.fleet.Client().Status().Patch(s.ctx, ns, client.MergeFrom(base), client.DryRunAll); err != nil {
 				outcomes[i].refused = err
 				continue
 			}
-			if h.failNext {
-				s.verdict.Store(node, func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
-					honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "CheckTimedOut", "ExeUpperLayer: no event within 10s"
-					honest.Checks[0].Result = v1alpha1.SelfTestFailed
-					return honest
-				})
-			}
+			s.verdict.Store(node, h.fail)
 			s.fleet.SetFacts(node, h.facts)
 			s.fleet.Restart(node)
 			continue
