@@ -664,7 +664,11 @@ func (s *suite) hostileStatuses() {
 				waiting = append(waiting, victims[i]+": "+why)
 				continue
 			}
+			// Converged: since it last turned True (the wait starts after the hold), or now.
 			converged[i] = time.Now()
+			if t := s.w.lastSince(victims[i], outcomes[i].at, "True/Verified"); !t.IsZero() {
+				converged[i] = t
+			}
 		}
 		return len(waiting) == 0, short(waiting)
 	})

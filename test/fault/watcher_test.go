@@ -670,6 +670,19 @@ func (w *watcher) tell(name string, since time.Time, full bool) string {
 	return strings.Join(parts, " → ")
 }
 
+// lastSince returns when a node's log last said what since a moment (zero: never).
+func (w *watcher) lastSince(name string, since time.Time, what string) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var at time.Time
+	for _, tr := range w.log[name] {
+		if tr.what == what && !tr.at.Before(since) {
+			at = tr.at
+		}
+	}
+	return at
+}
+
 // taintedSince counts the nodes tainted since a moment.
 func (w *watcher) taintedSince(since time.Time) int {
 	w.mu.Lock()
