@@ -45,6 +45,9 @@ type Options struct {
 	Verdict func(node string, spec v1alpha1.NodeSensorSpec, honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus
 	// OnSensor, when set, sees every NodeSensor the informer delivers (for observers).
 	OnSensor func(*v1alpha1.NodeSensor)
+	// OnWrite, when set, sees every NodeSensor as an agent's write left it (with its new
+	// resourceVersion): an observer whose watch re-lists misses versions, the writer never does.
+	OnWrite func(*v1alpha1.NodeSensor)
 }
 
 // Fleet is a running set of simulated agents.
@@ -325,6 +328,9 @@ func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	if err := f.c.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		f.writeErrors.Add(1)
 		return err
+	}
+	if f.o.OnWrite != nil {
+		f.o.OnWrite(ns.DeepCopy())
 	}
 	return nil
 }

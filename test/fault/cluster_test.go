@@ -36,6 +36,8 @@ func startCluster(t *testing.T, root string) *cluster {
 	e := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(root, "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+		// kube-apiserver takes 5 to 20s to start on two busy cores; envtest's default is 20s.
+		ControlPlaneStartTimeout: time.Minute,
 	}
 	e.ControlPlane.APIServer = &envtest.APIServer{CertDir: t.TempDir()}
 	cfg, err := e.Start()

@@ -2,6 +2,7 @@ package fault
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -29,6 +31,7 @@ const (
 	label          = "driverpilot.io/fault-suite"
 	namespace      = "driverpilot-system"
 	profileName    = "fault"
+	markerName     = "fault-suite-marker"
 	// heartbeatTimeout is the manager's; the agents beat every second.
 	heartbeatTimeout = 10 * time.Second
 	selfTestDelay    = 1500 * time.Millisecond
@@ -40,7 +43,10 @@ const (
 )
 
 // row is one line of the fault table.
-type row struct{ fault, did, invariants, reconverge string }
+type row struct {
+	fault, did, reconverge string
+	broken                 []string // what failed beyond the watched invariants
+}
 
 // suite is the running world: control plane, manager process, simulated agents, watcher.
 type suite struct {
@@ -84,12 +90,20 @@ func TestFaultsDuringRollout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Markers no profile selects: the suite writes them to know when the watcher has caught up.
+	if err := cl.client.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: markerName}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.client.Create(ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: markerName}, Spec: v1alpha1.NodeSensorSpec{Profile: markerName}}); err != nil {
+		t.Fatal(err)
+	}
 	s := &suite{t: t, ctx: ctx, cl: cl, touched: map[string]bool{}}
 	s.w = startWatcher(ctx, t, cl.config, label, maxUnavailable, grace)
 
 	_, agentCfg := cl.kubeconfig(t, "driverpilot-fault-agents")
 	fleet, err := simagent.Start(ctx, agentCfg, scheme.New(), names, simagent.Options{
 		SelfTestDelay: selfTestDelay, Heartbeat: time.Second, Workers: 8, AgentVersion: version.Version,
+		OnWrite: s.w.observeWrite,
 		Verdict: func(node string, _ v1alpha1.NodeSensorSpec, honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
 			if f, ok := s.verdict.LoadAndDelete(node); ok {
 				return f.(func(*v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus)(honest)
@@ -132,6 +146,17 @@ func TestFaultsDuringRollout(t *testing.T) {
 		return st.verified >= 4, fmt.Sprintf("%d verified", st.verified)
 	})
 
+	// The table and the broken invariants are reported even when a fault stops the run early.
+	defer func() {
+		s.printTable(time.Since(start))
+		for _, v := range s.w.allViolations() {
+			t.Errorf("invariant %q broken during %q at t+%.1fs: %s", v.kind, v.phase, v.at.Seconds(), v.msg)
+		}
+		if t.Failed() {
+			s.logStories()
+			t.Logf("manager log (end):\n%s", s.mgr.tail(4000))
+		}
+	}()
 	s.managerKilled()
 	s.apiServerRestarted()
 	s.nodeDeleted()
@@ -140,15 +165,6 @@ func TestFaultsDuringRollout(t *testing.T) {
 	s.brownout()
 	s.hostileStatuses()
 	s.final(profile, t0)
-
-	s.printTable(time.Since(start))
-	for _, v := range s.w.allViolations() {
-		t.Errorf("invariant %q broken during %q at t+%.1fs: %s", v.kind, v.phase, v.at.Seconds(), v.msg)
-	}
-	if t.Failed() {
-		s.logStories()
-		t.Logf("manager log (end):\n%s", s.mgr.tail(4000))
-	}
 }
 
 // logStories logs, for every node an invariant names, what happened to it from the start.
@@ -166,6 +182,30 @@ func (s *suite) logStories() {
 
 func newNode(name string) *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{label: "true"}}}
+}
+
+// syncWatcher writes the markers and waits until the watcher has seen both writes: after an API
+// outage its watches re-connect with a back-off, and a phase must not judge a stale view.
+func (s *suite) syncWatcher() {
+	s.t.Helper()
+	var nodeRV, sensorRV uint64
+	s.waitFor("markers written", recover, func() (bool, string) {
+		stamp := map[string]any{"metadata": map[string]any{"annotations": map[string]string{"fault-suite/stamp": time.Now().Format(time.RFC3339Nano)}}}
+		raw, _ := json.Marshal(stamp)
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: markerName}}
+		if err := s.cl.client.Patch(s.ctx, n, client.RawPatch(types.MergePatchType, raw)); err != nil {
+			return false, err.Error()
+		}
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: markerName}}
+		if err := s.cl.client.Patch(s.ctx, ns, client.RawPatch(types.MergePatchType, raw)); err != nil {
+			return false, err.Error()
+		}
+		nodeRV, sensorRV = rvOf(n.ResourceVersion), rvOf(ns.ResourceVersion)
+		return true, ""
+	})
+	s.waitFor("watcher caught up", recover, func() (bool, string) {
+		return s.w.caughtUp(nodeRV, sensorRV), fmt.Sprintf("waiting for node rv %d, sensor rv %d", nodeRV, sensorRV)
+	})
 }
 
 // waitFor polls cond until it holds; on timeout it fails the test (and goes on) and returns false.
@@ -187,6 +227,7 @@ func (s *suite) waitFor(what string, limit time.Duration, cond func() (bool, str
 // settle waits until the rollout made progress since a count of verified nodes (or is complete)
 // and every node in want is True again; it returns how long that took from since.
 func (s *suite) settle(what string, since time.Time, verifiedBefore int, want []string) string {
+	s.syncWatcher()
 	ok := s.waitFor(what, recover, func() (bool, string) {
 		st := s.w.snapshot()
 		var missing []string
@@ -214,30 +255,37 @@ func short(list []string) string {
 
 // record adds a table row with the invariant results of the phase.
 func (s *suite) record(fault, did, reconverge string, broken ...string) {
-	vs := s.w.violationsIn(fault)
-	inv := "ok"
-	if len(vs) > 0 || len(broken) > 0 {
-		kinds := map[string]int{}
-		var order []string
-		for _, v := range vs {
-			if kinds[v.kind] == 0 {
-				order = append(order, v.kind)
-			}
-			kinds[v.kind]++
-		}
-		var parts []string
-		for _, k := range order {
-			parts = append(parts, fmt.Sprintf("%s ×%d", k, kinds[k]))
-		}
-		inv = "BROKEN: " + strings.Join(append(parts, broken...), ", ")
+	r := row{fault: fault, did: did, reconverge: reconverge, broken: broken}
+	s.rows = append(s.rows, r)
+	s.t.Logf("fault %q: %s | invariants so far %s | reconverged %s", fault, did, s.invariants(r), reconverge)
+}
+
+// invariants sums up a row's broken invariants; called again for the table, as a start is
+// judged a few seconds after it happened.
+func (s *suite) invariants(r row) string {
+	vs := s.w.violationsIn(r.fault)
+	if len(vs) == 0 && len(r.broken) == 0 {
+		return "ok"
 	}
-	s.rows = append(s.rows, row{fault: fault, did: did, invariants: inv, reconverge: reconverge})
-	s.t.Logf("fault %q: %s | invariants %s | reconverged %s", fault, did, inv, reconverge)
+	kinds := map[string]int{}
+	var order []string
+	for _, v := range vs {
+		if kinds[v.kind] == 0 {
+			order = append(order, v.kind)
+		}
+		kinds[v.kind]++
+	}
+	var parts []string
+	for _, k := range order {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, kinds[k]))
+	}
+	return "BROKEN: " + strings.Join(append(parts, r.broken...), ", ")
 }
 
 func (s *suite) managerKilled() {
 	const name = "manager SIGKILL + restart"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	at := time.Now()
 	s.mgr.kill()
@@ -254,6 +302,7 @@ func (s *suite) managerKilled() {
 func (s *suite) apiServerRestarted() {
 	const name = "API server restart"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	at := time.Now()
 	s.w.beginBrownout() // an API outage is a brownout for the heartbeats, too
@@ -283,6 +332,7 @@ func (s *suite) apiServerRestarted() {
 func (s *suite) nodeDeleted() {
 	const name = "Node deleted (then re-registered)"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	victim, was := s.untouched(before.verifyingNodes), "verifying"
 	if victim == "" {
@@ -341,6 +391,7 @@ func without(list []string, x string) []string {
 func (s *suite) nodeSensorDeleted() {
 	const name = "NodeSensor deleted"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	victim := s.untouched(before.verifiedNodes)
 	old := s.w.sensor(victim)
@@ -370,6 +421,7 @@ func (s *suite) verifyingAgentsSilent() {
 		st := s.w.snapshot()
 		return len(st.verifyingNodes) > 0 || len(st.notConverged) == 0, "none verifying"
 	})
+	s.syncWatcher()
 	before := s.w.snapshot()
 	var silent []string
 	for _, n := range before.verifyingNodes {
@@ -395,6 +447,7 @@ func (s *suite) verifyingAgentsSilent() {
 func (s *suite) brownout() {
 	const name = "brownout: every agent silent"
 	s.w.setPhase(name)
+	s.syncWatcher()
 	before := s.w.snapshot()
 	silence := heartbeatTimeout + 4*time.Second
 	at := time.Now()
@@ -462,9 +515,16 @@ type hostile struct {
 	name string
 	// status changes the node's status; facts, when set, replace the probe (it re-probes).
 	status func(ns *v1alpha1.NodeSensor)
-	// failNext makes the agent's next verdict Failed after it re-probed with facts.
-	facts    func(bootID string) *v1alpha1.ProbeFacts
-	failNext bool
+	facts  func(bootID string) *v1alpha1.ProbeFacts
+	// fail, with facts, turns the agent's next verdict (after it re-probed) into a failure.
+	fail func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus
+}
+
+// timedOut is the verdict of a self-test whose upper-layer event never came.
+func timedOut(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
+	honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "CheckTimedOut", "ExeUpperLayer: no event within 10s"
+	honest.Checks[0].Result = v1alpha1.SelfTestFailed
+	return honest
 }
 
 func hostiles() []hostile {
@@ -505,10 +565,22 @@ func hostiles() []hostile {
 			st.Checks[0].Result, st.Checks[0].Message = v1alpha1.SelfTestFailed, strings.Repeat("c", 512<<10)
 			ns.Status.SelfTest = st
 		}},
-		{name: "kernelRelease of 321 chars, then a failed self-test", failNext: true, facts: func(bootID string) *v1alpha1.ProbeFacts {
+		{name: "kernelRelease of 321 chars, then a failed self-test", fail: timedOut, facts: func(bootID string) *v1alpha1.ProbeFacts {
 			f := simagent.TypicalFacts(bootID)
 			f.Kernel.Release.Value = longRelease
 			return f
+		}},
+		{name: "every string at its schema bound, then a failed self-test", facts: func(bootID string) *v1alpha1.ProbeFacts {
+			f := simagent.TypicalFacts(bootID)
+			f.Kernel.Release.Value = "6.1.0-28-cloud-amd64-" + strings.Repeat("r", 256-21)
+			f.Distro.PrettyName = strings.Repeat("p", 256)
+			f.Lockdown.Error = strings.Repeat("e", 1024)
+			return f
+		}, fail: func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
+			honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "Check"+strings.Repeat("Failed", 20)+"Now", strings.Repeat("m", 4096)
+			honest.Checks[0].Result, honest.Checks[0].Observed = v1alpha1.SelfTestFailed, strings.Repeat("o", 1024)
+			honest.Checks[0].Message = strings.Repeat("c", 1024)
+			return honest
 		}},
 	}
 }
@@ -521,6 +593,7 @@ func (s *suite) hostileStatuses() {
 		st := s.w.snapshot()
 		return st.verified >= len(hs)+8, fmt.Sprintf("%d verified", st.verified)
 	})
+	s.syncWatcher()
 	before := s.w.snapshot()
 	var victims []string
 	for range hs {
@@ -545,17 +618,12 @@ func (s *suite) hostileStatuses() {
 			ns := s.w.sensor(node)
 			base := ns.DeepCopy()
 			ns.Status.Probe = h.facts(ns.Status.Probe.Kernel.BootID.Value)
+			ns.Status.SelfTest = h.fail(simagent.Honest(ns.Spec, ns.Status.Probe.Kernel.BootID.Value, version.Version, time.Now()))
 			if err := s.fleet.Client().Status().Patch(s.ctx, ns, client.MergeFrom(base), client.DryRunAll); err != nil {
 				outcomes[i].refused = err
 				continue
 			}
-			if h.failNext {
-				s.verdict.Store(node, func(honest *v1alpha1.SelfTestStatus) *v1alpha1.SelfTestStatus {
-					honest.Result, honest.Reason, honest.Message = v1alpha1.SelfTestFailed, "CheckTimedOut", "ExeUpperLayer: no event within 10s"
-					honest.Checks[0].Result = v1alpha1.SelfTestFailed
-					return honest
-				})
-			}
+			s.verdict.Store(node, h.fail)
 			s.fleet.SetFacts(node, h.facts)
 			s.fleet.Restart(node)
 			continue
@@ -567,6 +635,8 @@ func (s *suite) hostileStatuses() {
 		ns.Status.HeartbeatTime = &now
 		if err := s.fleet.Client().Status().Patch(s.ctx, ns, client.MergeFrom(base)); err != nil {
 			outcomes[i].refused = err
+		} else {
+			s.w.observeWrite(ns.DeepCopy())
 		}
 	}
 	time.Sleep(grace + 5*time.Second)
@@ -594,7 +664,11 @@ func (s *suite) hostileStatuses() {
 				waiting = append(waiting, victims[i]+": "+why)
 				continue
 			}
+			// Converged: since it last turned True (the wait starts after the hold), or now.
 			converged[i] = time.Now()
+			if t := s.w.lastSince(victims[i], outcomes[i].at, "True/Verified"); !t.IsZero() {
+				converged[i] = t
+			}
 		}
 		return len(waiting) == 0, short(waiting)
 	})
@@ -715,11 +789,12 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 }
 
 func (s *suite) printTable(total time.Duration) {
+	time.Sleep(4 * time.Second) // the last starts are judged
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nFault suite: %d simulated nodes, maxUnavailable %d, %.0fs in all\n\n", nodeCount, maxUnavailable, total.Seconds())
 	fmt.Fprintf(&b, "| fault | what the loop did | invariants | time to reconverge |\n|---|---|---|---|\n")
 	for _, r := range s.rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.fault, strings.ReplaceAll(r.did, "|", "/"), r.invariants, r.reconverge)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", r.fault, strings.ReplaceAll(r.did, "|", "/"), s.invariants(r), r.reconverge)
 	}
 	s.t.Log(b.String())
 }

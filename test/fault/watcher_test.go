@@ -76,6 +76,9 @@ type watcher struct {
 	flagged      map[string]bool
 	pending      []pendingTrue
 	starts       []pendingStart
+	maxRV        uint64
+	maxNodeRV    uint64
+	maxSensorRV  uint64
 	log          map[string][]transition
 	inFlight     int
 	verifying    []string
@@ -111,19 +114,20 @@ func startWatcher(ctx context.Context, t *testing.T, cfg *rest.Config, label str
 	if err != nil {
 		t.Fatal(err)
 	}
-	add := func(obj client.Object, handler func(any, bool)) {
+	add := func(obj client.Object, handler func(o any, deleted, tombstone bool)) {
 		inf, err := ca.GetInformer(ctx, obj)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(o any) { handler(o, false) },
-			UpdateFunc: func(_, o any) { handler(o, false) },
+			AddFunc:    func(o any) { handler(o, false, false) },
+			UpdateFunc: func(_, o any) { handler(o, false, false) },
 			DeleteFunc: func(o any) {
-				if d, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+				d, tombstone := o.(toolscache.DeletedFinalStateUnknown)
+				if tombstone {
 					o = d.Obj
 				}
-				handler(o, true)
+				handler(o, true, tombstone)
 			},
 		}); err != nil {
 			t.Fatal(err)
@@ -155,6 +159,15 @@ func finishOf(st *v1alpha1.SelfTestStatus) time.Time {
 		return time.Time{}
 	}
 	return st.FinishTime.Time
+}
+
+// seen parses a resourceVersion and remembers the highest one seen.
+func (w *watcher) seen(rv string) uint64 {
+	v := rvOf(rv)
+	if v > w.maxRV {
+		w.maxRV = v
+	}
+	return v
 }
 
 func rvOf(s string) uint64 { v, _ := strconv.ParseUint(s, 10, 64); return v }
@@ -223,14 +236,19 @@ func (w *watcher) phaseOf(node string) string {
 // setNodePhase tags the violations of one node with a fault of its own ("" ends it).
 func (w *watcher) setNodePhase(node, p string) { w.mu.Lock(); w.nodePhase[node] = p; w.mu.Unlock() }
 
-func (w *watcher) onSensor(o any, deleted bool) {
+func (w *watcher) onSensor(o any, deleted, tombstone bool) {
 	ns, ok := o.(*v1alpha1.NodeSensor)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	name, rv := ns.Name, rvOf(ns.ResourceVersion)
+	name, rv := ns.Name, w.seen(ns.ResourceVersion)
+	w.maxSensorRV = max(w.maxSensorRV, rv)
+	if tombstone {
+		// Deleted while the watch was down: the re-list says only that it is gone by now.
+		rv = w.maxRV
+	}
 	old := w.sensors[name]
 	if deleted {
 		delete(w.sensors, name)
@@ -257,9 +275,30 @@ func (w *watcher) onSensor(o any, deleted bool) {
 	if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
 		w.reported[ns.UID] = st.Attempt
 	}
+	w.record(name, ns)
+	w.countInFlight()
+	if started {
+		w.starts = append(w.starts, pendingStart{node: name, phase: w.phaseOf(name), rv: rv, seen: time.Now()})
+	}
+	w.checkTrue(name)
+}
+
+// record adds a NodeSensor version to the node's history (once per resourceVersion) and notes
+// the attempts it proves.
+func (w *watcher) record(name string, ns *v1alpha1.NodeSensor) {
+	rv := rvOf(ns.ResourceVersion)
+	for _, h := range w.history[name] {
+		if h.rv == rv {
+			return
+		}
+	}
+	st := ns.Status.SelfTest
+	if st != nil && st.Attempt > w.reported[ns.UID] {
+		w.reported[ns.UID] = st.Attempt
+	}
 	err := w.proofError(ns)
 	var finish time.Time
-	if st := ns.Status.SelfTest; st != nil {
+	if st != nil {
 		if err == nil && st.Attempt == ns.Spec.Attempt {
 			if w.proven[ns.UID] == nil {
 				w.proven[ns.UID] = map[int32]string{}
@@ -268,18 +307,20 @@ func (w *watcher) onSensor(o any, deleted bool) {
 		}
 		finish = finishOf(st)
 	}
-	st := ns.Status.SelfTest
 	verifying := ns.Spec.Driver != "" && (st == nil || st.Attempt < ns.Spec.Attempt)
 	h := append(w.history[name], nsVersion{rv: rv, proof: err, finish: finish, driver: ns.Spec.Driver, verifying: verifying})
-	if len(h) > 64 {
-		h = h[len(h)-64:]
+	if len(h) > 96 {
+		h = h[len(h)-96:]
 	}
 	w.history[name] = h
-	w.countInFlight()
-	if started {
-		w.starts = append(w.starts, pendingStart{node: name, phase: w.phaseOf(name), rv: rv, seen: time.Now()})
-	}
-	w.checkTrue(name)
+}
+
+// observeWrite records a NodeSensor as an agent's (or the suite's) write left it: into the
+// history only, which judges by resourceVersion; what the node looks like now stays the watch's.
+func (w *watcher) observeWrite(ns *v1alpha1.NodeSensor) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.record(ns.Name, ns)
 }
 
 // countInFlight counts the selected nodes verifying: a driver assigned, no verdict for that
@@ -303,13 +344,14 @@ func (w *watcher) countInFlight() {
 	}
 }
 
-func (w *watcher) onNode(o any, deleted bool) {
+func (w *watcher) onNode(o any, deleted, _ bool) {
 	node, ok := o.(*corev1.Node)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.maxNodeRV = max(w.maxNodeRV, w.seen(node.ResourceVersion))
 	name := node.Name
 	old := w.nodes[name]
 	if deleted {
@@ -355,7 +397,8 @@ func (w *watcher) onNode(o any, deleted bool) {
 func (w *watcher) at(node string, rv uint64) *nsVersion {
 	var v *nsVersion
 	for i := range w.history[node] {
-		if h := &w.history[node][i]; h.rv < rv && (v == nil || h.rv > v.rv) {
+		// On a tie the later entry wins: a deletion recorded with the last known version.
+		if h := &w.history[node][i]; h.rv < rv && (v == nil || h.rv >= v.rv) {
 			v = h
 		}
 	}
@@ -365,9 +408,10 @@ func (w *watcher) at(node string, rv uint64) *nsVersion {
 // judgeStarts checks each attempt the manager started a few seconds ago against the nodes
 // verifying at that resourceVersion. A start is voluntary when the node was waiting (no driver)
 // or proven (a re-verification); a fallback after a failed or disproven verdict is not, the node
-// being unavailable already. Judging by resourceVersion, not by arrival, keeps a watch that
-// re-lists after an API outage (objects in name order) from inventing overlaps; a re-list can
-// hide a real overlap, never add one.
+// being unavailable already. It judges by resourceVersion, not by arrival: a watch that re-lists
+// after an API outage delivers objects in name order and skips versions. The history also holds
+// every version an agent wrote (observeWrite), so no verdict is missed; a skipped manager write
+// can only hide an overlap, not invent one.
 func (w *watcher) judgeStarts() {
 	keep := w.starts[:0]
 	for _, p := range w.starts {
@@ -472,6 +516,13 @@ func orNone(d v1alpha1.Driver) string {
 		return "none"
 	}
 	return string(d)
+}
+
+// caughtUp reports whether both watches delivered at least these resourceVersions.
+func (w *watcher) caughtUp(nodeRV, sensorRV uint64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.maxNodeRV >= nodeRV && w.maxSensorRV >= sensorRV
 }
 
 // setPhase tags the violations found from now on with a fault's name.
@@ -617,6 +668,19 @@ func (w *watcher) tell(name string, since time.Time, full bool) string {
 		parts = append(parts[:11], fmt.Sprintf("... %d more, last %s", len(parts)-11, parts[len(parts)-1]))
 	}
 	return strings.Join(parts, " → ")
+}
+
+// lastSince returns when a node's log last said what since a moment (zero: never).
+func (w *watcher) lastSince(name string, since time.Time, what string) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var at time.Time
+	for _, tr := range w.log[name] {
+		if tr.what == what && !tr.at.Before(since) {
+			at = tr.at
+		}
+	}
+	return at
 }
 
 // taintedSince counts the nodes tainted since a moment.
