@@ -1,0 +1,255 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/controllers"
+)
+
+const templateHashAnnotation = "security.driverpilot.io/template-hash"
+
+// podSim plays what envtest lacks for one profile's agent DaemonSet: the DaemonSet controller
+// (a pod per node from the DaemonSet's current template, created once the node has none) and
+// the kubelet (a deleted pod's agent stops at once, the pod goes after a grace period, and the
+// new pod's agent starts after a startup delay and tests again, running the template's sensor).
+// It records every deletion the manager makes.
+type podSim struct {
+	mu sync.Mutex
+	// deleted lists the nodes whose pod was deleted, in order.
+	deleted []string
+	// log says what happened, for failure messages.
+	log []string
+}
+
+func (s *podSim) deletions() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.deleted...)
+}
+
+func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgent) *podSim {
+	t.Helper()
+	sim := &podSim{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		seen := map[string]bool{} // pods whose deletion was recorded
+		started := map[string]bool{}
+		for ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			ds := &appsv1.DaemonSet{}
+			if err := env.Client.Get(ctx, client.ObjectKey{Namespace: agentNamespace, Name: "driverpilot-agent-" + profile}, ds); err != nil {
+				continue
+			}
+			var pods corev1.PodList
+			if err := env.Client.List(ctx, &pods, client.InNamespace(agentNamespace), client.MatchingLabels{controllers.ProfileLabel: profile}); err != nil {
+				continue
+			}
+			has := map[string]bool{}
+			for i := range pods.Items {
+				pod := &pods.Items[i]
+				has[pod.Spec.NodeName] = true
+				if pod.DeletionTimestamp == nil || seen[pod.Name+string(pod.UID)] {
+					continue
+				}
+				seen[pod.Name+string(pod.UID)] = true
+				node := pod.Spec.NodeName
+				sim.mu.Lock()
+				sim.deleted = append(sim.deleted, node)
+				sim.log = append(sim.log, fmt.Sprintf("%s deleted %s", time.Now().Format("15:04:05.000"), node))
+				sim.mu.Unlock()
+				if a := agents[node]; a != nil {
+					a.stop() // SIGTERM
+				}
+				go func() {
+					time.Sleep(300 * time.Millisecond) // the grace period
+					_ = env.Client.Delete(context.Background(), pod, client.GracePeriodSeconds(0))
+				}()
+			}
+			for node, a := range agents {
+				if has[node] {
+					continue
+				}
+				kind := v1alpha1.SensorBuiltin
+				for _, c := range ds.Spec.Template.Spec.Containers {
+					if c.Name == "falco" {
+						kind = v1alpha1.SensorFalco
+					}
+				}
+				pod := &corev1.Pod{
+					ObjectMeta: metav1.ObjectMeta{
+						GenerateName: ds.Name + "-", Namespace: agentNamespace,
+						Labels: ds.Spec.Template.Labels, Annotations: ds.Spec.Template.Annotations,
+					},
+					Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "agent", Image: "driverpilot:test"}}},
+				}
+				if err := env.Client.Create(ctx, pod); err != nil {
+					continue
+				}
+				if !started[node] {
+					started[node] = true // the first pod: its agent runs already
+					continue
+				}
+				go func() {
+					time.Sleep(500 * time.Millisecond) // scheduling, image, container start, probe
+					a.restart(kind)
+				}()
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		var pods corev1.PodList
+		_ = env.Client.List(context.Background(), &pods, client.InNamespace(agentNamespace), client.MatchingLabels{controllers.ProfileLabel: profile})
+		for i := range pods.Items {
+			_ = env.Client.Delete(context.Background(), &pods.Items[i], client.GracePeriodSeconds(0))
+		}
+	})
+	return sim
+}
+
+// TestSensorChangeReplacesAgentPodsPaced (issue 11, item 1): the manager, not the DaemonSet,
+// replaces agent pods. A change that leaves the pod template alone deletes no pod. Builtin to
+// Falco: the pod of a node that is not protected is replaced at once; proven nodes' pods are
+// replaced canary first and never more than maxUnavailable at once (a node counts from its pod's
+// deletion until it is verified by the new sensor), and proven nodes stay True meanwhile.
+func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
+	proven := []string{"pods-a", "pods-b", "pods-c"}
+	nodes := append(append([]string(nil), proven...), "pods-x")
+	createNodes(t, "pods", nodes...)
+	p := profileFor("pods", "pods")
+	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromInt32(1))
+	p.Spec.Rollout.Canary = &v1alpha1.CanarySpec{Count: ptr.To[int32](1)} // pods-a
+	agents := startAgents(t, 200*time.Millisecond, always(v1alpha1.SelfTestPassed), proven...)
+	for n, a := range startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestFailed), "pods-x") {
+		agents[n] = a
+	}
+	for _, a := range agents {
+		a.restart(v1alpha1.SensorBuiltin)
+	}
+	sim := simulateDaemonSet(t, "pods", agents)
+	createProfile(t, p)
+	for _, n := range proven {
+		eventually(t, 30*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
+	}
+	eventually(t, 30*time.Second, "pods-x has no supported driver", conditionIs(t, "pods-x", corev1.ConditionFalse, controllers.ReasonNoSupportedDriver))
+	ds := &appsv1.DaemonSet{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: agentNamespace, Name: "driverpilot-agent-pods"}, ds); err != nil {
+		t.Fatal(err)
+	}
+	if ds.Spec.UpdateStrategy.Type != appsv1.OnDeleteDaemonSetStrategyType {
+		t.Errorf("agent DaemonSet update strategy %s: the DaemonSet would replace pods at its own pace", ds.Spec.UpdateStrategy.Type)
+	}
+	if ds.Spec.Template.Annotations[templateHashAnnotation] == "" {
+		t.Errorf("the pod template does not say which template it is")
+	}
+
+	// A change that leaves the pod template alone costs no pod.
+	editProfile(t, "pods", func(p *v1alpha1.SecurityProfile) {
+		p.Spec.SelfTest.Interval = &metav1.Duration{Duration: 12 * time.Hour}
+	})
+	time.Sleep(1500 * time.Millisecond)
+	if d := sim.deletions(); len(d) > 0 {
+		t.Fatalf("a change that leaves the pod template alone deleted agent pods on %v", d)
+	}
+
+	lost, stopReady := watchReady(t, proven)
+	var mu sync.Mutex
+	var violations []string
+	maxReplacing := 0
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		replacing := map[string]bool{}
+		for ctx.Err() == nil {
+			s := snapshot(ctx, proven)
+			byFalco := func(n string) bool { return provenBySensor(s[n], v1alpha1.SensorFalco) }
+			if len(s) != len(proven) {
+				continue
+			}
+			for _, n := range sim.deletions() {
+				if n != "pods-x" {
+					replacing[n] = true
+				}
+			}
+			mu.Lock()
+			if replacing["pods-b"] || replacing["pods-c"] {
+				if !byFalco("pods-a") {
+					violations = append(violations, "a pod was replaced before the canary pods-a was verified by the new sensor")
+				}
+			}
+			count := 0
+			for n := range replacing {
+				if !byFalco(n) {
+					count++
+				}
+			}
+			maxReplacing = max(maxReplacing, count)
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	editProfile(t, "pods", func(p *v1alpha1.SecurityProfile) {
+		p.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
+	})
+	eventually(t, 5*time.Second, "the pod of the node that is not protected replaced at once", func() error {
+		if d := sim.deletions(); len(d) == 0 || d[0] != "pods-x" {
+			return fmt.Errorf("deletions %v", d)
+		}
+		return nil
+	})
+	eventually(t, 60*time.Second, "every proven node verified by Falco in a new pod", func() error {
+		for _, n := range proven {
+			ns, err := getSensor(n)
+			if err != nil {
+				return err
+			}
+			if !provenBySensor(ns, v1alpha1.SensorFalco) {
+				return fmt.Errorf("%s: sensor %s, attempt %d, verdict %+v; pods deleted on %v", n, ns.Spec.Sensor.Kind, ns.Spec.Attempt, ns.Status.SelfTest, sim.deletions())
+			}
+		}
+		return nil
+	})
+	cancel()
+	<-sampled
+	stopReady()
+	if msg := lost.Load().(string); msg != "" {
+		t.Errorf("a proven node left RuntimeSecurityReady=True while its agent pod was replaced: %s", msg)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(violations) > 0 {
+		t.Errorf("%s (deletions %v)", violations[0], sim.deletions())
+	}
+	if maxReplacing > 1 {
+		t.Errorf("%d proven nodes had their agent pod replaced at once, maxUnavailable is 1 (%v)", maxReplacing, sim.log)
+	}
+	d := sim.deletions()
+	if fmt.Sprint(d) != "[pods-x pods-a pods-b pods-c]" {
+		t.Errorf("pods deleted on %v, want [pods-x pods-a pods-b pods-c] (each once, the canary first)", d)
+	}
+	for _, n := range nodes {
+		ns, _ := getSensor(n)
+		if n != "pods-x" && (len(ns.Spec.FailedAttempts) > 0 || ns.Spec.Driver != v1alpha1.DriverModernEBPF) {
+			t.Errorf("%s: the pod replacement was recorded against the driver: driver %s, failed %+v", n, ns.Spec.Driver, ns.Spec.FailedAttempts)
+		}
+		if err := findEvent("NodeSensor", n, controllers.ReasonAgentReplaced, "outdated pod template"); err != nil {
+			t.Error(err)
+		}
+	}
+}
