@@ -173,7 +173,8 @@ const (
 
 // ReplaceAtOnce reports whether a node's outdated agent pod is replaced without waiting for the
 // rollout: the node is not protected now (nothing proven to keep), so a new pod costs it
-// nothing, and an old pod may not even be able to test the new sensor.
+// nothing, and an old pod may not even be able to test the new sensor. (rollout.Decide leaves
+// silent nodes alone in a brownout.)
 func ReplaceAtOnce(p Phase, a AgentPod) bool { return a == AgentOutdated && !p.Proven() }
 
 // AwaitsReplacement reports whether a proven node waits for the rollout to replace its outdated

@@ -65,11 +65,14 @@ func Decide(in Input) Plan {
 	canariesProven, canariesCurrent := true, true
 	var waitingCanaries, queuedOthers, reverifyOthers, failedCanaries, silentCanaries []string
 	replaceFirst := map[string]bool{}
+	_, brownout := nodestate.Brownout(in.Nodes)
 	for _, n := range in.Nodes {
 		if n.Phase.InFlight() || n.Stalled || nodestate.Replacing(n.Phase, n.Agent) {
 			p.InFlight++
 		}
-		if nodestate.ReplaceAtOnce(n.Phase, n.Agent) {
+		if nodestate.ReplaceAtOnce(n.Phase, n.Agent) && !(brownout && n.Phase == nodestate.HeartbeatExpired) {
+			// (In a brownout the silent agents most likely work: the cause is the control plane
+			// or the network. Restarting them all at once would re-test every node unpaced.)
 			p.Replace = append(p.Replace, n.Name)
 		}
 		if n.Agent == nodestate.AgentReplaced && (n.Phase == nodestate.Verified || n.Phase == nodestate.Outdated || n.Phase == nodestate.Reverify) {
