@@ -32,12 +32,20 @@ type podSim struct {
 	deleted []string
 	// log says what happened, for failure messages.
 	log []string
+	// version, when set, is the agent version a new pod runs (an operator upgrade).
+	version string
 }
 
 func (s *podSim) deletions() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]string(nil), s.deleted...)
+}
+
+func (s *podSim) logs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.log...)
 }
 
 func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgent) *podSim {
@@ -104,8 +112,14 @@ func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgen
 					started[node] = true // the first pod: its agent runs already
 					continue
 				}
+				sim.mu.Lock()
+				version := sim.version
+				sim.mu.Unlock()
 				go func() {
 					time.Sleep(500 * time.Millisecond) // scheduling, image, container start, probe
+					if version != "" {
+						a.upgrade(version)
+					}
 					a.restart(kind)
 				}()
 			}
@@ -121,6 +135,71 @@ func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgen
 		}
 	})
 	return sim
+}
+
+// replacingWatch samples, while a template change rolls, how many of the nodes had their agent
+// pod deleted and are not yet verified again (done), and whether any pod but the canary's went
+// before the canary was verified again.
+type replacingWatch struct {
+	sim        *podSim
+	stop       func()
+	mu         sync.Mutex
+	max        int
+	violations []string
+}
+
+func watchReplacing(t *testing.T, sim *podSim, canary string, nodes []string, done func(*v1alpha1.NodeSensor) bool) *replacingWatch {
+	w := &replacingWatch{sim: sim}
+	ctx, cancel := context.WithCancel(context.Background())
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+			s := snapshot(ctx, nodes)
+			if len(s) != len(nodes) {
+				continue
+			}
+			count := 0
+			for _, n := range sim.deletions() {
+				if s[n] == nil {
+					continue // not one of these nodes
+				}
+				if n != canary && !done(s[canary]) {
+					w.mu.Lock()
+					w.violations = append(w.violations, n+"'s pod was replaced before the canary "+canary+" was verified again")
+					w.mu.Unlock()
+				}
+				if !done(s[n]) {
+					count++
+				}
+			}
+			w.mu.Lock()
+			w.max = max(w.max, count)
+			w.mu.Unlock()
+		}
+	}()
+	var once sync.Once
+	w.stop = func() { once.Do(func() { cancel(); <-sampled }) }
+	t.Cleanup(w.stop)
+	return w
+}
+
+// check stops the watch and fails the test on a violation or more than maxUnavailable at once.
+func (w *replacingWatch) check(t *testing.T, maxUnavailable int) {
+	t.Helper()
+	w.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.violations) > 0 {
+		t.Errorf("%s (deletions %v)", w.violations[0], w.sim.deletions())
+	}
+	if w.max > maxUnavailable {
+		t.Errorf("%d nodes had their agent pod replaced at once, maxUnavailable is %d (%v)", w.max, maxUnavailable, w.sim.logs())
+	}
+	if w.max == 0 {
+		t.Errorf("never saw a pod being replaced: the sampler is broken")
+	}
 }
 
 // TestSensorChangeReplacesAgentPodsPaced (issue 11, item 1): the manager, not the DaemonSet,
@@ -169,42 +248,7 @@ func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
 	}
 
 	lost, stopReady := watchReady(t, proven)
-	var mu sync.Mutex
-	var violations []string
-	maxReplacing := 0
-	ctx, cancel := context.WithCancel(context.Background())
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		replacing := map[string]bool{}
-		for ctx.Err() == nil {
-			s := snapshot(ctx, proven)
-			byFalco := func(n string) bool { return provenBySensor(s[n], v1alpha1.SensorFalco) }
-			if len(s) != len(proven) {
-				continue
-			}
-			for _, n := range sim.deletions() {
-				if n != "pods-x" {
-					replacing[n] = true
-				}
-			}
-			mu.Lock()
-			if replacing["pods-b"] || replacing["pods-c"] {
-				if !byFalco("pods-a") {
-					violations = append(violations, "a pod was replaced before the canary pods-a was verified by the new sensor")
-				}
-			}
-			count := 0
-			for n := range replacing {
-				if !byFalco(n) {
-					count++
-				}
-			}
-			maxReplacing = max(maxReplacing, count)
-			mu.Unlock()
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	replacing := watchReplacing(t, sim, "pods-a", proven, func(ns *v1alpha1.NodeSensor) bool { return provenBySensor(ns, v1alpha1.SensorFalco) })
 	editProfile(t, "pods", func(p *v1alpha1.SecurityProfile) {
 		p.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
 	})
@@ -227,20 +271,11 @@ func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
 		}
 		return nil
 	})
-	cancel()
-	<-sampled
 	stopReady()
 	if msg := lost.Load().(string); msg != "" {
 		t.Errorf("a proven node left RuntimeSecurityReady=True while its agent pod was replaced: %s", msg)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(violations) > 0 {
-		t.Errorf("%s (deletions %v)", violations[0], sim.deletions())
-	}
-	if maxReplacing > 1 {
-		t.Errorf("%d proven nodes had their agent pod replaced at once, maxUnavailable is 1 (%v)", maxReplacing, sim.log)
-	}
+	replacing.check(t, 1)
 	d := sim.deletions()
 	if len(d) != 4 || fmt.Sprint(d[2:]) != "[pods-b pods-c]" || !slices.Contains(d[:2], "pods-a") || !slices.Contains(d[:2], "pods-x") {
 		t.Errorf("pods deleted on %v, want pods-x and the canary pods-a, then pods-b and pods-c (each once)", d)
@@ -252,6 +287,84 @@ func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
 		}
 		if err := findEvent("NodeSensor", n, controllers.ReasonAgentReplaced, "outdated pod template"); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// TestAgentUpgradeReplacesPodsPaced (issue 11, item 1): an operator upgrade changes the agent
+// pod template. The nodes proven by the old agent keep it until the rollout replaces their pod,
+// canary first and one at a time; each is then re-verified once by the new agent, and stays True.
+func TestAgentUpgradeReplacesPodsPaced(t *testing.T) {
+	nodes := []string{"podup-a", "podup-b", "podup-c"}
+	createNodes(t, "podup", nodes...)
+	p := profileFor("podup", "podup")
+	p.Spec.Rollout.MaxUnavailable = ptr.To(intstr.FromInt32(1))
+	p.Spec.Rollout.Canary = &v1alpha1.CanarySpec{Count: ptr.To[int32](1)} // podup-a
+	agents := startAgents(t, 200*time.Millisecond, always(v1alpha1.SelfTestPassed), nodes...)
+	for _, a := range agents {
+		a.upgrade("0.1.0")
+	}
+	sim := simulateDaemonSet(t, "podup", agents)
+	createProfile(t, p)
+	for _, n := range nodes {
+		eventually(t, 30*time.Second, n+" verified by the old agent", conditionIs(t, n, corev1.ConditionTrue, controllers.ReasonVerified))
+	}
+	time.Sleep(500 * time.Millisecond)
+	if d := sim.deletions(); len(d) > 0 {
+		t.Fatalf("pods of the current template were replaced: %v", d)
+	}
+	before := attemptsOf(t, nodes)
+
+	lost, stopReady := watchReady(t, nodes)
+	maxInFlight, stopInFlight := watchInFlight(t, nodes)
+	replacing := watchReplacing(t, sim, "podup-a", nodes, func(ns *v1alpha1.NodeSensor) bool {
+		st := ns.Status.SelfTest
+		return st != nil && st.AgentVersion == agentVersion && st.Attempt == ns.Spec.Attempt && st.Result == v1alpha1.SelfTestPassed
+	})
+	sim.mu.Lock()
+	sim.version = agentVersion
+	sim.mu.Unlock()
+	// The old manager's pods: another template (here: none recorded).
+	var pods corev1.PodList
+	if err := env.Client.List(context.Background(), &pods, client.InNamespace(agentNamespace), client.MatchingLabels{controllers.ProfileLabel: "podup"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		base := pod.DeepCopy()
+		delete(pod.Annotations, templateHashAnnotation)
+		if err := env.Client.Patch(context.Background(), pod, client.MergeFrom(base)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 60*time.Second, "every node re-verified by the new agent", func() error {
+		for _, n := range nodes {
+			ns, err := getSensor(n)
+			if err != nil {
+				return err
+			}
+			st := ns.Status.SelfTest
+			if st == nil || st.AgentVersion != agentVersion || st.Attempt != ns.Spec.Attempt || st.Result != v1alpha1.SelfTestPassed {
+				return fmt.Errorf("%s: attempt %d, verdict %+v; pods deleted on %v", n, ns.Spec.Attempt, st, sim.deletions())
+			}
+		}
+		return nil
+	})
+	stopInFlight()
+	stopReady()
+	if msg := lost.Load().(string); msg != "" {
+		t.Errorf("a node left RuntimeSecurityReady=True during the upgrade: %s", msg)
+	}
+	if got := maxInFlight.Load(); got > 1 {
+		t.Errorf("%d nodes re-verified at once, maxUnavailable is 1", got)
+	}
+	replacing.check(t, 1)
+	if d := sim.deletions(); fmt.Sprint(d) != "[podup-a podup-b podup-c]" {
+		t.Errorf("pods deleted on %v, want each once, the canary podup-a first (%v)", d, sim.logs())
+	}
+	for n, a := range attemptsOf(t, nodes) {
+		if a != before[n]+1 {
+			t.Errorf("%s: attempt %d after the upgrade, want %d (one re-verification)", n, a, before[n]+1)
 		}
 	}
 }
