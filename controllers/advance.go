@@ -63,6 +63,11 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		errs = append(errs, err)
 		r.nodeFailed(&p, profile, ns, err)
 	}
+	pods, err := r.readAgentPods(ctx, profile, sensors)
+	if err != nil {
+		// Without the pods, no pod is replaced this pass; the nodes move on otherwise.
+		errs = append(errs, err)
+	}
 	decisions := map[string]selection.Decision{}
 	reprove := map[string]string{}
 	for _, name := range names {
@@ -105,6 +110,15 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			case nodestate.ProvedByOlderAgent(ns, r.AgentVersion):
 				// A canary proven by the old agent does not open the upgrade to the others.
 				phase = nodestate.Outdated
+				if pods.state[name] != nodestate.AgentCurrent {
+					// The rollout replaces the old agent's pod; its new attempt follows.
+					d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+					if err != nil {
+						fail(ns, err)
+						break
+					}
+					decisions[name], reprove[name] = d, "proven by agent "+ns.Status.SelfTest.AgentVersion+" in a pod of an older template"
+				}
 			default:
 				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
 				if err != nil {
@@ -115,6 +129,12 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 					// The proof answers an older spec: it stands until the rollout re-verifies.
 					decisions[name], reprove[name] = d, why
 					phase = nodestate.Reverify
+					break
+				}
+				if pods.state[name] != nodestate.AgentCurrent {
+					// Proven by a pod of an older template: once the rollout replaced it, the
+					// node re-verifies under the new one.
+					decisions[name], reprove[name] = d, "its agent pod was replaced with the current pod template"
 					break
 				}
 				p.upToDate++
@@ -152,7 +172,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		stalled := p.phases[name] == nodestate.HeartbeatExpired && nodestate.StalledWhileVerifying(ns, now)
 		silent := p.phases[name] == nodestate.HeartbeatExpired ||
 			(p.phases[name] == nodestate.AwaitingProbe && now.Sub(ns.CreationTimestamp.Time) > r.HeartbeatTimeout)
-		nodes = append(nodes, nodestate.Node{Name: name, Phase: p.phases[name], Driver: ns.Spec.Driver, Stalled: stalled, Silent: silent})
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: p.phases[name], Driver: ns.Spec.Driver, Stalled: stalled, Silent: silent, Agent: pods.state[name]})
 	}
 	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(names))
 	if err != nil {
@@ -170,6 +190,18 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
 	})
 	var startErrs sync.Map
+	// Outdated agent pods go first: a node whose pod is replaced and also starts gets its new
+	// attempt from the new pod.
+	errs = append(errs, forEach(ctx, p.plan.Replace, func(name string) error {
+		if !pods.ok {
+			return nil // the DaemonSet is not at the current template yet: next pass
+		}
+		err := r.replaceAgentPod(ctx, profile, sensors[name], pods.outdated[name], p.phases[name])
+		if err != nil {
+			startErrs.Store(name, err)
+		}
+		return err
+	}))
 	errs = append(errs, forEach(ctx, p.plan.Start, func(name string) error {
 		ns := sensors[name]
 		if _, ok := decisions[name]; !ok {
@@ -403,6 +435,19 @@ func (e *expectations) forget(node string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.attempts, node)
+}
+
+// current reports whether the attempt recorded for the node is the object's attempt now; a
+// record of another object or attempt is dropped.
+func (e *expectations) current(ns *v1alpha1.NodeSensor) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	want, ok := e.attempts[ns.Name]
+	if ok && (want.uid != ns.UID || want.attempt != ns.Spec.Attempt) {
+		delete(e.attempts, ns.Name)
+		return false
+	}
+	return ok
 }
 
 func (e *expectations) stale(ns *v1alpha1.NodeSensor) bool {

@@ -27,6 +27,16 @@ type AgentConfig struct {
 	ServiceAccount string
 }
 
+// templateHashAnnotation holds a template hash: on the DaemonSet, of the whole pod template as
+// last written (an unchanged profile costs no write); on the pod template, and so on each agent
+// pod, of what the pod runs (podTemplateHash), which says whether the pod is outdated.
+// AgentAppLabel and AgentAppName label every agent pod; the manager caches only pods with it in
+// its namespace.
+const (
+	AgentAppLabel = "app.kubernetes.io/name"
+	AgentAppName  = "driverpilot-agent"
+)
+
 const templateHashAnnotation = "security.driverpilot.io/template-hash"
 
 func templateHash(t corev1.PodTemplateSpec) string {
@@ -34,6 +44,16 @@ func templateHash(t corev1.PodTemplateSpec) string {
 	h := fnv.New64a()
 	h.Write(data)
 	return strconv.FormatUint(h.Sum64(), 16)
+}
+
+// podTemplateHash hashes what an agent pod runs: the template without its node affinity (which
+// decides only where pods run: a new nodeSelector replaces no pod on a node it still selects)
+// and without the hash annotation itself.
+func podTemplateHash(t corev1.PodTemplateSpec) string {
+	t = *t.DeepCopy()
+	t.Spec.Affinity = nil
+	delete(t.Annotations, templateHashAnnotation)
+	return templateHash(t)
 }
 
 func agentDaemonSetName(profile *v1alpha1.SecurityProfile) string {
@@ -58,8 +78,10 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 			}
 			ds.Annotations[templateHashAnnotation] = hash
 			ds.Spec.Template = want.Spec.Template
-			ds.Spec.UpdateStrategy = want.Spec.UpdateStrategy
 		}
+		// OnDelete also on a DaemonSet an older manager wrote with RollingUpdate and the same
+		// template: the manager replaces outdated pods itself.
+		ds.Spec.UpdateStrategy = want.Spec.UpdateStrategy
 		return controllerutil.SetControllerReference(profile, ds, r.Scheme)
 	})
 	if err != nil {
@@ -73,7 +95,7 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 // and /sys read-only and only the capabilities the probe, the sensor and the self-test use.
 func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.DaemonSet {
 	labels := map[string]string{
-		"app.kubernetes.io/name":       "driverpilot-agent",
+		AgentAppLabel:                  AgentAppName,
 		"app.kubernetes.io/managed-by": "driverpilot",
 		ProfileLabel:                   profile.Name,
 	}
@@ -126,18 +148,28 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 	if aff := nodeAffinity(profile.Spec.NodeSelector); aff != nil {
 		spec.Affinity = &corev1.Affinity{NodeAffinity: aff}
 	}
+	template := corev1.PodTemplateSpec{
+		ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{CapabilitiesAnnotation: agentCapabilityReasons()}},
+		Spec:       spec,
+	}
+	// Each pod says which template it runs, so the manager knows which pods are outdated.
+	template.Annotations[templateHashAnnotation] = podTemplateHash(template)
 	return &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Labels: labels},
 		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app.kubernetes.io/name": "driverpilot-agent", ProfileLabel: profile.Name}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{CapabilitiesAnnotation: agentCapabilityReasons()}},
-				Spec:       spec,
-			},
-			// Pacing is the manager's job (through NodeSensor decisions), not the DaemonSet's.
-			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType},
+			Selector: agentSelector(profile),
+			Template: template,
+			// Pacing is the manager's job, not the DaemonSet's: it replaces an outdated pod when
+			// the node is not protected, or when the rollout lets a proven node re-verify
+			// (canaries first, within maxUnavailable). The DaemonSet only creates missing pods.
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType},
 		},
 	}
+}
+
+// agentSelector selects the pods of a profile's agent DaemonSet.
+func agentSelector(profile *v1alpha1.SecurityProfile) *metav1.LabelSelector {
+	return &metav1.LabelSelector{MatchLabels: map[string]string{AgentAppLabel: AgentAppName, ProfileLabel: profile.Name}}
 }
 
 // nodeAffinity translates a label selector into required node affinity.

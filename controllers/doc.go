@@ -2,7 +2,9 @@
 // nodes, keeps one NodeSensor per selected node, decides each node's driver through the selection
 // engine, paces verification (canaries chosen once, maxUnavailable, a pause on failures or on a
 // failed or silent canary), falls back to the next driver after a failed self-test, re-verifies
-// verified nodes whose proof no longer answers the profile (an edit, an agent upgrade), and
+// verified nodes whose proof no longer answers the profile (an edit, an agent upgrade), replaces
+// agent pods that run an outdated template (the DaemonSets are OnDelete: at once where a node is
+// not protected, else as the rollout lets the node re-verify), and
 // reflects the verdict in the node condition RuntimeSecurityReady, the optional taint (none added
 // in a brownout) and the profile's status.
 //

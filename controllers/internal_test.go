@@ -150,3 +150,37 @@ func TestRecordedCanariesFitTheirBound(t *testing.T) {
 		t.Errorf("%d recorded (bound %d), count canary kept: %v", len(got), maxRecordedCanaries, slices.Contains(got, last))
 	}
 }
+
+// TestPodTemplateHashSaysWhatRuns: each agent pod carries the hash of what it runs. A new node
+// selector (only where pods run) outdates no pod, though the DaemonSet is rewritten; a new
+// sensor or agent image outdates every pod.
+func TestPodTemplateHashSaysWhatRuns(t *testing.T) {
+	cfg := AgentConfig{Namespace: "ns", Image: "driverpilot:1", ServiceAccount: "agent"}
+	profile := &v1alpha1.SecurityProfile{ObjectMeta: metav1.ObjectMeta{Name: "p"}}
+	podHash := func(p *v1alpha1.SecurityProfile, c AgentConfig) (pod, ds string) {
+		tmpl := agentDaemonSet(p, c).Spec.Template
+		return tmpl.Annotations[templateHashAnnotation], templateHash(tmpl)
+	}
+	base, baseDS := podHash(profile, cfg)
+	if base == "" {
+		t.Fatal("the pod template carries no hash")
+	}
+	selected := profile.DeepCopy()
+	selected.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"pool": "a"}}
+	if pod, ds := podHash(selected, cfg); pod != base || ds == baseDS {
+		t.Errorf("a new node selector: pod hash %s (want %s, unchanged), DaemonSet hash changed %v (want true)", pod, base, ds != baseDS)
+	}
+	falco := profile.DeepCopy()
+	falco.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
+	if pod, _ := podHash(falco, cfg); pod == base {
+		t.Error("a new sensor leaves the pod hash alone: no pod would be replaced")
+	}
+	upgraded := cfg
+	upgraded.Image = "driverpilot:2"
+	if pod, _ := podHash(profile, upgraded); pod == base {
+		t.Error("a new agent image leaves the pod hash alone: no pod would be replaced")
+	}
+	if agentDaemonSet(profile, cfg).Spec.UpdateStrategy.Type != "OnDelete" {
+		t.Error("the agent DaemonSet is not OnDelete: it would replace pods at its own pace")
+	}
+}

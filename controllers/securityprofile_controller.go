@@ -47,7 +47,8 @@ type SecurityProfileReconciler struct {
 	// object as it is now. Nil means Client.
 	APIReader client.Reader
 
-	expect expectations
+	expect   expectations
+	replaced replacements
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch

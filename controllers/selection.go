@@ -169,6 +169,7 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 		return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
 	}
 	r.expect.forget(ns.Name)
+	r.replaced.forget(ns.Name)
 	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
 }

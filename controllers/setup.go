@@ -9,9 +9,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -23,7 +25,9 @@ import (
 
 // SetupWithManager wires the reconciler: a profile is reconciled when it changes, when one of
 // its NodeSensors changes (heartbeats alone excepted: expiry is timed by RequeueAfter), when a
-// node appears, goes or is relabelled, and when another profile changes (precedence moves nodes).
+// node appears, goes or is relabelled, when one of its agent pods appears, goes, is bound or
+// starts terminating, and when another profile changes (precedence moves nodes). The manager's
+// cache must hold agent pods only (AgentPodCache).
 func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.SecurityProfile{}).
@@ -32,6 +36,12 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.(*v1alpha1.NodeSensor).Spec.Profile}}}
 		}), builder.WithPredicates(notOnlyHeartbeat(r.HeartbeatTimeout))).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(nodeMembershipChanged())).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			if p := o.GetLabels()[ProfileLabel]; p != "" && o.GetNamespace() == r.Agent.Namespace {
+				return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: p}}}
+			}
+			return nil
+		}), builder.WithPredicates(agentPodChanged())).
 		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
 }
@@ -65,6 +75,30 @@ func notOnlyHeartbeat(timeout time.Duration) predicate.Predicate {
 		o.ResourceVersion, n.ResourceVersion = "", ""
 		o.ManagedFields, n.ManagedFields = nil, nil
 		return !equality.Semantic.DeepEqual(o.Spec, n.Spec) || !equality.Semantic.DeepEqual(o.Status, n.Status)
+	}}
+}
+
+// AgentPodCache restricts the manager's cache of pods to the agent pods in its namespace: the
+// manager watches no other pod, and its RBAC reaches pods only in that namespace. Use it as
+// cache.Options.ByObject[&corev1.Pod{}].
+func AgentPodCache(namespace string) cache.ByObject {
+	return cache.ByObject{
+		Namespaces: map[string]cache.Config{namespace: {}},
+		Label:      labels.SelectorFromSet(labels.Set{AgentAppLabel: AgentAppName}),
+	}
+}
+
+// agentPodChanged passes what decides a pod's replacement (creation, deletion, binding, the
+// start of its termination, its template hash), not status churn.
+func agentPodChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, okO := e.ObjectOld.(*corev1.Pod)
+		n, okN := e.ObjectNew.(*corev1.Pod)
+		if !okO || !okN {
+			return true
+		}
+		return (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) || o.Spec.NodeName != n.Spec.NodeName ||
+			o.Annotations[templateHashAnnotation] != n.Annotations[templateHashAnnotation]
 	}}
 }
 

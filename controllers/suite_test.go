@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -26,6 +27,9 @@ var env *testenv.Env
 // heartbeatTimeout is short so expiry tests run quickly.
 const heartbeatTimeout = 3 * time.Second
 
+// agentNamespace is the manager's namespace: its agent DaemonSets and pods.
+const agentNamespace = "driverpilot-system"
+
 // agentVersion is the agent version the manager under test deploys.
 const agentVersion = "0.2.0"
 
@@ -33,7 +37,8 @@ func TestMain(m *testing.M) { testenv.Main(m, &env, startManager) }
 
 func startManager(e *testenv.Env) (func(), error) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(false)))
-	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{&corev1.Pod{}: controllers.AgentPodCache(agentNamespace)}}})
 	if err != nil {
 		return nil, err
 	}
@@ -44,12 +49,12 @@ func startManager(e *testenv.Env) (func(), error) {
 	r := &controllers.SecurityProfileReconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("driverpilot-test"),
 		KnownIssues: issues, HeartbeatTimeout: heartbeatTimeout, AgentVersion: agentVersion,
-		Agent: controllers.AgentConfig{Namespace: "driverpilot-system", Image: "driverpilot:test", ServiceAccount: "driverpilot-agent"},
+		Agent: controllers.AgentConfig{Namespace: agentNamespace, Image: "driverpilot:test", ServiceAccount: "driverpilot-agent"},
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "driverpilot-system"}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: agentNamespace}}
 	if err := e.Client.Create(context.Background(), ns); err != nil {
 		return nil, err
 	}
@@ -153,13 +158,18 @@ type fakeAgent struct {
 	restarted bool
 	// tamper, when set, rewrites each verdict before it is written (a hostile agent).
 	tamper func(*v1alpha1.SelfTestStatus)
+	// gone is set while the node has no running agent (its pod terminating or not started yet).
+	gone bool
 }
+
+// stop plays the agent's pod going away: the agent writes nothing until restart.
+func (a *fakeAgent) stop() { a.mu.Lock(); a.gone = true; a.mu.Unlock() }
 
 // restart plays the DaemonSet replacing this agent's pod with one running sensor kind.
 func (a *fakeAgent) restart(kind v1alpha1.SensorKind) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.sensorKind, a.restarted = kind, true
+	a.sensorKind, a.restarted, a.gone = kind, true, false
 }
 
 // reboot plays the node rebooting into another kernel: the agent starts again, reports the new
@@ -202,6 +212,12 @@ func (a *fakeAgent) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		}
+		a.mu.Lock()
+		gone := a.gone
+		a.mu.Unlock()
+		if gone {
+			continue
 		}
 		ns := &v1alpha1.NodeSensor{}
 		if err := env.Client.Get(ctx, client.ObjectKey{Name: a.node}, ns); err != nil {

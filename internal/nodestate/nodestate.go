@@ -154,11 +154,49 @@ func ProvedByOlderAgent(ns *v1alpha1.NodeSensor, desiredAgent string) bool {
 	return desiredAgent != "" && t != nil && t.AgentVersion != desiredAgent
 }
 
+// AgentPod is where a node's agent pod stands against the profile's current pod template.
+// The manager replaces agent pods itself (the DaemonSet's update strategy is OnDelete), so a
+// template change reaches a proven node only when the rollout lets that node re-verify.
+type AgentPod string
+
+const (
+	// AgentCurrent: the pod runs the current template, or no pod is known: nothing to replace.
+	AgentCurrent AgentPod = ""
+	// AgentOutdated: the pod runs an older template and nobody is deleting it.
+	AgentOutdated AgentPod = "Outdated"
+	// AgentTerminating: an outdated pod is being deleted.
+	AgentTerminating AgentPod = "Terminating"
+	// AgentReplaced: the manager deleted the node's outdated pod to re-verify the node under the
+	// current template, and the old pod is gone: the node gets its new attempt now.
+	AgentReplaced AgentPod = "Replaced"
+)
+
+// ReplaceAtOnce reports whether a node's outdated agent pod is replaced without waiting for the
+// rollout: the node is not protected now (nothing proven to keep), so a new pod costs it
+// nothing, and an old pod may not even be able to test the new sensor. (rollout.Decide leaves
+// silent nodes alone in a brownout.)
+func ReplaceAtOnce(p Phase, a AgentPod) bool { return a == AgentOutdated && !p.Proven() }
+
+// AwaitsReplacement reports whether a proven node waits for the rollout to replace its outdated
+// agent pod (and then re-verify under the new template). A node re-verifying already finishes
+// first; its pod is replaced after its verdict.
+func AwaitsReplacement(p Phase, a AgentPod) bool {
+	return a == AgentOutdated && (p == Verified || p == Outdated || p == Reverify)
+}
+
+// Replacing reports whether a proven node holds a rollout slot for its agent pod replacement:
+// from the deletion of its outdated pod until it verifies again under the new template.
+func Replacing(p Phase, a AgentPod) bool {
+	return p.Proven() && (a == AgentTerminating || a == AgentReplaced)
+}
+
 // Node is one node's phase and driver, the input of Rollup.
 type Node struct {
 	Name   string
 	Phase  Phase
 	Driver v1alpha1.Driver
+	// Agent is where its agent pod stands against the current pod template.
+	Agent AgentPod
 	// Stalled marks a node whose agent went silent while it was verifying: it still holds its
 	// rollout slot, or a silent fleet would let the rollout start every node.
 	Stalled bool

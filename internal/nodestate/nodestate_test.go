@@ -229,3 +229,39 @@ func TestBrownout(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentPodReplacement(t *testing.T) {
+	cases := []struct {
+		phase                     Phase
+		agent                     AgentPod
+		atOnce, awaits, holdsSlot bool
+	}{
+		{Verified, AgentCurrent, false, false, false},
+		{Verified, AgentOutdated, false, true, false},
+		{Reverify, AgentOutdated, false, true, false},
+		{Outdated, AgentOutdated, false, true, false},
+		{Reverifying, AgentOutdated, false, false, false},
+		{Verified, AgentTerminating, false, false, true},
+		{Reverify, AgentReplaced, false, false, true},
+		{Queued, AgentOutdated, true, false, false},
+		{AwaitingProbe, AgentOutdated, true, false, false},
+		{Verifying, AgentOutdated, true, false, false},
+		{NoSupportedDriver, AgentOutdated, true, false, false},
+		{SensorUnavailable, AgentOutdated, true, false, false},
+		{SensorUnhealthy, AgentOutdated, true, false, false},
+		{HeartbeatExpired, AgentOutdated, true, false, false},
+		{Verifying, AgentTerminating, false, false, false},
+		{Queued, AgentCurrent, false, false, false},
+	}
+	for _, c := range cases {
+		if got := ReplaceAtOnce(c.phase, c.agent); got != c.atOnce {
+			t.Errorf("ReplaceAtOnce(%s, %q) = %v", c.phase, c.agent, got)
+		}
+		if got := AwaitsReplacement(c.phase, c.agent); got != c.awaits {
+			t.Errorf("AwaitsReplacement(%s, %q) = %v", c.phase, c.agent, got)
+		}
+		if got := Replacing(c.phase, c.agent); got != c.holdsSlot {
+			t.Errorf("Replacing(%s, %q) = %v", c.phase, c.agent, got)
+		}
+	}
+}

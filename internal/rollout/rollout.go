@@ -26,8 +26,14 @@ type Input struct {
 
 // Plan is the rollout's answer.
 type Plan struct {
-	// Start lists the queued nodes that may be assigned a driver now, in order.
+	// Start lists the waiting nodes that get a new attempt now, in order: first the proven
+	// nodes whose outdated agent pod was replaced and is gone (they hold their slot already),
+	// then those the slots allow.
 	Start []string
+	// Replace lists the nodes whose outdated agent pod is deleted now: nodes not protected now
+	// (at once, slots or not), and proven nodes the rollout lets re-verify under the new pod
+	// template (each takes a slot, canaries first; its new attempt follows once the old pod is gone).
+	Replace []string
 	// InFlight is how many nodes are verifying now, before Start.
 	InFlight int
 	// Blocked explains why queued nodes wait, empty when none wait for a reason other than slots.
@@ -46,8 +52,11 @@ const (
 )
 
 // Decide returns which waiting nodes may start verifying. Canaries start first. Other queued
-// nodes wait until every canary is proven; other nodes waiting to re-verify (after an upgrade or
-// a profile edit) wait until every canary is verified under the new agent and spec. A canary
+// nodes wait until every canary is proven; other nodes waiting to re-verify (after an upgrade, a
+// profile edit or a new agent pod template) wait until every canary is verified under the new
+// agent, spec and template. A proven node whose agent pod runs an outdated template starts by
+// the replacement of that pod (Replace), and holds its slot until it is verified again; a node
+// that is not protected has its outdated pod replaced at once. A canary
 // with no supported driver, or whose agent is silent, pauses everything. Nodes start in name
 // order, so the rollout is reproducible.
 func Decide(in Input) Plan {
@@ -55,9 +64,24 @@ func Decide(in Input) Plan {
 	var failed int
 	canariesProven, canariesCurrent := true, true
 	var waitingCanaries, queuedOthers, reverifyOthers, failedCanaries, silentCanaries []string
+	replaceFirst := map[string]bool{}
+	_, brownout := nodestate.Brownout(in.Nodes)
 	for _, n := range in.Nodes {
-		if n.Phase.InFlight() || n.Stalled {
+		if n.Phase.InFlight() || n.Stalled || nodestate.Replacing(n.Phase, n.Agent) {
 			p.InFlight++
+		}
+		if nodestate.ReplaceAtOnce(n.Phase, n.Agent) && !(brownout && n.Phase == nodestate.HeartbeatExpired) {
+			// (In a brownout the silent agents most likely work: the cause is the control plane
+			// or the network. Restarting them all at once would re-test every node unpaced.)
+			p.Replace = append(p.Replace, n.Name)
+		}
+		if n.Agent == nodestate.AgentReplaced && (n.Phase == nodestate.Verified || n.Phase == nodestate.Outdated || n.Phase == nodestate.Reverify) {
+			// Its old pod is gone: it took its slot when the rollout replaced the pod, and its
+			// new attempt goes out now, paused rollout or not, before the new pod tests the old one.
+			p.Start = append(p.Start, n.Name)
+		}
+		if nodestate.AwaitsReplacement(n.Phase, n.Agent) {
+			replaceFirst[n.Name] = true
 		}
 		if n.Phase == nodestate.NoSupportedDriver {
 			failed++
@@ -70,10 +94,12 @@ func Decide(in Input) Plan {
 				silentCanaries = append(silentCanaries, n.Name)
 			}
 			canariesProven = canariesProven && n.Phase.Proven()
-			canariesCurrent = canariesCurrent && n.Phase == nodestate.Verified
+			canariesCurrent = canariesCurrent && n.Phase == nodestate.Verified && n.Agent == nodestate.AgentCurrent
 		}
 		switch {
-		case !n.Phase.Waiting():
+		case !n.Phase.Waiting() && !replaceFirst[n.Name]:
+		case n.Agent == nodestate.AgentTerminating || n.Agent == nodestate.AgentReplaced:
+			// Started already: its pod is being replaced, or its new attempt goes out above.
 		case in.Canaries[n.Name]:
 			waitingCanaries = append(waitingCanaries, n.Name)
 		case n.Phase == nodestate.Queued:
@@ -117,7 +143,11 @@ func Decide(in Input) Plan {
 		if slots <= 0 {
 			break
 		}
-		p.Start = append(p.Start, name)
+		if replaceFirst[name] {
+			p.Replace = append(p.Replace, name)
+		} else {
+			p.Start = append(p.Start, name)
+		}
 		slots--
 	}
 	return p

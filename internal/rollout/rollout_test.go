@@ -147,3 +147,71 @@ func TestResolveMaxUnavailable(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestDecideReplacesAgentPods: a new agent pod template reaches proven nodes paced like a
+// rollout (canary first, within maxUnavailable, a replaced node holding its slot until it is
+// verified again); nodes that are not protected get a new pod at once; a current pod costs nothing.
+func TestDecideReplacesAgentPods(t *testing.T) {
+	const (
+		cur  = nodestate.AgentCurrent
+		old  = nodestate.AgentOutdated
+		term = nodestate.AgentTerminating
+		gone = nodestate.AgentReplaced
+	)
+	type n struct {
+		phase nodestate.Phase
+		agent nodestate.AgentPod
+	}
+	in := func(maxUnavailable int, canary string, ns ...n) Input {
+		out := Input{MaxUnavailable: maxUnavailable, Canaries: map[string]bool{}}
+		for i, x := range ns {
+			out.Nodes = append(out.Nodes, nodestate.Node{Name: fmt.Sprintf("n%d", i), Phase: x.phase, Agent: x.agent})
+		}
+		if canary != "" {
+			out.Canaries[canary] = true
+		}
+		return out
+	}
+	cases := []struct {
+		name           string
+		in             Input
+		start, replace string
+		inFlight       int
+		paused         bool
+	}{
+		{name: "a current template replaces nothing", in: in(2, "", n{k, cur}, n{k, cur}, n{q, cur}), start: "[n2]", replace: "[]"},
+		{name: "proven nodes are replaced within maxUnavailable", in: in(2, "", n{k, old}, n{k, old}, n{k, old}), start: "[]", replace: "[n0 n1]"},
+		{name: "the canary is replaced first", in: in(3, "n2", n{k, old}, n{k, old}, n{k, old}), start: "[]", replace: "[n2]"},
+		{name: "others wait while the canary's pod terminates", in: in(3, "n2", n{k, old}, n{k, old}, n{k, term}), start: "[]", replace: "[]", inFlight: 1},
+		{name: "a replaced node gets its new attempt and keeps its slot", in: in(1, "n2", n{k, old}, n{k, old}, n{k, gone}), start: "[n2]", replace: "[]", inFlight: 1},
+		{name: "others wait until the canary is verified under the new template", in: in(3, "n2", n{k, old}, n{r, old}, n{g, cur}), start: "[]", replace: "[]", inFlight: 1},
+		{name: "others go once the canary is verified under the new template", in: in(1, "n2", n{k, old}, n{r, old}, n{k, cur}), start: "[]", replace: "[n0]"},
+		{name: "a terminating pod holds a slot", in: in(2, "", n{k, term}, n{k, old}, n{o, old}), start: "[]", replace: "[n1]", inFlight: 1},
+		{name: "a node re-verifying finishes first", in: in(2, "", n{g, old}, n{k, old}), start: "[]", replace: "[n1]", inFlight: 1},
+		{name: "nodes not protected are replaced at once, slots or not",
+			in: in(1, "", n{v, old}, n{q, old}, n{x, old}, n{nodestate.AwaitingProbe, old}, n{nodestate.SensorUnavailable, old}, n{k, old}), start: "[]", replace: "[n0 n1 n2 n3 n4]", inFlight: 2},
+		{name: "a silent node's pod is replaced at once", in: in(1, "", n{nodestate.HeartbeatExpired, old}, n{k, cur}, n{k, cur}), start: "[]", replace: "[n0]"},
+		{name: "in a brownout no silent node's pod is replaced",
+			in: in(1, "", n{nodestate.HeartbeatExpired, old}, n{nodestate.HeartbeatExpired, old}, n{nodestate.HeartbeatExpired, old}, n{k, old}), start: "[]", replace: "[n3]"},
+		{name: "an outdated proof by an older agent is replaced paced", in: in(1, "", n{o, old}, n{o, old}), start: "[]", replace: "[n0]"},
+		{name: "a paused rollout replaces no proven pod but finishes a replaced one",
+			in: in(5, "n0", n{x, cur}, n{k, old}, n{k, gone}, n{q, old}), start: "[n2]", replace: "[n3]", inFlight: 1, paused: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Decide(tc.in)
+			if got := fmt.Sprint(p.Start); got != tc.start && !(tc.start == "[]" && len(p.Start) == 0) {
+				t.Errorf("start %v, want %s", p.Start, tc.start)
+			}
+			if got := fmt.Sprint(p.Replace); got != tc.replace && !(tc.replace == "[]" && len(p.Replace) == 0) {
+				t.Errorf("replace %v, want %s", p.Replace, tc.replace)
+			}
+			if p.InFlight != tc.inFlight {
+				t.Errorf("in flight %d, want %d", p.InFlight, tc.inFlight)
+			}
+			if p.Paused != tc.paused {
+				t.Errorf("paused %v, want %v", p.Paused, tc.paused)
+			}
+		})
+	}
+}

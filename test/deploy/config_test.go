@@ -409,7 +409,8 @@ func (s *syncBuffer) String() string {
 // TestManagerRunsWithShippedRBAC runs the manager with the arguments of the rendered Deployment,
 // as its service account (impersonated, so only the RBAC from config/ applies): it must win the
 // leader election in its namespace, reconcile a sample profile into an agent DaemonSet with the
-// shipped image and agent service account, and write the profile's status.
+// shipped image and agent service account, delete an outdated agent pod, and write the
+// profile's status.
 func TestManagerRunsWithShippedRBAC(t *testing.T) {
 	objs := installDefault(t)
 	d := managerDeployment(t, objs)
@@ -493,6 +494,39 @@ func TestManagerRunsWithShippedRBAC(t *testing.T) {
 		spec := ds.Spec.Template.Spec
 		if spec.ServiceAccountName != o.AgentSA || len(spec.Containers) == 0 || spec.Containers[0].Image != c.Image {
 			return fmt.Errorf("DaemonSet runs %s as %s, want the manager's own image %s as %s", spec.Containers[0].Image, spec.ServiceAccountName, c.Image, o.AgentSA)
+		}
+		return nil
+	})
+	// An agent pod of an outdated template on a node whose agent has not reported yet (not
+	// protected): the manager, watching agent pods in its namespace, deletes it at once.
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "deploy-test-node"}}
+	if err := env.Client.Create(t.Context(), node); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), node) })
+	var ds appsv1.DaemonSet
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: o.Namespace, Name: "driverpilot-agent-deploy-test"}, &ds); err != nil {
+		t.Fatal(err)
+	}
+	outdated := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "driverpilot-agent-deploy-test-outdated", Namespace: o.Namespace, Labels: ds.Spec.Template.Labels,
+			Annotations: map[string]string{"security.driverpilot.io/template-hash": "outdated"}},
+		Spec: corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "agent", Image: c.Image}}},
+	}
+	if err := env.Client.Create(t.Context(), outdated); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), outdated, client.GracePeriodSeconds(0)) })
+	eventually(t, 60*time.Second, "the outdated agent pod deleted by the manager", func() error {
+		if err := refused(); err != nil {
+			return err
+		}
+		var pod corev1.Pod
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(outdated), &pod); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if pod.DeletionTimestamp == nil {
+			return fmt.Errorf("pod %s not deleted", pod.Name)
 		}
 		return nil
 	})
