@@ -470,7 +470,7 @@ func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	a.opts.Log.Info("Sensor stopped working; node reported unhealthy, self-test again", "driver", ns.Spec.Driver,
 		"reason", reason, "error", err.Error(), "retryIn", delay)
 	cond := metav1.Condition{Type: v1alpha1.ConditionSensorHealthy, Status: metav1.ConditionFalse, Reason: reason,
-		Message: truncate(fmt.Sprintf("The sensor stopped working (driver %s): %v; a new self-test runs in %s", ns.Spec.Driver, err, delay), 1024)}
+		Message: v1alpha1.Truncate(fmt.Sprintf("The sensor stopped working (driver %s): %v; a new self-test runs in %s", ns.Spec.Driver, err, delay), 1024)}
 	a.reportHealth(ctx, ns, cond)
 }
 
@@ -551,13 +551,6 @@ func (a *Agent) retryC() <-chan time.Time {
 		return nil
 	}
 	return a.retry.C
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
 }
 
 // maxRestartWaits bounds the wakes an attempt waits for Falco to restart before it fails.

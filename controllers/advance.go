@@ -63,6 +63,15 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		errs = append(errs, err)
 		r.nodeFailed(&p, profile, ns, err)
 	}
+	// decide runs the selection engine for a node; a failure is recorded on the node.
+	decide := func(ns *v1alpha1.NodeSensor) (selection.Decision, bool) {
+		d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+		if err != nil {
+			fail(ns, err)
+			return d, false
+		}
+		return d, true
+	}
 	pods, err := r.readAgentPods(ctx, profile, sensors)
 	if err != nil {
 		// Without the pods, no pod is replaced this pass; the nodes move on otherwise.
@@ -85,9 +94,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			// The agent's pod runs another sensor than the spec names. When the profile changed
 			// the sensor, the node takes the new settings at once (it lost its sensor already);
 			// otherwise its agent tests again once its pod is replaced. No failed attempt either way.
-			d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
-			if err != nil {
-				fail(ns, err)
+			d, ok := decide(ns)
+			if !ok {
 				break
 			}
 			if ns.Spec.Sensor != profile.Spec.Sensor {
@@ -100,9 +108,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		case nodestate.Verified:
 			switch {
 			case nodestate.NeedsReverify(ns, r.AgentVersion):
-				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
-				if err != nil {
-					fail(ns, err)
+				d, ok := decide(ns)
+				if !ok {
 					break
 				}
 				decisions[name], reprove[name] = d, "proven by agent "+ns.Status.SelfTest.AgentVersion
@@ -112,17 +119,15 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				phase = nodestate.Outdated
 				if pods.state[name] != nodestate.AgentCurrent {
 					// The rollout replaces the old agent's pod; its new attempt follows.
-					d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
-					if err != nil {
-						fail(ns, err)
+					d, ok := decide(ns)
+					if !ok {
 						break
 					}
 					decisions[name], reprove[name] = d, "proven by agent "+ns.Status.SelfTest.AgentVersion+" in a pod of an older template"
 				}
 			default:
-				d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
-				if err != nil {
-					fail(ns, err)
+				d, ok := decide(ns)
+				if !ok {
 					break
 				}
 				if why := nodestate.Reprove(ns.Spec, profile.Spec.Sensor, profile.Spec.SelfTest.Checks, d.Candidates); why != "" {
@@ -143,9 +148,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				}
 			}
 		case nodestate.Queued, nodestate.NoSupportedDriver:
-			d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
-			if err != nil {
-				fail(ns, err)
+			d, ok := decide(ns)
+			if !ok {
 				break
 			}
 			decisions[name] = d
@@ -376,7 +380,6 @@ func chooseCanaries(profile *v1alpha1.SecurityProfile, governed map[string]*core
 			matched[name] = true
 		}
 	}
-	sort.Strings(names)
 	return rollout.ChooseCanaries(names, matched, int(ptr.Deref(c.Count, 0)), profile.Status.Canaries)
 }
 

@@ -41,7 +41,7 @@ func (r *SecurityProfileReconciler) readAgentPods(ctx context.Context, profile *
 	out.ok = ds.Spec.Template.Annotations[templateHashAnnotation] == want
 	var pods corev1.PodList
 	if err := r.List(ctx, &pods, client.InNamespace(r.Agent.Namespace),
-		client.MatchingLabels{AgentAppLabel: AgentAppName, ProfileLabel: profile.Name}); err != nil {
+		client.MatchingLabels(agentSelector(profile).MatchLabels)); err != nil {
 		return out, fmt.Errorf("list agent pods: %w", err)
 	}
 	listed := map[types.UID]bool{}

@@ -467,7 +467,9 @@ func TestBrownoutAddsNoTaints(t *testing.T) {
 		}
 		return nil
 	})
-	time.Sleep(time.Second)
+	// Past the grace a lone silent node gets (two heartbeat timeouts), so only the brownout
+	// guard can keep these nodes untainted now.
+	time.Sleep(2 * heartbeatTimeout)
 	if err := untainted(nodes)(); err != nil {
 		t.Errorf("during a brownout: %v", err)
 	}

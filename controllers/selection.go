@@ -27,19 +27,24 @@ func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1
 	if err := r.List(ctx, &profiles); err != nil {
 		return nil, nil, fmt.Errorf("list profiles: %w", err)
 	}
-	var sensors v1alpha1.NodeSensorList
-	if err := r.List(ctx, &sensors); err != nil {
-		return nil, nil, fmt.Errorf("list node sensors: %w", err)
-	}
-	heldBy := make(map[string]string, len(sensors.Items))
-	for _, ns := range sensors.Items {
-		heldBy[ns.Name] = ns.Spec.Profile
-	}
+	// heldBy is which profile governs each node, read only when a profile's selector does not
+	// parse: every pass lists the nodes already, and a second fleet-sized list is not free.
+	var heldBy map[string]string
 	ordered := precedence(profiles.Items)
 	selects := make([]func(*corev1.Node) bool, len(ordered))
 	for i, p := range ordered {
 		sel, err := nodeSelector(p)
 		if err != nil {
+			if heldBy == nil {
+				var sensors v1alpha1.NodeSensorList
+				if err := r.List(ctx, &sensors); err != nil {
+					return nil, nil, fmt.Errorf("list node sensors: %w", err)
+				}
+				heldBy = make(map[string]string, len(sensors.Items))
+				for _, ns := range sensors.Items {
+					heldBy[ns.Name] = ns.Spec.Profile
+				}
+			}
 			// That profile is InvalidSpec (its own reconcile says so). It keeps the nodes it
 			// holds, so they are neither adopted nor released while its owner fixes it.
 			name := p.Name

@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	"github.com/driverpilot/driverpilot/agent/sensor"
-	"github.com/driverpilot/driverpilot/api/v1alpha1"
 )
 
 // Fault is a deliberate sensor bug the self-test must catch. It exists to prove the self-test on
@@ -85,8 +84,6 @@ type faultySensor struct {
 	sensor.Sensor
 	fault Fault
 }
-
-func (f *faultySensor) Start(driver v1alpha1.Driver) error { return f.Sensor.Start(driver) }
 
 func (f *faultySensor) Subscribe() (<-chan sensor.Event, func()) {
 	in, unsubscribe := f.Sensor.Subscribe()

@@ -421,12 +421,6 @@ func (b *Builtin) Driver() v1alpha1.Driver {
 	return b.driver
 }
 
-// Lost returns how many events the kernel could not deliver (perf) and how many were dropped in
-// user space (a slow subscriber, an undecodable record).
-func (b *Builtin) Lost() (kernel, userspace uint64) {
-	return b.lost.Load(), b.dropped.Load()
-}
-
 // Close detaches the program, stops reading, frees the maps and ends every subscription.
 // It reports a failed alert write or event read, if any.
 func (b *Builtin) Close() error {

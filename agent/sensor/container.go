@@ -81,7 +81,7 @@ func containerInPath(path string) (Container, bool) {
 	for _, el := range strings.Split(path, "/") {
 		el = strings.TrimSuffix(el, ".scope")
 		el = strings.TrimSuffix(el, ".slice")
-		if i := strings.LastIndexAny(el, "-"); i >= 0 && isContainerID(el[i+1:]) {
+		if i := strings.LastIndexByte(el, '-'); i >= 0 && isContainerID(el[i+1:]) {
 			el = el[i+1:]
 		}
 		switch {

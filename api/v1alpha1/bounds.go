@@ -21,8 +21,10 @@ func (st *NodeSensorStatus) Clamp() {
 	st.AgentVersion = Truncate(st.AgentVersion, 64)
 	if p := st.Probe; p != nil {
 		for _, f := range []*StringFact{&p.Kernel.Release, &p.Kernel.Version, &p.Kernel.Architecture, &p.Kernel.BootID,
-			&p.BTF.OverlayTypes, &p.Lockdown, &p.Cloud} {
-			f.Value, f.Source, f.Error = Truncate(f.Value, 256), Truncate(f.Source, 256), Truncate(f.Error, 1024)
+			&p.BTF.OverlayTypes, &p.Lockdown, &p.Cloud, p.EBPF.Memlock, p.BoundingSet} {
+			if f != nil { // the optional facts of newer agents
+				f.Value, f.Source, f.Error = Truncate(f.Value, 256), Truncate(f.Source, 256), Truncate(f.Error, 1024)
+			}
 		}
 		for _, f := range []*BoolFact{&p.BTF.Vmlinux, &p.EBPF.TPBTF, &p.EBPF.RawTracepoint, &p.EBPF.RingBuffer,
 			&p.Modules.Supported, &p.Modules.Disabled, &p.SecureBoot, &p.Overlayfs} {

@@ -226,6 +226,9 @@ func TestAgentStringsAreBounded(t *testing.T) {
 	}
 	// The agent clamps before it writes, so a long value costs its detail, not the report.
 	ns.Status.Probe.Kernel.Release.Error = strings.Repeat("é", 5000)
+	// The optional facts too (a Limited memlock's message names the limits and runs long).
+	ns.Status.Probe.EBPF.Memlock = &v1alpha1.StringFact{Value: v1alpha1.MemlockLimited, Source: long, Error: strings.Repeat("e", 2000)}
+	ns.Status.Probe.BoundingSet = &v1alpha1.StringFact{Value: long}
 	ns.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: "ebpf", Attempt: 1, Result: v1alpha1.SelfTestFailed,
 		Reason: long, BootID: long, Message: strings.Repeat("m", 9000),
 		Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestFailed, Observed: strings.Repeat("o", 5000)}}}

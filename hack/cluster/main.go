@@ -10,7 +10,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +20,9 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/localcluster"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 )
@@ -115,26 +117,14 @@ func run(cfg localcluster.Config, install bool, images []string) (err error) {
 func waitVerified(ctx context.Context, c *localcluster.Cluster) error {
 	last := ""
 	for {
-		out, err := c.Kubectl(ctx, "get", "node", c.NodeName(), "-o", "json")
-		if err == nil {
-			var n struct {
-				Status struct {
-					Conditions []struct{ Type, Status, Reason, Message string }
-				}
+		cond, err := c.NodeCondition(ctx, v1alpha1.NodeConditionRuntimeSecurityReady)
+		if err == nil && cond != nil {
+			if s := string(cond.Status) + " " + cond.Reason + ": " + cond.Message; s != last {
+				fmt.Printf("RuntimeSecurityReady=%s\n", s)
+				last = s
 			}
-			if json.Unmarshal(out, &n) == nil {
-				for _, cond := range n.Status.Conditions {
-					if cond.Type != "RuntimeSecurityReady" {
-						continue
-					}
-					if s := cond.Status + " " + cond.Reason + ": " + cond.Message; s != last {
-						fmt.Printf("RuntimeSecurityReady=%s\n", s)
-						last = s
-					}
-					if cond.Status == "True" {
-						return nil
-					}
-				}
+			if cond.Status == corev1.ConditionTrue {
+				return nil
 			}
 		}
 		select {

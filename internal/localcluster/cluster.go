@@ -52,6 +52,8 @@ type Cluster struct {
 	// holder keeps the node's network namespace alive.
 	holder *exec.Cmd
 	procs  []*component
+	// cs is an admin client, made on first use (after the certificates exist).
+	cs kubernetes.Interface
 }
 
 type component struct {
@@ -60,10 +62,10 @@ type component struct {
 	done chan struct{}
 }
 
-// state is what Down needs after a crash, written beside the host record.
+// state is what Down needs after a crash, written beside the host record: the node's network
+// namespace, whose processes it kills.
 type state struct {
-	HolderPID int    `json:"holderPID"`
-	NetNS     string `json:"netns"`
+	NetNS string `json:"netns"`
 }
 
 func (c *Cluster) dir(parts ...string) string {
@@ -203,7 +205,7 @@ func (c *Cluster) network() error {
 	if ns == "" || ns == host {
 		return errors.New("the network namespace holder did not enter a new namespace")
 	}
-	st := state{HolderPID: pid, NetNS: ns}
+	st := state{NetNS: ns}
 	data, _ := json.Marshal(st)
 	if err := os.WriteFile(c.dir("state.json"), data, 0o600); err != nil {
 		return err
@@ -381,15 +383,22 @@ func (c *Cluster) ImportImage(ctx context.Context, archive string) error {
 
 // Kubectl runs the cluster's kubectl (the pinned v1.37 build) with the admin kubeconfig.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) ([]byte, error) {
-	return c.kubectlCmd(ctx, "", args...)
+	return c.KubectlIn(ctx, "", args...)
+}
+
+// KubectlIn runs the cluster's kubectl in dir (the repository root for relative paths).
+func (c *Cluster) KubectlIn(ctx context.Context, dir string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, c.KubectlPath(), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
 }
 
 // KubectlPath is the cluster's kubectl binary.
 func (c *Cluster) KubectlPath() string { return filepath.Join(c.cfg.KubeBin, "kubectl") }
-
-func (c *Cluster) kubectlCommand(ctx context.Context, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, c.KubectlPath(), append([]string{"--kubeconfig", c.Kubeconfig()}, args...)...)
-}
 
 // RESTConfig returns an admin client configuration.
 func (c *Cluster) RESTConfig() (*rest.Config, error) {
@@ -428,30 +437,54 @@ func (c *Cluster) waitSocket(ctx context.Context, path string, timeout time.Dura
 	})
 }
 
-func (c *Cluster) waitNodeReady(ctx context.Context, timeout time.Duration) error {
+// Clientset is an admin client of the cluster.
+func (c *Cluster) Clientset() (kubernetes.Interface, error) {
+	if c.cs != nil {
+		return c.cs, nil
+	}
 	cfg, err := c.RESTConfig()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	c.cs = cs
+	return cs, nil
+}
+
+// NodeCondition returns the node's condition of type t, or nil when it has none.
+func (c *Cluster) NodeCondition(ctx context.Context, t corev1.NodeConditionType) (*corev1.NodeCondition, error) {
+	cs, err := c.Clientset()
+	if err != nil {
+		return nil, err
+	}
+	n, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	for i := range n.Status.Conditions {
+		if n.Status.Conditions[i].Type == t {
+			return &n.Status.Conditions[i], nil
+		}
+	}
+	return nil, nil
+}
+
+func (c *Cluster) waitNodeReady(ctx context.Context, timeout time.Duration) error {
 	c.logf("waiting for node %s to be Ready", c.cfg.NodeName)
 	return c.poll(ctx, timeout, func() error {
-		n, err := cs.CoreV1().Nodes().Get(ctx, c.cfg.NodeName, metav1.GetOptions{})
-		if err != nil {
+		cond, err := c.NodeCondition(ctx, corev1.NodeReady)
+		switch {
+		case err != nil:
 			return err
+		case cond == nil:
+			return errors.New("node has no Ready condition yet")
+		case cond.Status != corev1.ConditionTrue:
+			return fmt.Errorf("node not ready: %s", cond.Message)
 		}
-		for _, cond := range n.Status.Conditions {
-			if cond.Type == corev1.NodeReady {
-				if cond.Status == corev1.ConditionTrue {
-					return nil
-				}
-				return fmt.Errorf("node not ready: %s", cond.Message)
-			}
-		}
-		return errors.New("node has no Ready condition yet")
+		return nil
 	})
 }
 

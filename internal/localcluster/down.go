@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -162,7 +163,7 @@ func (c *Cluster) restoreHost() error {
 		}
 	}
 	for _, t := range nftTables() {
-		if !contains(record.NFTables, t) {
+		if !slices.Contains(record.NFTables, t) {
 			if out, err := exec.Command("nft", "delete", "table", strings.TrimPrefix(t, "table ")).CombinedOutput(); err != nil {
 				errs = append(errs, fmt.Errorf("nft delete %s: %v: %s", t, err, out))
 			}
@@ -203,15 +204,6 @@ func removeTree(dir string) error {
 		return fmt.Errorf("not removing %s: still mounted %v (%v)", dir, points, err)
 	}
 	return os.RemoveAll(dir)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // nftTables lists the nftables tables of this process's network namespace ("table ip filter").
@@ -286,7 +278,7 @@ func anyMatch(match func(pid int) bool) bool {
 
 // Leftovers lists what the cluster left on the host, compared with the record: a test asserts
 // it is empty after Down. It must be called before the state directory is gone, so the caller
-// keeps a copy of the record (HostRecordFile) first.
+// keeps a copy of the record (SaveHostRecord) first.
 func Leftovers(recordFile string) ([]string, error) {
 	r, err := loadHostRecord(recordFile)
 	if err != nil {
@@ -320,7 +312,7 @@ func Leftovers(recordFile string) ([]string, error) {
 		}
 	}
 	for _, t := range nftTables() {
-		if !contains(r.NFTables, t) {
+		if !slices.Contains(r.NFTables, t) {
 			out = append(out, "nftables "+t)
 		}
 	}
@@ -330,12 +322,10 @@ func Leftovers(recordFile string) ([]string, error) {
 	return out, nil
 }
 
-// HostRecordFile is the record of the host taken before the cluster started.
-func (c *Cluster) HostRecordFile() string { return c.dir("host.json") }
-
-// SaveHostRecord copies the host record to path (to check for leftovers after Down).
+// SaveHostRecord copies the record of the host taken before the cluster started to path (to
+// check for leftovers after Down).
 func (c *Cluster) SaveHostRecord(path string) error {
-	data, err := os.ReadFile(c.HostRecordFile())
+	data, err := os.ReadFile(c.dir("host.json"))
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -168,7 +169,7 @@ func newlyShared(shared []string) ([]string, error) {
 	}
 	var out []string
 	for _, p := range now {
-		if !contains(shared, p) {
+		if !slices.Contains(shared, p) {
 			out = append(out, p)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -59,7 +60,7 @@ func WriteBinaryImage(binary, ref, archive string) error {
 		return err
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Architecture, cf.OS = runtime.GOARCH, "linux" // built for, and run on, this machine
 	cf.Config = v1.Config{Entrypoint: []string{"/" + base}, WorkingDir: "/"}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return err
@@ -80,7 +81,7 @@ func BuildImageFromPackage(repoRoot, pkg, ref, outDir string) (string, error) {
 	bin := filepath.Join(outDir, filepath.Base(pkg))
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
 	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s: %v: %s", pkg, err, out)
 	}

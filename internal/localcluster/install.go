@@ -2,7 +2,6 @@ package localcluster
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"time"
 )
@@ -29,7 +28,7 @@ func (c *Cluster) Install(ctx context.Context, repoRoot string) error {
 func (c *Cluster) kubectlIn(ctx context.Context, dir string, args ...string) error {
 	c.logf("kubectl %s", strings.Join(args, " "))
 	start := time.Now()
-	out, err := c.kubectlCmd(ctx, dir, args...)
+	out, err := c.KubectlIn(ctx, dir, args...)
 	if err != nil {
 		return err
 	}
@@ -40,19 +39,4 @@ func (c *Cluster) kubectlIn(ctx context.Context, dir string, args ...string) err
 		c.logf("  (%s)", d.Round(100*time.Millisecond))
 	}
 	return nil
-}
-
-func (c *Cluster) kubectlCmd(ctx context.Context, dir string, args ...string) ([]byte, error) {
-	cmd := c.kubectlCommand(ctx, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return out, fmt.Errorf("kubectl %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-	return out, nil
-}
-
-// KubectlIn runs the cluster's kubectl in dir (the repository root for relative paths).
-func (c *Cluster) KubectlIn(ctx context.Context, dir string, args ...string) ([]byte, error) {
-	return c.kubectlCmd(ctx, dir, args...)
 }

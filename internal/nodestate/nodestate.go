@@ -94,11 +94,9 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 		}
 		// NotApplicable never counts as proof: the driver cannot be trusted on this node.
 		return AttemptFailed
-	case v1alpha1.SelfTestInconclusive:
-		// The sensor lost events during the run: no proof either way. The agent runs it again
-		// with backoff; it is never recorded as a failed attempt against the driver.
-		return Verifying
 	}
+	// Inconclusive (the sensor lost events during the run) is no proof either way: the agent runs
+	// it again with backoff, and it is never recorded as a failed attempt against the driver.
 	return Verifying
 }
 

@@ -131,7 +131,7 @@ var rules = []rule{
 			case m == nil:
 				return v1alpha1.AnswerNo, "memlock not reported by this agent"
 			case m.Value == "":
-				return v1alpha1.AnswerUnknown, "memlock unknown: " + m.Error
+				return v1alpha1.AnswerUnknown, unknownFact("memlock", m.Error)
 			}
 			return yesIf(m.Value == v1alpha1.MemlockLimited), fmt.Sprintf("memlock %s (%s)", m.Value, m.Source)
 		},
@@ -216,7 +216,7 @@ func lacksCapability(bs *v1alpha1.StringFact, bit int, name string) (v1alpha1.An
 	case bs == nil:
 		return v1alpha1.AnswerNo, "capability bounding set not reported by this agent"
 	case bs.Value == "":
-		return v1alpha1.AnswerUnknown, "capability bounding set unknown: " + bs.Error
+		return v1alpha1.AnswerUnknown, unknownFact("capability bounding set", bs.Error)
 	}
 	mask, err := strconv.ParseUint(bs.Value, 16, 64)
 	if err != nil {

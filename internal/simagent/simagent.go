@@ -158,9 +158,7 @@ func (f *Fleet) Add(name, bootID string) {
 	f.mu.Lock()
 	f.agents[name] = &agent{name: name, bootID: bootID, facts: TypicalFacts}
 	f.mu.Unlock()
-	if f.q != nil {
-		f.q.Add(name)
-	}
+	f.q.Add(name)
 }
 
 // Remove stops the agent of a node (the node is gone).

@@ -281,9 +281,9 @@ func measureCost(ctx context.Context, cfg config, st *stage, d v1alpha1.Driver) 
 		}
 		row.nanos = (float64(row.delta.runtime.Nanoseconds()) - float64(row.others)*plainNanos) / float64(row.execs)
 	}
-	kernelLost, userLost := ss.s.Lost()
-	if kernelLost > 0 || userLost > 0 {
-		progress("%s: %d events lost in the kernel, %d dropped in user space", d, kernelLost, userLost)
+	// Drops counts the ring buffer's output failures too, which Lost never saw.
+	if drops := ss.s.Drops(); drops.Kernel > 0 || drops.User > 0 {
+		progress("%s: %d events lost in the kernel, %d dropped in user space", d, drops.Kernel, drops.User)
 	}
 	return rows, nil
 }

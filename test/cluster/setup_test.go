@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/hack/image/imagebuild"
 	"github.com/driverpilot/driverpilot/internal/localcluster"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/testenv"
@@ -46,8 +47,7 @@ type env struct {
 	cluster *localcluster.Cluster
 	root    string
 	client  client.Client
-	cs      *kubernetes.Clientset
-	images  string // directory of the image archives
+	cs      kubernetes.Interface
 }
 
 func requireCluster(t *testing.T) (kubeBin, nodeBin string) {
@@ -67,12 +67,16 @@ func buildImages(t *testing.T, root, dir string) []string {
 	var archives []string
 	for _, v := range []string{version, nextVersion} {
 		bin := filepath.Join(dir, "driverpilot-"+v)
-		run(t, root, nil, "go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/driverpilot/driverpilot/internal/version.Version="+v,
-			"-o", bin, "./cmd/driverpilot")
-		out := filepath.Join(dir, "image-"+v)
-		run(t, root, nil, "go", "run", "./hack/image", "--binary", bin, "--version", v, "--revision", "cluster-test",
-			"--source-date-epoch", "0", "--tag", imageRepo+":"+v, "--out", out)
-		archives = append(archives, filepath.Join(out, "driverpilot-"+v+".tar"))
+		buildVersion(t, root, v, bin)
+		img, err := imagebuild.Build(imagebuild.Options{Binary: bin, Version: v, Revision: "cluster-test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		archive := filepath.Join(dir, "driverpilot-"+v+".tar")
+		if err := imagebuild.WriteTarball(archive, imageRepo+":"+v, img); err != nil {
+			t.Fatal(err)
+		}
+		archives = append(archives, archive)
 	}
 	for pkg, ref := range map[string]string{"./hack/cluster/pause": localcluster.PauseImage, "./test/cluster/workload": workloadImage} {
 		a, err := localcluster.BuildImageFromPackage(root, pkg, ref, dir)
@@ -84,16 +88,16 @@ func buildImages(t *testing.T, root, dir string) []string {
 	return archives
 }
 
-func run(t *testing.T, dir string, env []string, name string, args ...string) string {
+// buildVersion builds cmd/driverpilot as `make build` does, stamped with version v.
+func buildVersion(t *testing.T, root, v, out string) {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	cmd.Env = append(append(os.Environ(), "CGO_ENABLED=0"), env...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/driverpilot/driverpilot/internal/version.Version="+v,
+		"-o", out, "./cmd/driverpilot")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build driverpilot %s: %v\n%s", v, err, out)
 	}
-	return string(out)
 }
 
 func startCluster(t *testing.T) *env {
@@ -103,8 +107,7 @@ func startCluster(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	images := t.TempDir()
-	archives := buildImages(t, root, images)
+	archives := buildImages(t, root, t.TempDir())
 	stateDir := filepath.Join(os.TempDir(), "driverpilot-cluster-test")
 	if err := localcluster.Cleanup(localcluster.Config{StateDir: stateDir}); err != nil {
 		t.Fatalf("a previous run's cluster could not be removed: %v", err)
@@ -139,11 +142,11 @@ func startCluster(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cs, err := cl.Clientset()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{cluster: cl, root: root, client: c, cs: cs, images: images}
+	return &env{cluster: cl, root: root, client: c, cs: cs}
 }
 
 type testWriter struct{ t *testing.T }
@@ -164,16 +167,7 @@ func (e *env) kubectl(t *testing.T, args ...string) string {
 }
 
 func (e *env) condition(ctx context.Context) (*corev1.NodeCondition, error) {
-	n, err := e.cs.CoreV1().Nodes().Get(ctx, e.cluster.NodeName(), metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	for i := range n.Status.Conditions {
-		if string(n.Status.Conditions[i].Type) == conditionType {
-			return &n.Status.Conditions[i], nil
-		}
-	}
-	return nil, nil
+	return e.cluster.NodeCondition(ctx, conditionType)
 }
 
 func (e *env) nodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, error) {

@@ -48,12 +48,6 @@ func startManager(e *testenv.Env) (func(), error) {
 
 func requireRootAndBPF(t *testing.T) { testutil.RequireKernel(t) }
 
-// buildBinary builds driverpilot for the test.
-func buildBinary(t *testing.T) string { return buildPackage(t, "./cmd/driverpilot") }
-
-// buildPackage builds a static binary of a package of this module into the test's temp dir.
-func buildPackage(t *testing.T, pkg string) string { return testutil.BuildPackage(t, pkg) }
-
 // readyCondition returns the node's RuntimeSecurityReady condition, or nil.
 func readyCondition(t *testing.T, nodeName string) *corev1.NodeCondition {
 	t.Helper()
@@ -92,7 +86,7 @@ func overlayMountsOf(t *testing.T, dir string) []string {
 func TestRealAgentVerifiesThisMachine(t *testing.T) {
 	testenv.Require(t)
 	requireRootAndBPF(t)
-	bin := buildBinary(t)
+	bin := testutil.BuildPackage(t, "./cmd/driverpilot")
 	ctx := context.Background()
 	const nodeName = "e2e-this-machine"
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"e2e": "true"}}}

@@ -17,6 +17,7 @@ import (
 	"github.com/driverpilot/driverpilot/agent/falco"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/testenv"
+	"github.com/driverpilot/driverpilot/internal/testutil"
 )
 
 // TestFalcoSensorOverHTTP runs the Falco path of the loop on this machine: `driverpilot
@@ -63,8 +64,8 @@ func runFalcoLoop(t *testing.T, name string, dropUpper bool) *v1alpha1.NodeSenso
 	t.Helper()
 	testenv.Require(t)
 	requireRootAndBPF(t)
-	bin := buildBinary(t)
-	emu := buildPackage(t, "./test/e2e/falcoemu")
+	bin := testutil.BuildPackage(t, "./cmd/driverpilot")
+	emu := testutil.BuildPackage(t, "./test/e2e/falcoemu")
 	ctx := context.Background()
 
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"e2e-falco": name}}}

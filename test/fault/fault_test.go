@@ -767,7 +767,10 @@ func (s *suite) final(profile *v1alpha1.SecurityProfile, t0 time.Time) {
 	// Verified nodes carry no taint.
 	var tainted []string
 	nodes := &corev1.NodeList{}
-	if err := s.cl.client.List(s.ctx, nodes, client.MatchingLabels{label: "true"}); err == nil {
+	if err := s.cl.client.List(s.ctx, nodes, client.MatchingLabels{label: "true"}); err != nil {
+		s.t.Errorf("list nodes for the taint check: %v", err)
+		broken = append(broken, "taint check")
+	} else {
 		for _, n := range nodes.Items {
 			for _, tn := range n.Spec.Taints {
 				if tn.Key == v1alpha1.UnverifiedTaintKey && s.w.isTrue(n.Name) {

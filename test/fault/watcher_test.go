@@ -272,9 +272,6 @@ func (w *watcher) onSensor(o any, deleted, tombstone bool) {
 		w.debug(name, rv, fmt.Sprintf("verdict %s for attempt %d (%s)", st.Result, st.Attempt, st.Driver))
 	}
 	w.sensors[name] = ns
-	if st := ns.Status.SelfTest; st != nil && st.Attempt > w.reported[ns.UID] {
-		w.reported[ns.UID] = st.Attempt
-	}
 	w.record(name, ns)
 	w.countInFlight()
 	if started {

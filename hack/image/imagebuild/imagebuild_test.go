@@ -50,8 +50,14 @@ func TestBuildIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d1, _ := idx.Digest()
-	d2, _ := again.Digest()
+	d1, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := again.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if d1 != d2 {
 		t.Errorf("two builds of the same index: %s and %s", d1, d2)
 	}

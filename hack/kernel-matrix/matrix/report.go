@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -329,22 +330,13 @@ func decisionProblem(d selection.Decision, tested, worked []string) string {
 		if len(worked) > 0 {
 			return fmt.Sprintf("the selection engine finds no driver, but %s passed", strings.Join(worked, ","))
 		}
-	case !slicesContains(tested, string(d.Driver)):
+	case !slices.Contains(tested, string(d.Driver)):
 		return fmt.Sprintf("the selection engine ranks %s first, which the matrix does not run", d.Driver)
-	case !slicesContains(worked, string(d.Driver)):
+	case !slices.Contains(worked, string(d.Driver)):
 		return fmt.Sprintf("the selection engine ranks %s first (candidates %v), but it did not pass here: fix the rules (internal/selection, config/knownissues)",
 			d.Driver, d.Candidates)
 	}
 	return ""
-}
-
-func slicesContains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // faultCell judges one run with an injected fault: it must fail, and for the fault's reason.
@@ -582,7 +574,7 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 	var checks []string
 	for _, r := range reports {
 		for _, c := range r.Cells {
-			if !slicesContains(checks, c.Check) {
+			if !slices.Contains(checks, c.Check) {
 				checks = append(checks, c.Check)
 			}
 		}
@@ -602,10 +594,10 @@ func WriteTable(w io.Writer, reports []KernelReport) bool {
 					if !c.Pass {
 						results[i] += " ✗"
 					}
-					if c.Method != "-" && c.Method != "" && !slicesContains(methods, c.Method) {
+					if c.Method != "-" && c.Method != "" && !slices.Contains(methods, c.Method) {
 						methods = append(methods, c.Method)
 					}
-					if c.Agreement != "" && !slicesContains(agree, c.Agreement) {
+					if c.Agreement != "" && !slices.Contains(agree, c.Agreement) {
 						agree = append(agree, c.Agreement)
 					}
 				}
@@ -700,7 +692,7 @@ func candidates(d selection.Decision, sep string) string {
 func driversOf(cells []Cell) []string {
 	var out []string
 	for _, c := range cells {
-		if !slicesContains(out, c.Driver) {
+		if !slices.Contains(out, c.Driver) {
 			out = append(out, c.Driver)
 		}
 	}
@@ -739,7 +731,7 @@ func WriteMarkdown(w io.Writer, reports []KernelReport) {
 			if c.Agreement != "" {
 				m += " (" + c.Agreement + ")"
 			}
-			if !slicesContains(methods, m) {
+			if !slices.Contains(methods, m) {
 				methods = append(methods, m)
 			}
 		}
