@@ -90,6 +90,12 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	sensors, err := r.syncNodeSensors(ctx, profile, selected)
 	errs = append(errs, err)
+	renewed, err := r.leaseRenewals(ctx)
+	if err != nil {
+		// Without the Leases a quiet agent looks silent: no pass on stale heartbeats.
+		return ctrl.Result{}, errors.Join(append(errs, err)...)
+	}
+	withLeaseHeartbeats(sensors, renewed)
 	now := r.now()
 	progress, err := r.advance(ctx, profile, selected, sensors, now)
 	if errors.Is(err, errStaleCache) {

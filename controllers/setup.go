@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
@@ -26,8 +27,9 @@ import (
 // SetupWithManager wires the reconciler: a profile is reconciled when it changes, when one of
 // its NodeSensors changes (heartbeats alone excepted: expiry is timed by RequeueAfter), when a
 // node appears, goes or is relabelled, when one of its agent pods appears, goes, is bound or
-// starts terminating, and when another profile changes (precedence moves nodes). The manager's
-// cache must hold agent pods only (AgentPodCache).
+// starts terminating, when a node's heartbeat Lease appears or is renewed after it expired, and
+// when another profile changes (precedence moves nodes). The manager's cache must hold agent
+// pods and agent Leases only (CacheOptions).
 func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.SecurityProfile{}).
@@ -42,6 +44,7 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return nil
 		}), builder.WithPredicates(agentPodChanged())).
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(r.profileOfLease), builder.WithPredicates(leaseRevived(r.HeartbeatTimeout))).
 		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Complete(r)
 }

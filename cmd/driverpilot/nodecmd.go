@@ -24,6 +24,8 @@ type nodeFlags struct {
 	kubeconfig      string
 	hostRoot        string
 	heartbeat       time.Duration
+	leaseNamespace  string
+	holder          string
 	mountSecurityfs bool
 	zap             zap.Options
 }
@@ -34,6 +36,8 @@ func (f *nodeFlags) bind(fs *flag.FlagSet, heartbeatHelp string) {
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or the in-cluster service account)")
 	fs.StringVar(&f.hostRoot, "host-root", "/", "where the host's root filesystem is visible (/host in a pod)")
 	fs.DurationVar(&f.heartbeat, "heartbeat", 30*time.Second, heartbeatHelp)
+	fs.StringVar(&f.leaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the node's heartbeat Lease (default $POD_NAMESPACE; empty: heartbeats go to the NodeSensor status)")
+	fs.StringVar(&f.holder, "holder", os.Getenv("POD_NAME"), "who holds the heartbeat Lease (default $POD_NAME, else the node name)")
 	fs.BoolVar(&f.mountSecurityfs, "mount-securityfs", true, "mount securityfs below the host root when it is not mounted, to read the lockdown mode")
 	f.zap.BindFlags(fs)
 }
