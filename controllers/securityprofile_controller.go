@@ -80,6 +80,8 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 
 	// From here a failure on one node is recorded on that node and the others move on: each
 	// step joins its per-node errors, and the pass ends with the status written.
+	ctx, events := withEventBatch(ctx)
+	defer r.flushEvents(events, profile)
 	selected, lost, err := r.selectNodes(ctx, profile)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -88,7 +90,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
 		errs = append(errs, err)
 	}
-	sensors, err := r.syncNodeSensors(ctx, profile, selected)
+	sensors, moreToCreate, err := r.syncNodeSensors(ctx, profile, selected)
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {
@@ -110,6 +112,9 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 		}
 		return ctrl.Result{}, err
+	}
+	if moreToCreate {
+		return ctrl.Result{RequeueAfter: time.Millisecond}, nil
 	}
 	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
 }

@@ -154,7 +154,7 @@ func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1
 }
 
 // parallelWrites bounds the API writes one reconcile has in flight at once.
-const parallelWrites = 16
+const parallelWrites = 32
 
 // forEach runs fn for each item with up to parallelWrites at once and joins the errors: one
 // node's failure neither stops nor hides the others'.
