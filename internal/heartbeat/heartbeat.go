@@ -46,7 +46,6 @@ func Renew(ctx context.Context, c client.Client, namespace, node, holder string,
 		Spec: coordinationv1.LeaseSpec{
 			HolderIdentity:       ptr.To(holder),
 			LeaseDurationSeconds: ptr.To(int32(timeout / time.Second)),
-			AcquireTime:          &renew,
 			RenewTime:            &renew,
 		},
 	}

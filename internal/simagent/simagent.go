@@ -97,7 +97,7 @@ func Start(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names []s
 		o.Workers = 8
 	}
 	if o.Heartbeat <= 0 {
-		o.Heartbeat = 30 * time.Second
+		o.Heartbeat = 40 * time.Second // the real agent's default
 	}
 	c, err := client.New(cfg, client.Options{Scheme: sch})
 	if err != nil {
