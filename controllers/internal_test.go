@@ -247,3 +247,51 @@ func TestEventBatchGathersRoutineEvents(t *testing.T) {
 		t.Error("without a batch the event is not recorded at once")
 	}
 }
+
+func TestOnlyProgressIsNumbersOnly(t *testing.T) {
+	status := func(ready metav1.ConditionStatus, msg string, verified int32) v1alpha1.SecurityProfileStatus {
+		return v1alpha1.SecurityProfileStatus{ObservedGeneration: 1, Nodes: v1alpha1.NodeCounts{Verified: verified},
+			Conditions: []metav1.Condition{{Type: ConditionProgressing, Status: ready, Reason: ReasonVerifying, Message: msg}}}
+	}
+	base := status(metav1.ConditionTrue, "3 nodes verifying, 10 pending", 2)
+	for _, c := range []struct {
+		name string
+		next v1alpha1.SecurityProfileStatus
+		want bool
+	}{
+		{"counts and numbers moved", status(metav1.ConditionTrue, "5 nodes verifying, 8 pending", 4), true},
+		{"the message says something new", status(metav1.ConditionTrue, "5 nodes verifying, 8 pending; 7 nodes wait for the canary nodes to be verified", 4), false},
+		{"a condition turned", status(metav1.ConditionFalse, "3 nodes verifying, 10 pending", 2), false},
+	} {
+		if got := onlyProgress(base, c.next); got != c.want {
+			t.Errorf("%s: onlyProgress = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRecentWritesSkipOnlyWhatTheCacheHasNotSeen(t *testing.T) {
+	var w recentWrites
+	w.conditionWritten("n1", "100", "True", ReasonVerified)
+	if !w.conditionPending("n1", "100", "True", ReasonVerified) {
+		t.Error("the cache still shows the node as before the write, yet the write is not pending")
+	}
+	if w.conditionPending("n1", "101", "True", ReasonVerified) {
+		t.Error("the cache shows a newer node, yet the old write still counts")
+	}
+	if w.conditionPending("n1", "100", "Unknown", ReasonHeartbeatExpired) {
+		t.Error("another condition is taken for the one written")
+	}
+	now := time.Now()
+	w.created("n2", now)
+	if !w.createPending("n2", now.Add(time.Second)) {
+		t.Error("a creation the cache has not shown is not pending")
+	}
+	if w.createPending("n2", now.Add(createGrace+time.Second)) {
+		t.Error("a creation never seen stays pending past its grace")
+	}
+	w.created("n3", now)
+	w.seen("n3")
+	if w.createPending("n3", now) {
+		t.Error("a creation the cache showed is still pending")
+	}
+}

@@ -191,9 +191,17 @@ func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1al
 	}
 	return forEach(ctx, names, func(name string) error {
 		ns, node, phase := sensors[name], governed[name], p.phases[name]
-		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase, p.errs[name]), now)
-		if err != nil {
-			return err
+		want := nodeCondition(ns, phase, p.errs[name])
+		written := node
+		// (Written by the last pass over the node the cache still shows: not again.)
+		if !r.recent.conditionPending(name, node.ResourceVersion, string(want.Status), want.Reason) {
+			var err error
+			if written, err = setNodeCondition(ctx, r.Client, node, want, now); err != nil {
+				return err
+			}
+			if written != node {
+				r.recent.conditionWritten(name, node.ResourceVersion, string(want.Status), want.Reason)
+			}
 		}
 		if written != node && phase.Proven() {
 			observeSelfTest(ns.Status.SelfTest)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -49,6 +50,9 @@ type SecurityProfileReconciler struct {
 
 	expect   expectations
 	replaced replacements
+	recent   recentWrites
+	// statusWritten is when each profile's status was last written, by UID.
+	statusWritten sync.Map
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch
@@ -75,7 +79,8 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}
 	if err := validateSpec(profile); err != nil {
-		return ctrl.Result{}, r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+		wait, err := r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+		return ctrl.Result{RequeueAfter: wait}, err
 	}
 
 	// From here a failure on one node is recorded on that node and the others move on: each
@@ -105,7 +110,8 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
-	errs = append(errs, r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)))
+	statusWait, err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost))
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		if onlyConflicts(err) {
 			// A read was stale (a NodeSensor, a node or the profile moved on): go again, quietly.
@@ -116,7 +122,11 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if moreToCreate {
 		return ctrl.Result{RequeueAfter: time.Millisecond}, nil
 	}
-	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
+	next := r.nextHeartbeatDeadline(sensors, now)
+	if statusWait > 0 && (next == 0 || statusWait < next) {
+		next = statusWait
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
 }
 
 // onlyConflicts reports whether every error joined in err is an optimistic-lock conflict.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -126,6 +127,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 	listed := make(map[string]bool, len(list.Items))
 	for i := range list.Items {
 		listed[list.Items[i].Name] = true
+		r.recent.seen(list.Items[i].Name)
 	}
 	for name := range governed {
 		if listed[name] {
@@ -163,8 +165,10 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		}
 	}
 	names := make([]string, 0, len(governed))
+	now := time.Now()
 	for name := range governed {
-		if sensors[name] == nil {
+		// (Created by the last pass, not in the cache yet: creating it again would only conflict.)
+		if sensors[name] == nil && !r.recent.createPending(name, now) {
 			names = append(names, name)
 		}
 	}
@@ -182,6 +186,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 			r.nodeEvent(profile, governed[ns.Name], err)
 			return err
 		}
+		r.recent.created(ns.Name, now)
 		return nil
 	})
 	for _, ns := range created {
@@ -203,6 +208,7 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 	}
 	r.expect.forget(ns.Name)
 	r.replaced.forget(ns.Name)
+	r.recent.forget(ns.Name)
 	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
 }
