@@ -269,6 +269,7 @@ func (r *SecurityProfileReconciler) refreshSettings(ctx context.Context, profile
 	if equality.Semantic.DeepEqual(want.SelfTest, ns.Spec.SelfTest) {
 		return nil
 	}
+	ownCopy(ns)
 	base := ns.DeepCopy()
 	ns.Spec.SelfTest = want.SelfTest
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
@@ -304,6 +305,7 @@ func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.Failed
 // proven: a new attempt with the same driver then records it as provenAttempt, and the node
 // stays verified on it until the new verdict is in.
 func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt, proven bool) error {
+	ownCopy(ns)
 	base := ns.DeepCopy()
 	ns.Spec.ProvenAttempt = 0
 	if proven && d.Driver == ns.Spec.Driver {
@@ -408,6 +410,11 @@ func reasonsText(reasons []v1alpha1.DriverReason) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// ownCopy gives a NodeSensor listed from the cache without a copy (a shallow copy of the cache's
+// object, sharing its maps and slices) data of its own, before it is changed or written: a
+// write decodes the API's answer into the object it was given.
+func ownCopy(ns *v1alpha1.NodeSensor) { *ns = *ns.DeepCopy() }
 
 // errStaleCache says the informer cache has not yet seen this manager's own last writes.
 var errStaleCache = errors.New("cache has not caught up with the last decisions")

@@ -44,7 +44,8 @@ func (r *SecurityProfileReconciler) leaseRenewals(ctx context.Context) (map[stri
 
 // withLeaseHeartbeats sets each NodeSensor's heartbeat to the newer of its status heartbeat (set
 // by every report of the agent) and its Lease's renewal, in the manager's copy only: from here on
-// a heartbeat is a heartbeat, wherever the agent wrote it.
+// a heartbeat is a heartbeat, wherever the agent wrote it. (A NodeSensor listed without a copy
+// is a shallow copy of the cache's: replacing its status's heartbeat pointer leaves the cache be.)
 func withLeaseHeartbeats(sensors map[string]*v1alpha1.NodeSensor, renewed map[string]time.Time) {
 	for name, ns := range sensors {
 		ns.Status.HeartbeatTime = heartbeat.Latest(ns.Status.HeartbeatTime, renewed[heartbeat.LeaseName(name)])

@@ -95,7 +95,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
 		errs = append(errs, err)
 	}
-	sensors, moreToCreate, err := r.syncNodeSensors(ctx, profile, selected)
+	sensors, missing, err := r.syncNodeSensors(ctx, profile, selected)
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {
@@ -110,6 +110,8 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
+	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, missing)
+	errs = append(errs, err)
 	statusWait, err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost))
 	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
