@@ -55,6 +55,7 @@ char __license[] SEC("license") = "Dual MIT/GPL";
 #define COMM_LEN 16
 #define FILENAME_LEN 64
 #define CGROUP_NAME_LEN 96
+#define NAMES_LEN (FILENAME_LEN + 2 * CGROUP_NAME_LEN)
 
 /* Bits of exec_event.flags; the Go decoder mirrors them (agent/sensor/decode.go). */
 enum exe_flag {
@@ -79,6 +80,9 @@ enum method_agreement {
 	AGREEMENT_DISAGREE = 2,
 };
 
+/* A record is the fixed part up to names plus the bytes of names in use: the three names are
+ * packed, each NUL-terminated, so a record is as long as its names and no longer (about 80 bytes
+ * for a short name outside containers, about 220 for a container's exec, at most 300). */
 struct exec_event {
 	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at the exec */
 	__u32 pid;      /* thread id */
@@ -86,11 +90,13 @@ struct exec_event {
 	__u32 flags;    /* enum exe_flag bits */
 	__u8 method;    /* enum layer_method */
 	__u8 agreement; /* enum method_agreement */
-	__u8 _pad[2];
+	/* Bytes of names taken by each name, its NUL included, in this order; 0: not read. */
+	__u8 filename_len;      /* d_name of the exe's dentry, at most FILENAME_LEN */
+	__u8 cgroup_len;        /* the task's memory cgroup's name (a container ID), at most CGROUP_NAME_LEN */
+	__u8 cgroup_parent_len; /* its parent's name (a pod), at most CGROUP_NAME_LEN */
+	__u8 _pad[3];
 	char comm[COMM_LEN];
-	char filename[FILENAME_LEN]; /* d_name of the exe's dentry, NUL-terminated */
-	char cgroup[CGROUP_NAME_LEN];        /* the task's memory cgroup's name (a container ID) */
-	char cgroup_parent[CGROUP_NAME_LEN]; /* its parent's name (a pod) */
+	char names[NAMES_LEN];
 };
 
 /* Bits of settings[0], written by user space while the program runs. */
@@ -122,6 +128,10 @@ struct ovl_inode___dp {
  * (falco#3286); lets tests and diagnostics exercise the InodeOffset path on any kernel. */
 const volatile __u8 force_inode_offset = 0;
 
+/* Pending bytes in events_rb at which the program wakes the reader: an eighth of the ring, set by
+ * user space with the ring's size (a constant here saves a helper call per event). */
+const volatile __u64 ringbuf_wakeup_bytes = 256 * 1024 / 8;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -132,6 +142,15 @@ struct {
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
 } events_perf SEC(".maps");
+
+/* Where an event is put together: a record is sent with only the bytes of names in use, and a
+ * map value, unlike the stack, takes a variable offset on every kernel the drivers support. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_event);
+} scratch SEC(".maps");
 
 /* One entry of enum setting_flag bits. An array map rather than a global: it needs no mmapable
  * maps, so the ebpf driver keeps working on kernels that lack them. */
@@ -226,11 +245,27 @@ static __always_inline bool exe_writable(struct inode *inode)
 	return (caps & (1U << CAP_DAC_OVERRIDE)) != 0;
 }
 
+/* Appends the NUL-terminated string at src, at most max bytes with its NUL, to ev->names at *off;
+ * returns the bytes appended (0 when it could not be read, and nothing is appended). */
+static __always_inline __u8 append_name(struct exec_event *ev, __u32 *off, const void *src, __u32 max)
+{
+	__u32 o = *off;
+	long n;
+
+	if (o > NAMES_LEN - CGROUP_NAME_LEN) /* never, with the names' maxima; bounds o for the verifier */
+		return 0;
+	n = bpf_probe_read_kernel_str(&ev->names[o], max, src);
+	if (n <= 0)
+		return 0;
+	*off = o + n;
+	return n;
+}
+
 /* Reads the names of the current task's cgroup and its parent into ev, at the exec: user space
  * cannot look them up later for a process that has already exited. The memory controller's
  * cgroup (cgroup v1, where each controller has its own hierarchy) or the default hierarchy's
  * (cgroup v2, or a kernel without the memory controller). */
-static __always_inline void fill_cgroup(struct exec_event *ev)
+static __always_inline void fill_cgroup(struct exec_event *ev, __u32 *off)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct css_set *cset = BPF_CORE_READ(task, cgroups);
@@ -251,23 +286,29 @@ static __always_inline void fill_cgroup(struct exec_event *ev)
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
 	if (!kn)
 		return;
-	bpf_probe_read_kernel_str(ev->cgroup, sizeof(ev->cgroup), BPF_CORE_READ(kn, name));
+	ev->cgroup_len = append_name(ev, off, BPF_CORE_READ(kn, name), CGROUP_NAME_LEN);
 	struct kernfs_node *parent;
 	if (bpf_core_field_exists(struct kernfs_node___new, __parent))
 		parent = BPF_CORE_READ((struct kernfs_node___new *)kn, __parent);
 	else
 		parent = BPF_CORE_READ(kn, parent);
 	if (parent)
-		bpf_probe_read_kernel_str(ev->cgroup_parent, sizeof(ev->cgroup_parent), BPF_CORE_READ(parent, name));
+		ev->cgroup_parent_len = append_name(ev, off, BPF_CORE_READ(parent, name), CGROUP_NAME_LEN);
 }
 
-/* Fills ev for an upper-layer overlay exec, a memfd exec, and a lower-layer overlay exec while
- * SETTING_SEND_LOWER is set; returns false for every other exec (no event). */
-static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_event *ev)
+/* Puts together the event for an upper-layer overlay exec, a memfd exec, and a lower-layer
+ * overlay exec while SETTING_SEND_LOWER is set, in this CPU's scratch entry; returns its size in
+ * bytes, or 0 for every other exec (no event). Every byte up to the returned size is written:
+ * the entry holds the previous event's bytes. */
+static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_event **evp)
 {
 	struct file *file = BPF_CORE_READ(bprm, file);
 	struct inode *inode = BPF_CORE_READ(file, f_inode);
 	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	__u32 zero = 0, off = 0;
+	struct exec_event *ev;
+	__u32 flags;
+	__u8 method = METHOD_NONE, agreement = AGREEMENT_SINGLE;
 
 	if (magic == OVERLAYFS_SUPER_MAGIC) {
 		int by_core = force_inode_offset ? -1 : upper_by_core(inode);
@@ -276,48 +317,58 @@ static __always_inline bool fill_event(struct linux_binprm *bprm, struct exec_ev
 
 		if (by_core >= 0) {
 			upper = by_core;
-			ev->method = METHOD_CORE;
-			ev->agreement = by_core == by_offset ? AGREEMENT_AGREE : AGREEMENT_DISAGREE;
+			method = METHOD_CORE;
+			agreement = by_core == by_offset ? AGREEMENT_AGREE : AGREEMENT_DISAGREE;
 		} else {
 			upper = by_offset;
-			ev->method = METHOD_INODE_OFFSET;
-			ev->agreement = AGREEMENT_SINGLE;
+			method = METHOD_INODE_OFFSET;
 		}
 		if (!upper && !send_lower())
-			return false;
-		ev->flags = EXE_OVERLAY | (upper ? EXE_UPPER_LAYER : EXE_LOWER_LAYER);
+			return 0;
+		flags = EXE_OVERLAY | (upper ? EXE_UPPER_LAYER : EXE_LOWER_LAYER);
 	} else if (exe_from_memfd(file, magic)) {
-		ev->flags = EXE_FROM_MEMFD;
+		flags = EXE_FROM_MEMFD;
 	} else {
-		return false;
+		return 0;
 	}
 
+	ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (ev == NULL)
+		return 0;
 	if (exe_writable(inode))
-		ev->flags |= EXE_WRITABLE;
+		flags |= EXE_WRITABLE;
 	__u64 id = bpf_get_current_pid_tgid();
+	ev->ktime_ns = bpf_ktime_get_ns();
 	ev->pid = (__u32)id;
 	ev->tgid = id >> 32;
-	ev->ktime_ns = bpf_ktime_get_ns();
+	ev->flags = flags;
+	ev->method = method;
+	ev->agreement = agreement;
+	ev->cgroup_len = 0;
+	ev->cgroup_parent_len = 0;
+	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
-				  BPF_CORE_READ(file, f_path.dentry, d_name.name));
-	fill_cgroup(ev);
-	return true;
+	ev->filename_len = append_name(ev, &off, BPF_CORE_READ(file, f_path.dentry, d_name.name), FILENAME_LEN);
+	fill_cgroup(ev, &off);
+	if (off > NAMES_LEN) /* never; bounds the size for the verifier */
+		off = NAMES_LEN;
+	*evp = ev;
+	return offsetof(struct exec_event, names) + off;
 }
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct exec_event ev = {};
+	struct exec_event *ev = NULL;
+	__u32 size = fill_event(bprm, &ev);
 
-	if (!fill_event(bprm, &ev))
+	if (size == 0 || ev == NULL)
 		return 0;
 	/* No wakeup per event: the reader polls every flush interval, and is woken early only
 	 * when the ring fills up (an exec storm), long before it could overflow. */
 	__u64 pending = bpf_ringbuf_query(&events_rb, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&events_rb, BPF_RB_RING_SIZE);
-	__u64 flags = pending >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events_rb, &ev, sizeof(ev), flags) != 0)
+	__u64 flags = pending >= ringbuf_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events_rb, ev, size, flags) != 0)
 		count(COUNTER_DROPPED);
 	return 0;
 }
@@ -325,11 +376,12 @@ int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct exec_event ev = {};
+	struct exec_event *ev = NULL;
+	__u32 size = fill_event(bprm, &ev);
 
-	if (!fill_event(bprm, &ev))
+	if (size == 0 || ev == NULL)
 		return 0;
-	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, &ev, sizeof(ev)) != 0)
+	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, ev, size) != 0)
 		count(COUNTER_DROPPED);
 	return 0;
 }

@@ -279,12 +279,14 @@ func TestEventNamesItsCgroup(t *testing.T) {
 	for _, d := range drivers {
 		t.Run(string(d), func(t *testing.T) {
 			_, events := startSensor(t, d)
+			// A pod's cgroup and a container's in it: the event carries both names, packed.
+			pod := randomName(t, "dp-pod-")
 			group := randomName(t, "dp-cgroup-")
-			dir := filepath.Join(root, group)
-			if err := os.Mkdir(dir, 0o755); err != nil {
+			dir := filepath.Join(root, pod, group)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
 				t.Fatalf("make a cgroup to exec in: %v", err)
 			}
-			t.Cleanup(func() { _ = os.Remove(dir) })
+			t.Cleanup(func() { _ = os.Remove(dir); _ = os.Remove(filepath.Dir(dir)) })
 			name := randomName(t, "dp-cg-")
 			path := filepath.Join(filepath.Dir(mountOverlay(t, randomName(t, "dp-lower-"))), name)
 			copyFile(t, "/bin/true", path) // through the merged dir: upper layer, always sent
@@ -293,8 +295,8 @@ func TestEventNamesItsCgroup(t *testing.T) {
 				t.Fatalf("exec in the cgroup: %v %s", err, out)
 			}
 			ev := expectOnly(t, events, name, nil)
-			if ev.Cgroup.Leaf != group {
-				t.Errorf("event cgroup %+v, want leaf %q", ev.Cgroup, group)
+			if ev.Cgroup.Leaf != group || ev.Cgroup.Parent != pod || ev.Filename != name {
+				t.Errorf("event cgroup %+v, filename %q; want leaf %q, parent %q, filename %q", ev.Cgroup, ev.Filename, group, pod, name)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -12,15 +13,39 @@ import (
 	"github.com/driverpilot/driverpilot/bpf"
 )
 
-// eventSize is the size of C struct exec_event; layout_test.go checks it against the object's BTF.
-var eventSize = binary.Size(bpf.ExecExecEvent{})
+// Offsets of C struct exec_event's members, taken from its Go twin; bpf/layout_test.go checks
+// the twin against the object's BTF. A record holds the members before names and then only the
+// bytes of names in use (filename_len + cgroup_len + cgroup_parent_len).
+var (
+	offKtime       = int(unsafe.Offsetof(bpf.ExecExecEvent{}.KtimeNs))
+	offPid         = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Pid))
+	offTgid        = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Tgid))
+	offFlags       = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Flags))
+	offMethod      = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Method))
+	offAgreement   = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Agreement))
+	offFilenameLen = int(unsafe.Offsetof(bpf.ExecExecEvent{}.FilenameLen))
+	offCgroupLen   = int(unsafe.Offsetof(bpf.ExecExecEvent{}.CgroupLen))
+	offParentLen   = int(unsafe.Offsetof(bpf.ExecExecEvent{}.CgroupParentLen))
+	offComm        = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Comm))
+	commLen        = len(bpf.ExecExecEvent{}.Comm)
+	offNames       = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Names))
+	namesLen       = len(bpf.ExecExecEvent{}.Names)
+)
 
-// Decoder turns raw kernel records into Events.
+// decodeNamesSize is how many distinct cgroup names a Decoder keeps (a node runs a few hundred
+// containers at most; past it the set starts again).
+const decodeNamesSize = 512
+
+// Decoder turns raw kernel records into Events. It is not safe for concurrent use: the sensor's
+// one reader owns it.
 type Decoder struct {
 	// wallOffset converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 	wallOffset time.Duration
 	driver     v1alpha1.Driver
 	now        func() time.Time
+	// names interns cgroup names: every exec in a container carries the same two, and a string
+	// allocated once per container instead of twice per event keeps the reader's cost down.
+	names map[string]string
 }
 
 // NewDecoder returns a decoder for events that came through driver, with the monotonic-to-wall
@@ -38,37 +63,55 @@ func NewDecoder(driver v1alpha1.Driver) (*Decoder, error) {
 	}, nil
 }
 
-// Decode decodes one record of struct exec_event (little-endian, as the bpfel object writes it).
-// Perf records may carry trailing padding; shorter records are an error.
+// Decode decodes one record of struct exec_event (little-endian, as the bpfel object writes it):
+// the members before names, then the names in use. Perf records may carry trailing padding; a
+// record shorter than its names say is an error.
 func (d *Decoder) Decode(raw []byte) (Event, error) {
-	if len(raw) < eventSize {
-		return Event{}, fmt.Errorf("decode exec event: %d bytes, want %d", len(raw), eventSize)
+	if len(raw) < offNames {
+		return Event{}, fmt.Errorf("decode exec event: %d bytes, want at least %d", len(raw), offNames)
 	}
-	var ev bpf.ExecExecEvent
-	if _, err := binary.Decode(raw[:eventSize], binary.LittleEndian, &ev); err != nil {
-		return Event{}, fmt.Errorf("decode exec event: %w", err)
+	fl, cl, pl := int(raw[offFilenameLen]), int(raw[offCgroupLen]), int(raw[offParentLen])
+	if fl+cl+pl > namesLen || len(raw) < offNames+fl+cl+pl {
+		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), fl, cl, pl, offNames)
 	}
+	le := binary.LittleEndian
+	names := raw[offNames:]
 	return Event{
-		Time:      time.Unix(0, int64(ev.KtimeNs)+int64(d.wallOffset)),
+		Time:      time.Unix(0, int64(le.Uint64(raw[offKtime:]))+int64(d.wallOffset)),
 		Received:  d.now(),
-		PID:       ev.Pid,
-		TGID:      ev.Tgid,
-		Comm:      cString(ev.Comm[:]),
-		Filename:  cString(ev.Filename[:]),
-		Flags:     Flags(ev.Flags),
-		Method:    Method(ev.Method),
-		Agreement: Agreement(ev.Agreement),
+		PID:       le.Uint32(raw[offPid:]),
+		TGID:      le.Uint32(raw[offTgid:]),
+		Comm:      cString(raw[offComm : offComm+commLen]),
+		Filename:  cString(names[:fl]),
+		Flags:     Flags(le.Uint32(raw[offFlags:])),
+		Method:    Method(raw[offMethod]),
+		Agreement: Agreement(raw[offAgreement]),
 		Driver:    d.driver,
-		Cgroup:    CgroupNames{Leaf: cString(ev.Cgroup[:]), Parent: cString(ev.CgroupParent[:])},
+		Cgroup:    CgroupNames{Leaf: d.intern(names[fl : fl+cl]), Parent: d.intern(names[fl+cl : fl+cl+pl])},
 	}, nil
 }
 
-// cString converts a NUL-terminated C char array (int8 in bpf2go's output) to a string.
-func cString(chars []int8) string {
-	b := make([]byte, len(chars))
-	for i, c := range chars {
-		b[i] = byte(c)
+// intern returns the string of the C string b, allocated once per distinct name.
+func (d *Decoder) intern(b []byte) string {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		b = b[:i]
 	}
+	if len(b) == 0 {
+		return ""
+	}
+	if s, ok := d.names[string(b)]; ok { // no allocation for the lookup
+		return s
+	}
+	if d.names == nil || len(d.names) >= decodeNamesSize {
+		d.names = make(map[string]string, decodeNamesSize)
+	}
+	s := string(b)
+	d.names[s] = s
+	return s
+}
+
+// cString converts a NUL-terminated C string to a string; without a NUL, all of b.
+func cString(b []byte) string {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
 	}

@@ -71,8 +71,8 @@ func main() {
 		}
 		cfg.drivers = append(cfg.drivers, v1alpha1.Driver(d))
 	}
-	if cfg.costExecs <= 0 || cfg.costRounds <= 0 || cfg.tputExecs <= 0 || cfg.tputRounds <= 0 {
-		fmt.Fprintln(os.Stderr, "bench: -n, -rounds, -tn and -trounds must be positive")
+	if cfg.costExecs <= 0 || cfg.costRounds < 0 || cfg.tputExecs <= 0 || cfg.tputRounds < 0 {
+		fmt.Fprintln(os.Stderr, "bench: -n and -tn must be positive, -rounds and -trounds not negative (0 skips that part)")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -97,29 +97,43 @@ func run(ctx context.Context, cfg config) (err error) {
 
 	m := machine()
 	load := loadavg()
-	progress("measuring in-kernel cost: %d rounds x %d execs per exec kind and driver", cfg.costRounds, cfg.costExecs)
-	costs, how, err := measureCosts(ctx, cfg, st)
-	if err != nil {
-		return err
+	var (
+		costs []costRow
+		how   string
+	)
+	if cfg.costRounds > 0 {
+		progress("measuring in-kernel cost: %d rounds x %d execs per exec kind and driver", cfg.costRounds, cfg.costExecs)
+		if costs, how, err = measureCosts(ctx, cfg, st); err != nil {
+			return err
+		}
 	}
-	progress("measuring exec throughput: %d rounds x %d execs per configuration", cfg.tputRounds, cfg.tputExecs)
-	busy0, self0, wall0 := machineBusy(), ownCPU(), time.Now()
-	tput, err := measureThroughput(ctx, cfg, st)
-	if err != nil {
-		return err
+	var (
+		tput       [][]*tputResult
+		othersBusy float64
+	)
+	if cfg.tputRounds > 0 {
+		progress("measuring exec throughput: %d rounds x %d execs per configuration", cfg.tputRounds, cfg.tputExecs)
+		busy0, self0, wall0 := machineBusy(), ownCPU(), time.Now()
+		if tput, err = measureThroughput(ctx, cfg, st); err != nil {
+			return err
+		}
+		wall := time.Since(wall0).Seconds()
+		othersBusy = max(0, ((machineBusy()-busy0)-(ownCPU()-self0)).Seconds()/wall)
 	}
-	wall := time.Since(wall0).Seconds()
-	othersBusy := max(0, ((machineBusy()-busy0)-(ownCPU()-self0)).Seconds()/wall)
-	steal := stealFraction()
 
-	fmt.Printf("machine: %s, %d CPUs, kernel %s, load average %s at start (shared machine)\n", m.cpu, runtime.NumCPU(), m.kernel, load)
-	fmt.Printf("BPF statistics: %s\n", how)
-	fmt.Printf("executable: %d-byte static ELF that calls exit(0); ordinary execs from %s\n\n", mustLen(tinyExe()), st.plainFS)
-	printCosts(cfg, costs)
-	fmt.Println()
-	printThroughput(cfg, tput)
-	fmt.Printf("(while it ran, other processes kept %.2f of %d CPUs busy on average; hypervisor steal since boot %.1f%%)\n",
-		othersBusy, runtime.NumCPU(), steal*100)
+	fmt.Printf("machine: %s, %d CPUs, kernel %s, load average %s at start, %s at the end (shared machine)\n",
+		m.cpu, runtime.NumCPU(), m.kernel, load, loadavg())
+	fmt.Printf("executable: %d-byte static ELF that calls exit(0); ordinary execs from %s\n", mustLen(tinyExe()), st.plainFS)
+	if cfg.costRounds > 0 {
+		fmt.Printf("BPF statistics: %s\n\n", how)
+		printCosts(cfg, costs)
+	}
+	if cfg.tputRounds > 0 {
+		fmt.Println()
+		printThroughput(cfg, tput)
+		fmt.Printf("(while it ran, other processes kept %.2f of %d CPUs busy on average; hypervisor steal since boot %.1f%%)\n",
+			othersBusy, runtime.NumCPU(), stealFraction()*100)
+	}
 	return nil
 }
 
