@@ -13,8 +13,8 @@
  * memfd execs are always sent.
  *
  * Events are batched: the ring buffer variant writes with BPF_RB_NO_WAKEUP and forces a wakeup
- * only once an eighth of the ring is pending; the perf variant relies on the reader's
- * wakeup_events. User space reads at least every flush interval (agent/sensor), which bounds the
+ * only once half the ring is pending; the perf variant relies on the reader's watermark (half
+ * of each per-CPU buffer). User space reads at least every flush interval (agent/sensor), which bounds the
  * detection latency. An event the kernel could not write (a full buffer) is counted in counters
  * (COUNTER_DROPPED), so user space can tell a lost event from one that never happened.
  *
@@ -128,9 +128,10 @@ struct ovl_inode___dp {
  * (falco#3286); lets tests and diagnostics exercise the InodeOffset path on any kernel. */
 const volatile __u8 force_inode_offset = 0;
 
-/* Pending bytes in events_rb at which the program wakes the reader: an eighth of the ring, set by
- * user space with the ring's size (a constant here saves a helper call per event). */
-const volatile __u64 ringbuf_wakeup_bytes = 256 * 1024 / 8;
+/* Pending bytes in events_rb at which the program wakes the reader: half the ring, set by user
+ * space with the ring's size (a constant here saves a helper call per event). The other half is
+ * room for what comes while the reader wakes. */
+const volatile __u64 ringbuf_wakeup_bytes = 256 * 1024 / 2;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

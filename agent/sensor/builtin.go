@@ -38,8 +38,10 @@ type Options struct {
 	// name the container of an alerting process.
 	ProcRoot string
 	// PerfWakeupEvents is how many events a per-CPU perf buffer collects before it wakes the
-	// reader (default: a quarter of the buffer, 128 events for 64 KiB); the flush interval reads
-	// the rest. A wakeup costs about 10us on a VM (an irq_work self-IPI): it must not come per event.
+	// reader; by default a buffer wakes it once half full (a watermark in bytes: records are 80 to
+	// 310 bytes long). The flush interval reads the rest. A wakeup costs the kernel an irq_work
+	// self-IPI and the reader a round of epoll_wait and handing events on, tens of microseconds on
+	// a VM: the fewer per event the better, as long as the buffer has room while the reader wakes.
 	PerfWakeupEvents int
 	// RingBufferBytes is the modern_ebpf driver's ring buffer size, a power of two of at least a
 	// page (default 256 KiB).
@@ -102,11 +104,6 @@ func NewBuiltin(opts Options) *Builtin {
 	}
 	if opts.PerfBufferBytes <= 0 {
 		opts.PerfBufferBytes = 64 << 10
-	}
-	if opts.PerfWakeupEvents <= 0 {
-		// A perf record of struct exec_event takes 80 to 310 bytes with its headers (its names
-		// decide), about 128 outside containers.
-		opts.PerfWakeupEvents = max(1, opts.PerfBufferBytes/4/128)
 	}
 	if opts.RingBufferBytes <= 0 {
 		opts.RingBufferBytes = 256 << 10
@@ -179,7 +176,7 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 	}
 	if v, ok := spec.Variables[bpf.ExecVarRingbufWakeupBytes]; !ok {
 		return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: errors.New("object lacks ringbuf_wakeup_bytes")}
-	} else if err := v.Set(uint64(b.opts.RingBufferBytes / 8)); err != nil {
+	} else if err := v.Set(uint64(b.opts.RingBufferBytes / 2)); err != nil {
 		return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("set ringbuf_wakeup_bytes: %w", err)}
 	}
 	// KernelTypes stays nil so CO-RE searches vmlinux and module BTF (overlay as a module).
@@ -225,7 +222,11 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 			return &Error{Reason: ReasonSensorAttachFailed, Driver: driver, Err: fmt.Errorf("attach raw_tp/sched_process_exec: %w", err)}
 		}
 		closers = append(closers, l)
-		r, err := perf.NewReaderWithOptions(objs.Events, b.opts.PerfBufferBytes, perf.ReaderOptions{WakeupEvents: b.opts.PerfWakeupEvents})
+		popts := perf.ReaderOptions{WakeupEvents: b.opts.PerfWakeupEvents}
+		if popts.WakeupEvents <= 0 {
+			popts.Watermark = max(1, b.opts.PerfBufferBytes/2)
+		}
+		r, err := perf.NewReaderWithOptions(objs.Events, b.opts.PerfBufferBytes, popts)
 		if err != nil {
 			cleanup()
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("perf reader: %w", err)}
@@ -393,16 +394,36 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			b.mu.Unlock()
 		}
 	}()
+	// Records come in batches (the kernel wakes the reader once per many events, or the flush
+	// interval does): the reader decodes every pending record, then hands the batch on, so a
+	// subscriber is woken about once per batch rather than once per event.
+	batch := make([]Event, 0, readBatch)
 	for {
-		raw, lost, err := rd.read()
-		b.lastRead.Store(time.Now().UnixNano())
-		if err == nil {
+		raw, lost, err := rd.read(false)
+		for {
+			now := time.Now()
+			b.lastRead.Store(now.UnixNano())
+			if err != nil {
+				break
+			}
 			b.records.Add(1)
+			if lost > 0 {
+				b.lost.Add(lost)
+			} else if ev, err := dec.decodeAt(raw, now); err != nil {
+				b.dropped.Add(1)
+			} else {
+				batch = append(batch, ev)
+			}
+			if len(batch) == cap(batch) {
+				break
+			}
+			raw, lost, err = rd.read(true)
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			continue // a flush interval passed; every pending record was read
-		}
-		if err != nil {
+		b.deliver(batch)
+		clear(batch) // no strings kept alive until the next batch
+		batch = batch[:0]
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// os.ErrDeadlineExceeded: every pending record was read. Anything else ends the reader.
 			if !errors.Is(err, os.ErrClosed) {
 				b.mu.Lock()
 				b.readErr = fmt.Errorf("read events: %w", err)
@@ -410,42 +431,46 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			}
 			return
 		}
-		if lost > 0 {
-			b.lost.Add(lost)
-			continue
-		}
-		ev, err := dec.Decode(raw)
-		if err != nil {
-			b.dropped.Add(1)
-			continue
-		}
-		b.deliver(ev)
 	}
 }
 
-// deliver hands ev to every subscriber, then writes its alert. The alert is written without b.mu:
-// a blocked output (a full stdout pipe) must not block Subscribe, Close or Health, which need it.
-// It still holds up this reader, which Health then reports as stalled, and the kernel counts
-// what it cannot buffer meanwhile as drops.
-func (b *Builtin) deliver(ev Event) {
+// readBatch is the most records the reader decodes before it hands them on.
+const readBatch = 256
+
+// deliver hands the events to every subscriber, then writes their alerts. Alerts are written
+// without b.mu: a blocked output (a full stdout pipe) must not block Subscribe, Close or Health,
+// which need it. It still holds up this reader, which Health then reports as stalled, and the
+// kernel counts what it cannot buffer meanwhile as drops.
+func (b *Builtin) deliver(events []Event) {
+	if len(events) == 0 {
+		return
+	}
 	b.mu.Lock()
 	for _, ch := range b.subs {
-		select {
-		case ch <- ev:
-		default:
-			b.dropped.Add(1)
+		for i := range events {
+			select {
+			case ch <- events[i]:
+			default:
+				b.dropped.Add(1)
+			}
 		}
 	}
 	writeAlert := b.opts.Alerts != nil && b.alertErr == nil
 	b.mu.Unlock()
-	if !writeAlert || !ev.UpperLayer() {
+	if !writeAlert {
 		return
 	}
-	ev.Container = ContainerOfEvent(b.opts.ProcRoot, ev)
-	if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
-		b.mu.Lock()
-		b.alertErr = err
-		b.mu.Unlock()
+	for _, ev := range events {
+		if !ev.UpperLayer() {
+			continue
+		}
+		ev.Container = ContainerOfEvent(b.opts.ProcRoot, ev)
+		if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
+			b.mu.Lock()
+			b.alertErr = err
+			b.mu.Unlock()
+			return
+		}
 	}
 }
 
@@ -524,9 +549,10 @@ const closeWait = 5 * time.Second
 
 // recordReader hides the difference between the ring buffer and the perf event array.
 type recordReader interface {
-	// read blocks for the next record; lost > 0 reports samples the kernel dropped instead. raw
-	// is valid until the next read.
-	read() (raw []byte, lost uint64, err error)
+	// read returns the next record, waiting up to a flush interval for it, or with drain not at
+	// all; os.ErrDeadlineExceeded says there was none. lost > 0 reports samples the kernel
+	// dropped instead. raw is valid until the next read.
+	read(drain bool) (raw []byte, lost uint64, err error)
 	close() error
 }
 
@@ -539,8 +565,8 @@ type ringbufReader struct {
 	rec   ringbuf.Record
 }
 
-func (r *ringbufReader) read() ([]byte, uint64, error) {
-	r.r.SetDeadline(time.Now().Add(r.flush))
+func (r *ringbufReader) read(drain bool) ([]byte, uint64, error) {
+	r.r.SetDeadline(deadline(drain, r.flush))
 	err := r.r.ReadInto(&r.rec)
 	return r.rec.RawSample, 0, err
 }
@@ -555,10 +581,20 @@ type perfReader struct {
 	rec   perf.Record
 }
 
-func (r *perfReader) read() ([]byte, uint64, error) {
-	r.r.SetDeadline(time.Now().Add(r.flush))
+func (r *perfReader) read(drain bool) ([]byte, uint64, error) {
+	r.r.SetDeadline(deadline(drain, r.flush))
 	err := r.r.ReadInto(&r.rec)
 	return r.rec.RawSample, r.rec.LostSamples, err
 }
 
 func (r *perfReader) close() error { return r.r.Close() }
+
+// drained is a deadline already past: the readers then take what is pending without waiting.
+var drained = time.Unix(1, 0)
+
+func deadline(drain bool, flush time.Duration) time.Time {
+	if drain {
+		return drained
+	}
+	return time.Now().Add(flush)
+}

@@ -43,8 +43,9 @@ type Decoder struct {
 	wallOffset time.Duration
 	driver     v1alpha1.Driver
 	now        func() time.Time
-	// names interns cgroup names: every exec in a container carries the same two, and a string
-	// allocated once per container instead of twice per event keeps the reader's cost down.
+	// names interns the names events carry: every exec in a container carries the same cgroup
+	// names, and the same binary the same comm and filename; a string allocated once per name
+	// instead of four per event keeps the reader's cost down.
 	names map[string]string
 }
 
@@ -67,6 +68,11 @@ func NewDecoder(driver v1alpha1.Driver) (*Decoder, error) {
 // the members before names, then the names in use. Perf records may carry trailing padding; a
 // record shorter than its names say is an error.
 func (d *Decoder) Decode(raw []byte) (Event, error) {
+	return d.decodeAt(raw, d.now())
+}
+
+// decodeAt is Decode with the time the record was read.
+func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 	if len(raw) < offNames {
 		return Event{}, fmt.Errorf("decode exec event: %d bytes, want at least %d", len(raw), offNames)
 	}
@@ -78,11 +84,11 @@ func (d *Decoder) Decode(raw []byte) (Event, error) {
 	names := raw[offNames:]
 	return Event{
 		Time:      time.Unix(0, int64(le.Uint64(raw[offKtime:]))+int64(d.wallOffset)),
-		Received:  d.now(),
+		Received:  received,
 		PID:       le.Uint32(raw[offPid:]),
 		TGID:      le.Uint32(raw[offTgid:]),
-		Comm:      cString(raw[offComm : offComm+commLen]),
-		Filename:  cString(names[:fl]),
+		Comm:      d.intern(raw[offComm : offComm+commLen]),
+		Filename:  d.intern(names[:fl]),
 		Flags:     Flags(le.Uint32(raw[offFlags:])),
 		Method:    Method(raw[offMethod]),
 		Agreement: Agreement(raw[offAgreement]),
@@ -91,7 +97,8 @@ func (d *Decoder) Decode(raw []byte) (Event, error) {
 	}, nil
 }
 
-// intern returns the string of the C string b, allocated once per distinct name.
+// intern returns the string of the C string b (all of b without a NUL), allocated once per
+// distinct name while the set has room.
 func (d *Decoder) intern(b []byte) string {
 	if i := bytes.IndexByte(b, 0); i >= 0 {
 		b = b[:i]
@@ -108,12 +115,4 @@ func (d *Decoder) intern(b []byte) string {
 	s := string(b)
 	d.names[s] = s
 	return s
-}
-
-// cString converts a NUL-terminated C string to a string; without a NUL, all of b.
-func cString(b []byte) string {
-	if i := bytes.IndexByte(b, 0); i >= 0 {
-		b = b[:i]
-	}
-	return string(b)
 }
