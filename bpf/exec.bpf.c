@@ -82,7 +82,9 @@ enum method_agreement {
 
 /* A record is the fixed part up to names plus the bytes of names in use: the three names are
  * packed, each NUL-terminated, so a record is as long as its names and no longer (about 80 bytes
- * for a short name outside containers, about 220 for a container's exec, at most 300). */
+ * for a short name outside containers, about 220 for a container's exec, at most 300). The
+ * cgroup names come first: they stay in place in a CPU's scratch entry from one event to the
+ * next (see struct scratch). */
 struct exec_event {
 	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at the exec */
 	__u32 pid;      /* thread id */
@@ -91,9 +93,9 @@ struct exec_event {
 	__u8 method;    /* enum layer_method */
 	__u8 agreement; /* enum method_agreement */
 	/* Bytes of names taken by each name, its NUL included, in this order; 0: not read. */
-	__u8 filename_len;      /* d_name of the exe's dentry, at most FILENAME_LEN */
 	__u8 cgroup_len;        /* the task's memory cgroup's name (a container ID), at most CGROUP_NAME_LEN */
 	__u8 cgroup_parent_len; /* its parent's name (a pod), at most CGROUP_NAME_LEN */
+	__u8 filename_len;      /* d_name of the exe's dentry, at most FILENAME_LEN */
 	__u8 _pad[3];
 	char comm[COMM_LEN];
 	char names[NAMES_LEN];
@@ -145,12 +147,22 @@ struct {
 } events_perf SEC(".maps");
 
 /* Where an event is put together: a record is sent with only the bytes of names in use, and a
- * map value, unlike the stack, takes a variable offset on every kernel the drivers support. */
+ * map value, unlike the stack, takes a variable offset on every kernel the drivers support.
+ * cgroup_id caches the cgroup names at the start of ev.names: while a CPU's execs come from the
+ * same cgroup (a container's), its names are not read again (two string reads and four pointer
+ * reads fewer per event). The key is the kernfs node's id, unique for the boot and never reused,
+ * not its address, which a new cgroup could take over. A renamed cgroup keeps its id: its old
+ * name stays until another cgroup's exec on that CPU (container runtimes do not rename). */
+struct scratch {
+	struct exec_event ev;
+	__u64 cgroup_id; /* kernfs node id of the cgroup whose names ev.names starts with; 0: none */
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct exec_event);
+	__type(value, struct scratch);
 } scratch SEC(".maps");
 
 /* One entry of enum setting_flag bits. An array map rather than a global: it needs no mmapable
@@ -253,7 +265,7 @@ static __always_inline __u8 append_name(struct exec_event *ev, __u32 *off, const
 	__u32 o = *off;
 	long n;
 
-	if (o > NAMES_LEN - CGROUP_NAME_LEN) /* never, with the names' maxima; bounds o for the verifier */
+	if (o > NAMES_LEN - max) /* never, with the names' maxima; bounds o for the verifier */
 		return 0;
 	n = bpf_probe_read_kernel_str(&ev->names[o], max, src);
 	if (n <= 0)
@@ -262,12 +274,14 @@ static __always_inline __u8 append_name(struct exec_event *ev, __u32 *off, const
 	return n;
 }
 
-/* Reads the names of the current task's cgroup and its parent into ev, at the exec: user space
- * cannot look them up later for a process that has already exited. The memory controller's
- * cgroup (cgroup v1, where each controller has its own hierarchy) or the default hierarchy's
- * (cgroup v2, or a kernel without the memory controller). */
-static __always_inline void fill_cgroup(struct exec_event *ev, __u32 *off)
+/* Puts the names of the current task's cgroup and its parent at the start of ev.names, unless
+ * they are there already (struct scratch), and sets off past them. They are read at the exec:
+ * user space cannot look them up later for a process that has already exited. The memory
+ * controller's cgroup (cgroup v1, where each controller has its own hierarchy) or the default
+ * hierarchy's (cgroup v2, or a kernel without the memory controller). */
+static __always_inline void fill_cgroup(struct scratch *sc, __u32 *off)
 {
+	struct exec_event *ev = &sc->ev;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct css_set *cset = BPF_CORE_READ(task, cgroups);
 	struct cgroup *cgrp = NULL;
@@ -285,8 +299,21 @@ static __always_inline void fill_cgroup(struct exec_event *ev, __u32 *off)
 	if (!cgrp)
 		cgrp = BPF_CORE_READ(cset, dfl_cgrp);
 	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
-	if (!kn)
+	if (!kn) {
+		sc->cgroup_id = 0;
+		ev->cgroup_len = ev->cgroup_parent_len = 0;
 		return;
+	}
+	/* Without a u64 id (before 5.5) nothing is cached. */
+	__u64 kn_id = 0;
+	if (bpf_core_field_exists(kn->id) && bpf_core_field_size(kn->id) == sizeof(__u64))
+		kn_id = BPF_CORE_READ(kn, id);
+	if (kn_id != 0 && kn_id == sc->cgroup_id) {
+		*off = ev->cgroup_len + ev->cgroup_parent_len;
+		return;
+	}
+	sc->cgroup_id = 0;
+	ev->cgroup_parent_len = 0;
 	ev->cgroup_len = append_name(ev, off, BPF_CORE_READ(kn, name), CGROUP_NAME_LEN);
 	struct kernfs_node *parent;
 	if (bpf_core_field_exists(struct kernfs_node___new, __parent))
@@ -295,6 +322,7 @@ static __always_inline void fill_cgroup(struct exec_event *ev, __u32 *off)
 		parent = BPF_CORE_READ(kn, parent);
 	if (parent)
 		ev->cgroup_parent_len = append_name(ev, off, BPF_CORE_READ(parent, name), CGROUP_NAME_LEN);
+	sc->cgroup_id = kn_id;
 }
 
 /* Puts together the event for an upper-layer overlay exec, a memfd exec, and a lower-layer
@@ -303,6 +331,7 @@ static __always_inline void fill_cgroup(struct exec_event *ev, __u32 *off)
  * the entry holds the previous event's bytes. */
 static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_event **evp)
 {
+	struct scratch *sc;
 	struct file *file = BPF_CORE_READ(bprm, file);
 	struct inode *inode = BPF_CORE_READ(file, f_inode);
 	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
@@ -333,9 +362,10 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 		return 0;
 	}
 
-	ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (ev == NULL)
+	sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (sc == NULL)
 		return 0;
+	ev = &sc->ev;
 	if (exe_writable(inode))
 		flags |= EXE_WRITABLE;
 	__u64 id = bpf_get_current_pid_tgid();
@@ -345,12 +375,10 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 	ev->flags = flags;
 	ev->method = method;
 	ev->agreement = agreement;
-	ev->cgroup_len = 0;
-	ev->cgroup_parent_len = 0;
 	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	fill_cgroup(sc, &off);
 	ev->filename_len = append_name(ev, &off, BPF_CORE_READ(file, f_path.dentry, d_name.name), FILENAME_LEN);
-	fill_cgroup(ev, &off);
 	if (off > NAMES_LEN) /* never; bounds the size for the verifier */
 		off = NAMES_LEN;
 	*evp = ev;

@@ -38,9 +38,9 @@ type ExecExecEvent struct {
 	Flags           uint32
 	Method          uint8
 	Agreement       uint8
-	FilenameLen     uint8
 	CgroupLen       uint8
 	CgroupParentLen uint8
+	FilenameLen     uint8
 	Pad             [3]uint8
 	Comm            [16]int8
 	Names           [256]int8
@@ -62,6 +62,12 @@ const (
 	ExecMethodAgreementAGREEMENT_AGREE    ExecMethodAgreement = 1
 	ExecMethodAgreementAGREEMENT_DISAGREE ExecMethodAgreement = 2
 )
+
+type ExecScratch struct {
+	_        structs.HostLayout
+	Ev       ExecExecEvent
+	CgroupId uint64
+}
 
 type ExecSettingFlag uint32
 

@@ -106,6 +106,7 @@ struct cred {
 struct kernfs_node {
 	const char *name;
 	struct kernfs_node *parent; /* renamed __parent in 6.15 (kernfs_node___new) */
+	__u64 id; /* unique for the boot, never reused (a u64 since 5.5) */
 };
 
 struct kernfs_node___new {

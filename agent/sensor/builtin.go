@@ -435,7 +435,7 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 }
 
 // readBatch is the most records the reader decodes before it hands them on.
-const readBatch = 256
+const readBatch = 1024
 
 // deliver hands the events to every subscriber, then writes their alerts. Alerts are written
 // without b.mu: a blocked output (a full stdout pipe) must not block Subscribe, Close or Health,

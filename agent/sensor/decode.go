@@ -15,7 +15,8 @@ import (
 
 // Offsets of C struct exec_event's members, taken from its Go twin; bpf/layout_test.go checks
 // the twin against the object's BTF. A record holds the members before names and then only the
-// bytes of names in use (filename_len + cgroup_len + cgroup_parent_len).
+// bytes of names in use: the cgroup's name, its parent's and the filename, packed in that order
+// (cgroup_len + cgroup_parent_len + filename_len bytes).
 var (
 	offKtime       = int(unsafe.Offsetof(bpf.ExecExecEvent{}.KtimeNs))
 	offPid         = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Pid))
@@ -76,9 +77,9 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 	if len(raw) < offNames {
 		return Event{}, fmt.Errorf("decode exec event: %d bytes, want at least %d", len(raw), offNames)
 	}
-	fl, cl, pl := int(raw[offFilenameLen]), int(raw[offCgroupLen]), int(raw[offParentLen])
-	if fl+cl+pl > namesLen || len(raw) < offNames+fl+cl+pl {
-		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), fl, cl, pl, offNames)
+	cl, pl, fl := int(raw[offCgroupLen]), int(raw[offParentLen]), int(raw[offFilenameLen])
+	if cl+pl+fl > namesLen || len(raw) < offNames+cl+pl+fl {
+		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), cl, pl, fl, offNames)
 	}
 	le := binary.LittleEndian
 	names := raw[offNames:]
@@ -88,12 +89,12 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 		PID:       le.Uint32(raw[offPid:]),
 		TGID:      le.Uint32(raw[offTgid:]),
 		Comm:      d.intern(raw[offComm : offComm+commLen]),
-		Filename:  d.intern(names[:fl]),
+		Filename:  d.intern(names[cl+pl : cl+pl+fl]),
 		Flags:     Flags(le.Uint32(raw[offFlags:])),
 		Method:    Method(raw[offMethod]),
 		Agreement: Agreement(raw[offAgreement]),
 		Driver:    d.driver,
-		Cgroup:    CgroupNames{Leaf: d.intern(names[fl : fl+cl]), Parent: d.intern(names[fl+cl : fl+cl+pl])},
+		Cgroup:    CgroupNames{Leaf: d.intern(names[:cl]), Parent: d.intern(names[cl : cl+pl])},
 	}, nil
 }
 

@@ -14,7 +14,7 @@ import (
 
 // rawEvent builds a record the way the kernel program writes it, placing each member at the
 // offset the compiled object's BTF gives for struct exec_event (not the Go struct's offsets). The
-// names "filename", "cgroup" and "cgroup_parent" are packed into names in that order, their
+// names "cgroup", "cgroup_parent" and "filename" are packed into names in that order, their
 // lengths set, and the record ends after them, as the kernel sends it.
 func rawEvent(t *testing.T, set map[string][]byte) []byte {
 	t.Helper()
@@ -27,7 +27,7 @@ func rawEvent(t *testing.T, set map[string][]byte) []byte {
 		t.Fatal(err)
 	}
 	var names []byte
-	for _, n := range []string{"filename", "cgroup", "cgroup_parent"} {
+	for _, n := range []string{"cgroup", "cgroup_parent", "filename"} {
 		if v, ok := set[n]; ok {
 			names = append(names, v...)
 			set[n+"_len"] = []byte{byte(len(v))}
