@@ -181,6 +181,15 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* RD(direct, src, a, ...) reads src->a->...: with direct, as plain loads (tp_btf: the program's
+ * arguments are BTF-typed pointers, which the verifier lets it dereference, a fault reading as
+ * zero), else each pointer with bpf_probe_read_kernel (raw_tp: the arguments are untyped). direct
+ * is a constant at every call site (the functions are inlined), so the other branch is compiled
+ * out; field offsets are CO-RE relocations either way. A helper call costs tens of nanoseconds, a
+ * load one or two, and an exec runs through a dozen of them. */
+#define RD(direct, src, a, ...) \
+	((direct) ? ___arrow(src, a, ##__VA_ARGS__) : BPF_CORE_READ(src, a, ##__VA_ARGS__))
+
 static __always_inline bool send_lower(void)
 {
 	__u32 key = 0;
@@ -228,26 +237,25 @@ static __always_inline int upper_by_inode_offset(struct inode *inode)
 
 /* memfd files live on the kernel-internal shmem or hugetlbfs mount; a file merely named "memfd:..."
  * on a real filesystem does not. */
-static __always_inline bool exe_from_memfd(struct file *file, unsigned long magic)
+static __always_inline bool exe_from_memfd(const bool direct, struct file *file, unsigned long magic)
 {
 	if (magic != TMPFS_MAGIC && magic != HUGETLBFS_MAGIC)
 		return false;
-	return (BPF_CORE_READ(file, f_path.mnt, mnt_flags) & MNT_INTERNAL) != 0;
+	return (RD(direct, file, f_path.mnt, mnt_flags) & MNT_INTERNAL) != 0;
 }
 
 /* The mode-bit check of generic_permission for the exec's fs ids, plus CAP_DAC_OVERRIDE.
  * Supplementary groups, ACLs and user namespaces are not considered. */
-static __always_inline bool exe_writable(struct inode *inode)
+static __always_inline bool exe_writable(const bool direct, struct task_struct *task, struct inode *inode)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	const struct cred *cred = BPF_CORE_READ(task, cred);
-	unsigned short mode = BPF_CORE_READ(inode, i_mode);
+	const struct cred *cred = RD(direct, task, cred);
+	unsigned short mode = RD(direct, inode, i_mode);
 	__u32 caps = 0;
 
-	if (BPF_CORE_READ(inode, i_uid.val) == BPF_CORE_READ(cred, fsuid.val)) {
+	if (RD(direct, inode, i_uid.val) == RD(direct, cred, fsuid.val)) {
 		if (mode & S_IWUSR)
 			return true;
-	} else if (BPF_CORE_READ(inode, i_gid.val) == BPF_CORE_READ(cred, fsgid.val)) {
+	} else if (RD(direct, inode, i_gid.val) == RD(direct, cred, fsgid.val)) {
 		if (mode & S_IWGRP)
 			return true;
 	} else if (mode & S_IWOTH) {
@@ -279,11 +287,10 @@ static __always_inline __u8 append_name(struct exec_event *ev, __u32 *off, const
  * user space cannot look them up later for a process that has already exited. The memory
  * controller's cgroup (cgroup v1, where each controller has its own hierarchy) or the default
  * hierarchy's (cgroup v2, or a kernel without the memory controller). */
-static __always_inline void fill_cgroup(struct scratch *sc, __u32 *off)
+static __always_inline void fill_cgroup(const bool direct, struct task_struct *task, struct scratch *sc, __u32 *off)
 {
 	struct exec_event *ev = &sc->ev;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct css_set *cset = BPF_CORE_READ(task, cgroups);
+	struct css_set *cset = RD(direct, task, cgroups);
 	struct cgroup *cgrp = NULL;
 
 	if (bpf_core_enum_value_exists(enum cgroup_subsys_id, memory_cgrp_id)) {
@@ -291,14 +298,17 @@ static __always_inline void fill_cgroup(struct scratch *sc, __u32 *off)
 		struct cgroup_subsys_state *css = NULL;
 
 		if (id >= 0 && id < 16) {
-			bpf_probe_read_kernel(&css, sizeof(css), &cset->subsys[id]);
+			if (direct)
+				css = cset->subsys[id];
+			else
+				bpf_probe_read_kernel(&css, sizeof(css), &cset->subsys[id]);
 			if (css)
-				cgrp = BPF_CORE_READ(css, cgroup);
+				cgrp = RD(direct, css, cgroup);
 		}
 	}
 	if (!cgrp)
-		cgrp = BPF_CORE_READ(cset, dfl_cgrp);
-	struct kernfs_node *kn = BPF_CORE_READ(cgrp, kn);
+		cgrp = RD(direct, cset, dfl_cgrp);
+	struct kernfs_node *kn = RD(direct, cgrp, kn);
 	if (!kn) {
 		sc->cgroup_id = 0;
 		ev->cgroup_len = ev->cgroup_parent_len = 0;
@@ -307,21 +317,22 @@ static __always_inline void fill_cgroup(struct scratch *sc, __u32 *off)
 	/* Without a u64 id (before 5.5) nothing is cached. */
 	__u64 kn_id = 0;
 	if (bpf_core_field_exists(kn->id) && bpf_core_field_size(kn->id) == sizeof(__u64))
-		kn_id = BPF_CORE_READ(kn, id);
+		kn_id = RD(direct, kn, id);
 	if (kn_id != 0 && kn_id == sc->cgroup_id) {
 		*off = ev->cgroup_len + ev->cgroup_parent_len;
 		return;
 	}
 	sc->cgroup_id = 0;
 	ev->cgroup_parent_len = 0;
-	ev->cgroup_len = append_name(ev, off, BPF_CORE_READ(kn, name), CGROUP_NAME_LEN);
+	ev->cgroup_len = append_name(ev, off, RD(direct, kn, name), CGROUP_NAME_LEN);
+	struct kernfs_node___new *kn_new = (void *)kn;
 	struct kernfs_node *parent;
 	if (bpf_core_field_exists(struct kernfs_node___new, __parent))
-		parent = BPF_CORE_READ((struct kernfs_node___new *)kn, __parent);
+		parent = RD(direct, kn_new, __parent);
 	else
-		parent = BPF_CORE_READ(kn, parent);
+		parent = RD(direct, kn, parent);
 	if (parent)
-		ev->cgroup_parent_len = append_name(ev, off, BPF_CORE_READ(parent, name), CGROUP_NAME_LEN);
+		ev->cgroup_parent_len = append_name(ev, off, RD(direct, parent, name), CGROUP_NAME_LEN);
 	sc->cgroup_id = kn_id;
 }
 
@@ -329,12 +340,13 @@ static __always_inline void fill_cgroup(struct scratch *sc, __u32 *off)
  * overlay exec while SETTING_SEND_LOWER is set, in this CPU's scratch entry; returns its size in
  * bytes, or 0 for every other exec (no event). Every byte up to the returned size is written:
  * the entry holds the previous event's bytes. */
-static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_event **evp)
+static __always_inline __u32 fill_event(const bool direct, struct task_struct *task, struct linux_binprm *bprm,
+					 struct exec_event **evp)
 {
 	struct scratch *sc;
-	struct file *file = BPF_CORE_READ(bprm, file);
-	struct inode *inode = BPF_CORE_READ(file, f_inode);
-	unsigned long magic = BPF_CORE_READ(inode, i_sb, s_magic);
+	struct file *file = RD(direct, bprm, file);
+	struct inode *inode = RD(direct, file, f_inode);
+	unsigned long magic = RD(direct, inode, i_sb, s_magic);
 	__u32 zero = 0, off = 0;
 	struct exec_event *ev;
 	__u32 flags;
@@ -356,7 +368,7 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 		if (!upper && !send_lower())
 			return 0;
 		flags = EXE_OVERLAY | (upper ? EXE_UPPER_LAYER : EXE_LOWER_LAYER);
-	} else if (exe_from_memfd(file, magic)) {
+	} else if (exe_from_memfd(direct, file, magic)) {
 		flags = EXE_FROM_MEMFD;
 	} else {
 		return 0;
@@ -366,7 +378,7 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 	if (sc == NULL)
 		return 0;
 	ev = &sc->ev;
-	if (exe_writable(inode))
+	if (exe_writable(direct, task, inode))
 		flags |= EXE_WRITABLE;
 	__u64 id = bpf_get_current_pid_tgid();
 	ev->ktime_ns = bpf_ktime_get_ns();
@@ -377,8 +389,8 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 	ev->agreement = agreement;
 	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	fill_cgroup(sc, &off);
-	ev->filename_len = append_name(ev, &off, BPF_CORE_READ(file, f_path.dentry, d_name.name), FILENAME_LEN);
+	fill_cgroup(direct, task, sc, &off);
+	ev->filename_len = append_name(ev, &off, RD(direct, file, f_path.dentry, d_name.name), FILENAME_LEN);
 	if (off > NAMES_LEN) /* never; bounds the size for the verifier */
 		off = NAMES_LEN;
 	*evp = ev;
@@ -388,8 +400,9 @@ static __always_inline __u32 fill_event(struct linux_binprm *bprm, struct exec_e
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
+	/* p is the exec'ing task, current. */
 	struct exec_event *ev = NULL;
-	__u32 size = fill_event(bprm, &ev);
+	__u32 size = fill_event(true, p, bprm, &ev);
 
 	if (size == 0 || ev == NULL)
 		return 0;
@@ -406,7 +419,7 @@ SEC("raw_tp/sched_process_exec")
 int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct exec_event *ev = NULL;
-	__u32 size = fill_event(bprm, &ev);
+	__u32 size = fill_event(false, p, bprm, &ev);
 
 	if (size == 0 || ev == NULL)
 		return 0;

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -23,6 +25,11 @@ type stage struct {
 	upper   string // overlay, upper layer (written through the merged directory)
 	plainFS string // the plain executable's filesystem type, for the report
 	merged  string
+	// cgroup is a container's cgroup made for the execs, named the way the kubelet's systemd
+	// driver and containerd name them (the longest names a node has: the sensor reads both into
+	// every event); procs is its cgroup.procs, which the exec helper joins.
+	cgroup string
+	procs  string
 }
 
 // The executables' names are unique so the events they cause can be counted.
@@ -75,12 +82,39 @@ func newStage(parent string) (*stage, error) {
 		s.close()
 		return nil, err
 	}
+	// The memory controller's hierarchy on cgroup v1 (the one the sensor names), else v2's.
+	root := "/sys/fs/cgroup/memory"
+	if _, err := os.Stat(root); err != nil {
+		root = "/sys/fs/cgroup"
+	}
+	var id [32]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		s.close()
+		return nil, err
+	}
+	h := hex.EncodeToString(id[:])
+	pod := fmt.Sprintf("kubepods-besteffort-pod%s_%s_%s_%s_%s.slice", h[:8], h[8:12], h[12:16], h[16:20], h[20:32])
+	s.cgroup = filepath.Join(root, pod, "cri-containerd-"+h+".scope")
+	if err := os.MkdirAll(s.cgroup, 0o755); err != nil {
+		s.cgroup = ""
+		s.close()
+		return nil, fmt.Errorf("make a container's cgroup to exec in: %w", err)
+	}
+	s.procs = filepath.Join(s.cgroup, "cgroup.procs")
 	return s, nil
 }
 
 // close unmounts the overlay and removes everything the stage created.
 func (s *stage) close() error {
 	var err error
+	if s.cgroup != "" {
+		// Empty once the helpers are gone; a cgroup directory is removed with rmdir.
+		for _, d := range []string{s.cgroup, filepath.Dir(s.cgroup)} {
+			if e := os.Remove(d); e != nil && err == nil {
+				err = fmt.Errorf("remove cgroup: %w", e)
+			}
+		}
+	}
 	if e := unix.Unmount(s.merged, unix.MNT_DETACH); e != nil && e != unix.EINVAL {
 		err = fmt.Errorf("unmount %s: %w", s.merged, e)
 	}
@@ -126,8 +160,9 @@ const execLoopArg = "-internal-exec-loop"
 // exec is one more run of the sensor's program, which the cost figures count as another
 // process's exec.
 // With pin >= 0 the helper and its children run on that CPU only, at nice -20 (see execLoopMain).
-func execN(path string, n, pin int) (execResult, error) {
-	out, err := exec.Command("/proc/self/exe", execLoopArg, path, strconv.Itoa(n), strconv.Itoa(pin)).Output()
+// The helper joins the cgroup whose cgroup.procs is procs first.
+func execN(path string, n, pin int, procs string) (execResult, error) {
+	out, err := exec.Command("/proc/self/exe", execLoopArg, path, strconv.Itoa(n), strconv.Itoa(pin), procs).Output()
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
@@ -148,12 +183,16 @@ func execN(path string, n, pin int) (execResult, error) {
 // work on a shared machine preempts varies far more from block to block than a sensor costs.
 // Runs with and without a sensor get the same treatment, and the sensor's program runs in the
 // children.
-func execLoopMain(path, count, pinArg string) int {
+func execLoopMain(path, count, pinArg, procs string) int {
 	n, err1 := strconv.Atoi(count)
 	pin, err2 := strconv.Atoi(pinArg)
 	if err := errors.Join(err1, err2); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if err := os.WriteFile(procs, []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+		fmt.Fprintln(os.Stderr, "join the container's cgroup:", err)
+		return 1
 	}
 	if pin >= 0 {
 		var set unix.CPUSet
