@@ -340,11 +340,10 @@ static __always_inline void fill_cgroup(const bool direct, struct task_struct *t
  * overlay exec while SETTING_SEND_LOWER is set, in this CPU's scratch entry; returns its size in
  * bytes, or 0 for every other exec (no event). Every byte up to the returned size is written:
  * the entry holds the previous event's bytes. */
-static __always_inline __u32 fill_event(const bool direct, struct task_struct *task, struct linux_binprm *bprm,
+static __always_inline __u32 fill_event(const bool direct, struct task_struct *task, struct file *file,
 					 struct exec_event **evp)
 {
 	struct scratch *sc;
-	struct file *file = RD(direct, bprm, file);
 	struct inode *inode = RD(direct, file, f_inode);
 	unsigned long magic = RD(direct, inode, i_sb, s_magic);
 	__u32 zero = 0, off = 0;
@@ -402,7 +401,7 @@ int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_
 {
 	/* p is the exec'ing task, current. */
 	struct exec_event *ev = NULL;
-	__u32 size = fill_event(true, p, bprm, &ev);
+	__u32 size = fill_event(true, p, bprm->file, &ev);
 
 	if (size == 0 || ev == NULL)
 		return 0;
@@ -419,8 +418,19 @@ SEC("raw_tp/sched_process_exec")
 int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct exec_event *ev = NULL;
-	__u32 size = fill_event(false, p, bprm, &ev);
+	__u32 size;
 
+	/* raw_tp's arguments are untyped. Since 5.11 bpf_get_current_task_btf gives a typed pointer
+	 * to the task (current, the exec'ing task), from which plain loads reach the file too: the new
+	 * mm's exe_file is bprm->file at this tracepoint. Before, every pointer is read with
+	 * bpf_probe_read_kernel. */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		size = fill_event(true, task, task->mm->exe_file, &ev);
+	} else {
+		size = fill_event(false, p, BPF_CORE_READ(bprm, file), &ev);
+	}
 	if (size == 0 || ev == NULL)
 		return 0;
 	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, ev, size) != 0)
