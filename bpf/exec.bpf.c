@@ -80,23 +80,26 @@ enum method_agreement {
 	AGREEMENT_DISAGREE = 2,
 };
 
-/* A record is the fixed part up to names plus the bytes of names in use: the three names are
- * packed, each NUL-terminated, so a record is as long as its names and no longer (about 80 bytes
- * for a short name outside containers, about 220 for a container's exec, at most 300). The
- * cgroup names come first: they stay in place in a CPU's scratch entry from one event to the
- * next (see struct scratch). */
+/* A record is the fixed part up to names plus the bytes of names in use: the names are packed,
+ * each NUL-terminated, so a record is as long as its names and no longer (at most 304 bytes).
+ * The cgroup names are sent only when they differ from those of the previous event sent from the
+ * same CPU (cgroup_cached says they were left out; user space keeps each CPU's last names): a
+ * container's events carry them once per CPU, and most records are about 70 bytes, not 220. */
 struct exec_event {
 	__u64 ktime_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) at the exec */
 	__u32 pid;      /* thread id */
 	__u32 tgid;     /* process id */
 	__u32 flags;    /* enum exe_flag bits */
+	__u32 cpu;      /* the CPU the program ran on */
 	__u8 method;    /* enum layer_method */
 	__u8 agreement; /* enum method_agreement */
-	/* Bytes of names taken by each name, its NUL included, in this order; 0: not read. */
+	/* Bytes of names taken by each name, its NUL included, in this order; 0: not in the record. */
 	__u8 cgroup_len;        /* the task's memory cgroup's name (a container ID), at most CGROUP_NAME_LEN */
 	__u8 cgroup_parent_len; /* its parent's name (a pod), at most CGROUP_NAME_LEN */
 	__u8 filename_len;      /* d_name of the exe's dentry, at most FILENAME_LEN */
-	__u8 _pad[3];
+	/* 1: the cgroup names are those of the previous event sent from this CPU, and left out. */
+	__u8 cgroup_cached;
+	__u8 _pad[2];
 	char comm[COMM_LEN];
 	char names[NAMES_LEN];
 };
@@ -148,14 +151,15 @@ struct {
 
 /* Where an event is put together: a record is sent with only the bytes of names in use, and a
  * map value, unlike the stack, takes a variable offset on every kernel the drivers support.
- * cgroup_id caches the cgroup names at the start of ev.names: while a CPU's execs come from the
- * same cgroup (a container's), its names are not read again (two string reads and four pointer
- * reads fewer per event). The key is the kernfs node's id, unique for the boot and never reused,
- * not its address, which a new cgroup could take over. A renamed cgroup keeps its id: its old
- * name stays until another cgroup's exec on that CPU (container runtimes do not rename). */
+ * cgroup_id is the cgroup whose names the previous event sent from this CPU carried: while a
+ * CPU's execs come from the same cgroup (a container's), its names are neither read nor sent
+ * again. The key is the kernfs node id, unique for the boot and never reused, not its address,
+ * which a new cgroup could take over. A renamed cgroup keeps its id: its old name stays until
+ * another cgroup's exec on that CPU (container runtimes do not rename). An event the buffer had
+ * no room for resets it, so the next event carries the names again. */
 struct scratch {
 	struct exec_event ev;
-	__u64 cgroup_id; /* kernfs node id of the cgroup whose names ev.names starts with; 0: none */
+	__u64 cgroup_id; /* kernfs node id of the cgroup of the last event sent from this CPU; 0: none */
 };
 
 struct {
@@ -283,7 +287,8 @@ static __always_inline __u8 append_name(struct exec_event *ev, __u32 *off, const
 }
 
 /* Puts the names of the current task's cgroup and its parent at the start of ev.names, unless
- * they are there already (struct scratch), and sets off past them. They are read at the exec:
+ * the previous event sent from this CPU had them (struct scratch: then cgroup_cached), and sets
+ * off past them. They are read at the exec:
  * user space cannot look them up later for a process that has already exited. The memory
  * controller's cgroup (cgroup v1, where each controller has its own hierarchy) or the default
  * hierarchy's (cgroup v2, or a kernel without the memory controller). */
@@ -309,9 +314,10 @@ static __always_inline void fill_cgroup(const bool direct, struct task_struct *t
 	if (!cgrp)
 		cgrp = RD(direct, cset, dfl_cgrp);
 	struct kernfs_node *kn = RD(direct, cgrp, kn);
+	ev->cgroup_cached = 0;
+	ev->cgroup_len = ev->cgroup_parent_len = 0;
 	if (!kn) {
 		sc->cgroup_id = 0;
-		ev->cgroup_len = ev->cgroup_parent_len = 0;
 		return;
 	}
 	/* Without a u64 id (before 5.5) nothing is cached. */
@@ -319,11 +325,9 @@ static __always_inline void fill_cgroup(const bool direct, struct task_struct *t
 	if (bpf_core_field_exists(kn->id) && bpf_core_field_size(kn->id) == sizeof(__u64))
 		kn_id = RD(direct, kn, id);
 	if (kn_id != 0 && kn_id == sc->cgroup_id) {
-		*off = ev->cgroup_len + ev->cgroup_parent_len;
+		ev->cgroup_cached = 1;
 		return;
 	}
-	sc->cgroup_id = 0;
-	ev->cgroup_parent_len = 0;
 	ev->cgroup_len = append_name(ev, off, RD(direct, kn, name), CGROUP_NAME_LEN);
 	struct kernfs_node___new *kn_new = (void *)kn;
 	struct kernfs_node *parent;
@@ -341,7 +345,7 @@ static __always_inline void fill_cgroup(const bool direct, struct task_struct *t
  * bytes, or 0 for every other exec (no event). Every byte up to the returned size is written:
  * the entry holds the previous event's bytes. */
 static __always_inline __u32 fill_event(const bool direct, struct task_struct *task, struct file *file,
-					 struct exec_event **evp)
+					 struct scratch **scp)
 {
 	struct scratch *sc;
 	struct inode *inode = RD(direct, file, f_inode);
@@ -386,13 +390,14 @@ static __always_inline __u32 fill_event(const bool direct, struct task_struct *t
 	ev->flags = flags;
 	ev->method = method;
 	ev->agreement = agreement;
-	ev->_pad[0] = ev->_pad[1] = ev->_pad[2] = 0;
+	ev->cpu = bpf_get_smp_processor_id();
+	ev->_pad[0] = ev->_pad[1] = 0;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 	fill_cgroup(direct, task, sc, &off);
 	ev->filename_len = append_name(ev, &off, RD(direct, file, f_path.dentry, d_name.name), FILENAME_LEN);
 	if (off > NAMES_LEN) /* never; bounds the size for the verifier */
 		off = NAMES_LEN;
-	*evp = ev;
+	*scp = sc;
 	return offsetof(struct exec_event, names) + off;
 }
 
@@ -400,24 +405,26 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(dp_exec_tp_btf, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	/* p is the exec'ing task, current. */
-	struct exec_event *ev = NULL;
-	__u32 size = fill_event(true, p, bprm->file, &ev);
+	struct scratch *sc = NULL;
+	__u32 size = fill_event(true, p, bprm->file, &sc);
 
-	if (size == 0 || ev == NULL)
+	if (size == 0 || sc == NULL)
 		return 0;
 	/* No wakeup per event: the reader polls every flush interval, and is woken early only
 	 * when the ring fills up (an exec storm), long before it could overflow. */
 	__u64 pending = bpf_ringbuf_query(&events_rb, BPF_RB_AVAIL_DATA);
 	__u64 flags = pending >= ringbuf_wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events_rb, ev, size, flags) != 0)
+	if (bpf_ringbuf_output(&events_rb, &sc->ev, size, flags) != 0) {
+		sc->cgroup_id = 0;
 		count(COUNTER_DROPPED);
+	}
 	return 0;
 }
 
 SEC("raw_tp/sched_process_exec")
 int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct exec_event *ev = NULL;
+	struct scratch *sc = NULL;
 	__u32 size;
 
 	/* raw_tp's arguments are untyped. Since 5.11 bpf_get_current_task_btf gives a typed pointer
@@ -427,13 +434,15 @@ int BPF_PROG(dp_exec_raw_tp, struct task_struct *p, pid_t old_pid, struct linux_
 	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_current_task_btf)) {
 		struct task_struct *task = bpf_get_current_task_btf();
 
-		size = fill_event(true, task, task->mm->exe_file, &ev);
+		size = fill_event(true, task, task->mm->exe_file, &sc);
 	} else {
-		size = fill_event(false, p, BPF_CORE_READ(bprm, file), &ev);
+		size = fill_event(false, p, BPF_CORE_READ(bprm, file), &sc);
 	}
-	if (size == 0 || ev == NULL)
+	if (size == 0 || sc == NULL)
 		return 0;
-	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, ev, size) != 0)
+	if (bpf_perf_event_output(ctx, &events_perf, BPF_F_CURRENT_CPU, &sc->ev, size) != 0) {
+		sc->cgroup_id = 0;
 		count(COUNTER_DROPPED);
+	}
 	return 0;
 }

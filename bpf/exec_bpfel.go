@@ -36,15 +36,16 @@ type ExecExecEvent struct {
 	Pid             uint32
 	Tgid            uint32
 	Flags           uint32
+	Cpu             uint32
 	Method          uint8
 	Agreement       uint8
 	CgroupLen       uint8
 	CgroupParentLen uint8
 	FilenameLen     uint8
-	Pad             [3]uint8
+	CgroupCached    uint8
+	Pad             [2]uint8
 	Comm            [16]int8
 	Names           [256]int8
-	_               [4]byte
 }
 
 type ExecLayerMethod uint32

@@ -22,6 +22,8 @@ var (
 	offPid         = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Pid))
 	offTgid        = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Tgid))
 	offFlags       = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Flags))
+	offCPU         = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Cpu))
+	offCached      = int(unsafe.Offsetof(bpf.ExecExecEvent{}.CgroupCached))
 	offMethod      = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Method))
 	offAgreement   = int(unsafe.Offsetof(bpf.ExecExecEvent{}.Agreement))
 	offFilenameLen = int(unsafe.Offsetof(bpf.ExecExecEvent{}.FilenameLen))
@@ -37,6 +39,9 @@ var (
 // containers at most; past it the set starts again).
 const decodeNamesSize = 512
 
+// maxCPUs bounds the CPU numbers a Decoder keeps cgroup names for.
+const maxCPUs = 1 << 14
+
 // Decoder turns raw kernel records into Events. It is not safe for concurrent use: the sensor's
 // one reader owns it.
 type Decoder struct {
@@ -48,6 +53,9 @@ type Decoder struct {
 	// names, and the same binary the same comm and filename; a string allocated once per name
 	// instead of four per event keeps the reader's cost down.
 	names map[string]string
+	// cpuCgroup holds, per CPU, the cgroup names of the last record from that CPU that carried
+	// them: a record whose cgroup_cached is set left them out (bpf/exec.bpf.c).
+	cpuCgroup []CgroupNames
 }
 
 // NewDecoder returns a decoder for events that came through driver, with the monotonic-to-wall
@@ -66,7 +74,9 @@ func NewDecoder(driver v1alpha1.Driver) (*Decoder, error) {
 }
 
 // Decode decodes one record of struct exec_event (little-endian, as the bpfel object writes it):
-// the members before names, then the names in use. Perf records may carry trailing padding; a
+// the members before names, then the names in use; a record that left its cgroup names out gets
+// those of the last record from its CPU that had them. Records must come in the order each CPU
+// sent them (both kernel buffers keep it). Perf records may carry trailing padding; a
 // record shorter than its names say is an error.
 func (d *Decoder) Decode(raw []byte) (Event, error) {
 	return d.decodeAt(raw, d.now())
@@ -79,10 +89,28 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 	}
 	cl, pl, fl := int(raw[offCgroupLen]), int(raw[offParentLen]), int(raw[offFilenameLen])
 	if cl+pl+fl > namesLen || len(raw) < offNames+cl+pl+fl {
+		d.cpuCgroup = nil // the names this record may have carried are lost: forget them all
 		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), cl, pl, fl, offNames)
 	}
 	le := binary.LittleEndian
 	names := raw[offNames:]
+	cpu := int(le.Uint32(raw[offCPU:]))
+	if cpu >= maxCPUs {
+		d.cpuCgroup = nil // nothing kept can be trusted after a record that makes no sense
+		return Event{}, fmt.Errorf("decode exec event: CPU %d", cpu)
+	}
+	var cgroup CgroupNames
+	if raw[offCached] != 0 {
+		if cpu < len(d.cpuCgroup) {
+			cgroup = d.cpuCgroup[cpu]
+		}
+	} else {
+		cgroup = CgroupNames{Leaf: d.intern(names[:cl]), Parent: d.intern(names[cl : cl+pl])}
+		if cpu >= len(d.cpuCgroup) {
+			d.cpuCgroup = append(d.cpuCgroup, make([]CgroupNames, cpu+1-len(d.cpuCgroup))...)
+		}
+		d.cpuCgroup[cpu] = cgroup
+	}
 	return Event{
 		Time:      time.Unix(0, int64(le.Uint64(raw[offKtime:]))+int64(d.wallOffset)),
 		Received:  received,
@@ -94,7 +122,7 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 		Method:    Method(raw[offMethod]),
 		Agreement: Agreement(raw[offAgreement]),
 		Driver:    d.driver,
-		Cgroup:    CgroupNames{Leaf: d.intern(names[:cl]), Parent: d.intern(names[cl : cl+pl])},
+		Cgroup:    cgroup,
 	}, nil
 }
 

@@ -186,3 +186,37 @@ func TestFlagsString(t *testing.T) {
 		t.Errorf("method names: %q %q %q", MethodCORE, MethodInodeOffset, MethodNone)
 	}
 }
+
+// A record may leave its cgroup names out (cgroup_cached): they are those of the last record
+// from the same CPU that carried them; a CPU that sent none yet has none, and a record that
+// does not decode forgets them all (it may have carried names).
+func TestDecodeCachedCgroupNames(t *testing.T) {
+	d, err := NewDecoder(v1alpha1.DriverModernEBPF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decode := func(set map[string][]byte) Event {
+		t.Helper()
+		ev, err := d.Decode(rawEvent(t, set))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	a := CgroupNames{Leaf: "ctr-a", Parent: "pod-a"}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup": []byte("ctr-a\x00"), "cgroup_parent": []byte("pod-a\x00"), "filename": []byte("x\x00")}); ev.Cgroup != a {
+		t.Fatalf("names sent: %+v", ev.Cgroup)
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup_cached": {1}, "filename": []byte("y\x00")}); ev.Cgroup != a || ev.Filename != "y" {
+		t.Errorf("names left out on CPU 1: %+v %q, want %+v and y", ev.Cgroup, ev.Filename, a)
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(0), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+		t.Errorf("names left out on CPU 0, which sent none: %+v", ev.Cgroup)
+	}
+	if _, err := d.Decode(rawEvent(t, map[string][]byte{"cpu": le32(1), "filename_len": {250}})); err == nil {
+		t.Fatal("a record shorter than its names decoded")
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+		t.Errorf("names kept past a record that did not decode: %+v", ev.Cgroup)
+	}
+}
