@@ -400,13 +400,16 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 	batch := make([]Event, 0, readBatch)
 	for {
 		raw, lost, err := rd.read(false)
+		// The batch's records were in the kernel buffer when the reader came back: one clock
+		// read stamps them all (Event.Received).
+		now := time.Now()
+		b.lastRead.Store(now.UnixNano())
+		var records uint64
 		for {
-			now := time.Now()
-			b.lastRead.Store(now.UnixNano())
 			if err != nil {
 				break
 			}
-			b.records.Add(1)
+			records++
 			if lost > 0 {
 				b.lost.Add(lost)
 			} else if ev, err := dec.decodeAt(raw, now); err != nil {
@@ -419,6 +422,7 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			}
 			raw, lost, err = rd.read(true)
 		}
+		b.records.Add(records)
 		b.deliver(batch)
 		clear(batch) // no strings kept alive until the next batch
 		batch = batch[:0]
@@ -563,10 +567,11 @@ type ringbufReader struct {
 	r     *ringbuf.Reader
 	flush time.Duration
 	rec   ringbuf.Record
+	dl    deadline
 }
 
 func (r *ringbufReader) read(drain bool) ([]byte, uint64, error) {
-	r.r.SetDeadline(deadline(drain, r.flush))
+	r.dl.set(r.r.SetDeadline, drain, r.flush)
 	err := r.r.ReadInto(&r.rec)
 	return r.rec.RawSample, 0, err
 }
@@ -579,22 +584,31 @@ type perfReader struct {
 	r     *perf.Reader
 	flush time.Duration
 	rec   perf.Record
+	dl    deadline
 }
 
 func (r *perfReader) read(drain bool) ([]byte, uint64, error) {
-	r.r.SetDeadline(deadline(drain, r.flush))
+	r.dl.set(r.r.SetDeadline, drain, r.flush)
 	err := r.r.ReadInto(&r.rec)
 	return r.rec.RawSample, r.rec.LostSamples, err
 }
 
 func (r *perfReader) close() error { return r.r.Close() }
 
-// drained is a deadline already past: the readers then take what is pending without waiting.
+// deadline sets a reader's deadline: a flush interval from now to wait for records, or one
+// already past to take what is pending without waiting (draining). A drain sets it once for all
+// the records it takes.
+type deadline struct{ draining bool }
+
+// drained is a deadline already past.
 var drained = time.Unix(1, 0)
 
-func deadline(drain bool, flush time.Duration) time.Time {
-	if drain {
-		return drained
+func (d *deadline) set(setDeadline func(time.Time), drain bool, flush time.Duration) {
+	switch {
+	case !drain:
+		setDeadline(time.Now().Add(flush))
+	case !d.draining:
+		setDeadline(drained)
 	}
-	return time.Now().Add(flush)
+	d.draining = drain
 }

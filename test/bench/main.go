@@ -174,26 +174,19 @@ type costRow struct {
 	driver v1alpha1.Driver
 	kind   kind
 	execs  uint64
-	delta  progStats
 	// others counts program runs for execs that were not ours (other processes on the machine).
 	others uint64
 	events uint64
 	// nanos is the in-kernel cost per exec of this kind; for overlay kinds the other processes'
-	// runs are taken out at the ordinary-file rate.
-	nanos float64
-	// readerCPU is the reader thread's CPU time in this kind's windows, records what it read;
-	// readerNanos is readerCPU per exec.
-	readerCPU   time.Duration
-	records     uint64
-	readerNanos float64
+	// runs are taken out at the ordinary-file rate. readerNanos is the reader thread's CPU time
+	// per exec in the same windows (up to the last event's arrival for upper kinds), idlePerSec
+	// its CPU time per second without events (the round's windows of kinds that send none),
+	// eventNanos its CPU time per event beyond that, e2eNanos nanos + eventNanos. Each is the
+	// median over rounds of the per-round figure (rounds).
+	nanos, readerNanos, idlePerSec, eventNanos, e2eNanos float64
+	rounds                                                struct{ kernel, reader, idle, event, e2e []float64 }
 	// programs is how many BPF programs the sensor loaded (their run times are summed).
 	programs int
-	// wall is the windows' duration, up to the last event's arrival for upper kinds.
-	wall time.Duration
-	// idlePerSec is the reader's CPU time per second without events (the driver's windows of
-	// kinds that send none); eventNanos the reader's CPU per event beyond it.
-	idlePerSec float64
-	eventNanos float64
 }
 
 // startedSensor is a running built-in sensor with a subscriber that counts events per exe name,
@@ -308,7 +301,18 @@ func measureCost(ctx context.Context, cfg config, st *stage) (rows []costRow, er
 	for i, k := range kinds {
 		rows[i] = costRow{driver: d, kind: k, programs: len(progs)}
 	}
+	// One window per round and kind; the figures are medians over rounds, so that a round that
+	// other work on the machine disturbed (interrupts count in a program's run time) moves them
+	// little.
+	type window struct {
+		delta     progStats
+		readerCPU time.Duration
+		wall      time.Duration
+		events    uint64
+	}
+	wins := make([][]window, cfg.costRounds)
 	for r := 0; r < cfg.costRounds; r++ {
+		wins[r] = make([]window, len(kinds))
 		for j := range kinds {
 			i := (j + r) % len(kinds) // rotate the order so no kind always runs first
 			if ctx.Err() != nil {
@@ -343,43 +347,56 @@ func measureCost(ctx context.Context, cfg config, st *stage) (rows []costRow, er
 			if err != nil {
 				return nil, err
 			}
-			row.wall += time.Since(start)
-			delta := after.sub(before)
-			row.delta.runtime += delta.runtime
-			row.delta.runs += delta.runs
+			w := window{delta: after.sub(before), readerCPU: rs1.CPU - rs0.CPU, wall: time.Since(start), events: ss.count(row.kind.exe) - events0}
+			if w.delta.runs < uint64(cfg.costExecs) {
+				return nil, fmt.Errorf("%s: the program ran %d times for %d execs: is bpf stats accounting on?", row.kind.name, w.delta.runs, cfg.costExecs)
+			}
+			wins[r][i] = w
 			row.execs += uint64(cfg.costExecs)
-			row.readerCPU += rs1.CPU - rs0.CPU
-			row.records += rs1.Records - rs0.Records
+			row.others += w.delta.runs - uint64(cfg.costExecs)
+			row.events += w.events
 		}
 	}
-	// The reader wakes every flush interval whether or not there are events: its CPU time per
-	// second in the windows without events (ordinary and lower-layer execs) is that idle cost,
-	// which an event's own share leaves out.
-	var idleCPU, idleWall time.Duration
-	for _, row := range rows {
-		if !row.kind.upper {
-			idleCPU += row.readerCPU
-			idleWall += row.wall
+	n := float64(cfg.costExecs)
+	for r := range wins {
+		// The reader wakes every flush interval whether or not there are events: its CPU time
+		// per second in the round's windows without events (ordinary and lower-layer execs) is
+		// that idle cost, which an event's own share leaves out.
+		var idleCPU, idleWall time.Duration
+		var plainNanos float64
+		for i, w := range wins[r] {
+			if !kinds[i].upper {
+				idleCPU += w.readerCPU
+				idleWall += w.wall
+			}
+			if !kinds[i].overlay {
+				plainNanos = float64(w.delta.runtime.Nanoseconds()) / float64(w.delta.runs)
+			}
+		}
+		idlePerSec := idleCPU.Seconds() / idleWall.Seconds()
+		for i, w := range wins[r] {
+			row := &rows[i]
+			// Overlay windows take other processes' runs out at the ordinary-file rate.
+			kernel := plainNanos
+			if kinds[i].overlay {
+				others := float64(w.delta.runs) - n
+				kernel = (float64(w.delta.runtime.Nanoseconds()) - others*plainNanos) / n
+			}
+			perEvent := max(0, w.readerCPU.Seconds()-idlePerSec*w.wall.Seconds()) * 1e9 / float64(max(1, w.events))
+			row.rounds.kernel = append(row.rounds.kernel, kernel)
+			row.rounds.reader = append(row.rounds.reader, float64(w.readerCPU.Nanoseconds())/n)
+			row.rounds.idle = append(row.rounds.idle, idlePerSec)
+			row.rounds.event = append(row.rounds.event, perEvent)
+			row.rounds.e2e = append(row.rounds.e2e, kernel+perEvent)
 		}
 	}
-	idlePerSec := idleCPU.Seconds() / idleWall.Seconds()
-	var plainNanos float64
 	for i := range rows {
 		row := &rows[i]
-		if row.delta.runs < row.execs {
-			return nil, fmt.Errorf("%s: the program ran %d times for %d execs: is bpf stats accounting on?", row.kind.name, row.delta.runs, row.execs)
-		}
-		row.others = row.delta.runs - row.execs
-		row.events = ss.count(row.kind.exe)
-		row.idlePerSec = idlePerSec
-		row.eventNanos = max(0, row.readerCPU.Seconds()-idlePerSec*row.wall.Seconds()) * 1e9 / float64(max(1, row.events))
-		row.readerNanos = float64(row.readerCPU.Nanoseconds()) / float64(row.execs)
-		if !row.kind.overlay {
-			plainNanos = float64(row.delta.runtime.Nanoseconds()) / float64(row.delta.runs)
-			row.nanos = plainNanos
-			continue
-		}
-		row.nanos = (float64(row.delta.runtime.Nanoseconds()) - float64(row.others)*plainNanos) / float64(row.execs)
+		row.nanos = median(row.rounds.kernel)
+		row.readerNanos = median(row.rounds.reader)
+		row.idlePerSec = median(row.rounds.idle)
+		row.eventNanos = median(row.rounds.event)
+		row.e2eNanos = median(row.rounds.e2e)
 	}
 	// Drops counts the ring buffer's output failures too, which Lost never saw.
 	if drops := ss.s.Drops(); drops.Kernel > 0 || drops.User > 0 {
@@ -389,7 +406,7 @@ func measureCost(ctx context.Context, cfg config, st *stage) (rows []costRow, er
 }
 
 func printCosts(cfg config, rows []costRow) {
-	fmt.Printf("Cost per exec, %d rounds x %d execs per exec kind and driver:\n", cfg.costRounds, cfg.costExecs)
+	fmt.Printf("Cost per exec, %d rounds x %d execs per exec kind and driver; each figure the median of the rounds' figures:\n", cfg.costRounds, cfg.costExecs)
 	fmt.Println("  IN KERNEL: run time / runs of every BPF program the sensor loaded, from the kernel's BPF statistics")
 	fmt.Println("  READER: CPU time of the sensor's reader thread (wait, read, decode, hand to subscribers) / execs, in")
 	fmt.Println("    the same windows, up to the last event's arrival; it wakes every flush interval (100 ms) even with")
@@ -398,17 +415,18 @@ func printCosts(cfg config, rows []costRow) {
 	fmt.Println("  END TO END: IN KERNEL + PER EVENT, what an upper-layer exec event costs from the exec to its delivery")
 	fmt.Println("  budgets: ordinary and lower-layer execs <= 500 ns in the kernel; an upper-layer exec event <= 2000 ns end to end")
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "DRIVER\tEXEC KIND\tOUR EXECS\tOTHER EXECS\tEVENTS\tIN KERNEL NS\tREADER NS\tREADER IDLE US/S\tPER EVENT NS\tEND TO END NS\tBUDGET\t")
+	fmt.Fprintln(tw, "DRIVER\tEXEC KIND\tOUR EXECS\tOTHER EXECS\tEVENTS\tIN KERNEL NS\tRANGE\tREADER NS\tREADER IDLE US/S\tPER EVENT NS\tEND TO END NS\tRANGE\tBUDGET\t")
 	for _, r := range rows {
 		limit, figure := cfg.targetNanos, r.nanos
-		perEvent, e2e := "-", "-"
+		perEvent, e2e, e2eRange := "-", "-", "-"
 		if r.kind.upper {
-			limit, figure = cfg.targetUpper, r.nanos+r.eventNanos
+			limit, figure = cfg.targetUpper, r.e2eNanos
 			perEvent, e2e = fmt.Sprintf("%.0f", r.eventNanos), fmt.Sprintf("%.0f", figure)
+			e2eRange = fmt.Sprintf("%.0f-%.0f", minOf(r.rounds.e2e), maxOf(r.rounds.e2e))
 		}
 		budget := fmt.Sprintf("%.0f ns %s", limit, map[bool]string{true: "ok", false: "OVER"}[figure <= limit])
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t\n", r.driver, r.kind.name, r.execs, r.others, r.events,
-			r.nanos, r.readerNanos, r.idlePerSec*1e6, perEvent, e2e, budget)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%.0f-%.0f\t%.0f\t%.0f\t%s\t%s\t%s\t%s\t\n", r.driver, r.kind.name, r.execs, r.others, r.events,
+			r.nanos, minOf(r.rounds.kernel), maxOf(r.rounds.kernel), r.readerNanos, r.idlePerSec*1e6, perEvent, e2e, e2eRange, budget)
 	}
 	tw.Flush()
 	fmt.Printf("(%d BPF program(s) per driver; OTHER EXECS: program runs for other processes' execs in the same windows,\n", rows[0].programs)
