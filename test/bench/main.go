@@ -184,7 +184,7 @@ type costRow struct {
 	// eventNanos its CPU time per event beyond that, e2eNanos nanos + eventNanos. Each is the
 	// median over rounds of the per-round figure (rounds).
 	nanos, readerNanos, idlePerSec, eventNanos, e2eNanos float64
-	rounds                                                struct{ kernel, reader, idle, event, e2e []float64 }
+	rounds                                               struct{ kernel, reader, idle, event, e2e []float64 }
 	// programs is how many BPF programs the sensor loaded (their run times are summed).
 	programs int
 }
