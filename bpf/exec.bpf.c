@@ -29,7 +29,8 @@
  *   InodeOffset: the pointer right after the embedded struct inode (inode + sizeof(struct inode)),
  *                which needs only vmlinux BTF. In every kernel since 4.13, ovl_inode places
  *                __upperdentry directly after vfs_inode.
- * CORE decides when it runs; the event says whether both ran and whether they agreed.
+ * CORE decides when it runs; the event says whether both ran and whether they agreed. Where CORE
+ * finds __upperdentry at the InodeOffset position (checked at load time), one read serves both.
  * Inode numbers are never compared: overlay keeps the lower inode number after a copy-up.
  *
  * At sched_process_exec a script's interpreter is the executable: a dropped script run by an
@@ -230,6 +231,21 @@ static __always_inline int upper_by_core(struct inode *inode)
 	return dentry_is_upper(BPF_CORE_READ(oi, __upperdentry));
 }
 
+/* Whether CORE finds __upperdentry where InodeOffset reads it (it does on every kernel since
+ * 4.13): then one read serves both methods, which agree by construction, and the second read of
+ * the same pointer (two helper calls on every overlay exec) would add nothing but a window for a
+ * copy-up to land between the two. Decided at load time (CO-RE constants). */
+static __always_inline bool core_reads_inode_offset(void)
+{
+	if (!bpf_core_type_exists(struct ovl_inode___dp) ||
+	    !bpf_core_field_exists(struct ovl_inode___dp, vfs_inode) ||
+	    !bpf_core_field_exists(struct ovl_inode___dp, __upperdentry))
+		return false;
+	return bpf_core_field_offset(struct ovl_inode___dp, __upperdentry) -
+		       bpf_core_field_offset(struct ovl_inode___dp, vfs_inode) ==
+	       bpf_core_type_size(struct inode);
+}
+
 /* Returns 1 upper, 0 lower; needs only struct inode's size from vmlinux BTF. */
 static __always_inline int upper_by_inode_offset(struct inode *inode)
 {
@@ -356,8 +372,8 @@ static __always_inline __u32 fill_event(const bool direct, struct task_struct *t
 	__u8 method = METHOD_NONE, agreement = AGREEMENT_SINGLE;
 
 	if (magic == OVERLAYFS_SUPER_MAGIC) {
-		int by_core = force_inode_offset ? -1 : upper_by_core(inode);
 		int by_offset = upper_by_inode_offset(inode);
+		int by_core = force_inode_offset ? -1 : core_reads_inode_offset() ? by_offset : upper_by_core(inode);
 		int upper;
 
 		if (by_core >= 0) {
