@@ -343,7 +343,7 @@ func (f *Fleet) beat(ctx context.Context, ns *v1alpha1.NodeSensor) error {
 		return f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {})
 	}
 	f.writes.Add(1)
-	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, 2*time.Minute, time.Now())
+	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, time.Now())
 	if err != nil {
 		f.writeErrors.Add(1)
 	}

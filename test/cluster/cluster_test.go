@@ -247,10 +247,10 @@ func testAdmissionWithRealTokens(t *testing.T, e *env) {
 		t.Logf("refused as expected: %v", err)
 	}
 	// The same for heartbeat Leases: its own node's, not another's.
-	if err := heartbeat.Renew(t.Context(), agent, namespace, e.cluster.NodeName(), "cluster-test", time.Minute, time.Now()); err != nil {
+	if err := heartbeat.Renew(t.Context(), agent, namespace, e.cluster.NodeName(), "cluster-test", time.Now()); err != nil {
 		t.Errorf("the agent's token may not renew its own node's heartbeat Lease: %v", err)
 	}
-	err = heartbeat.Renew(t.Context(), agent, namespace, other.Name, "cluster-test", time.Minute, time.Now())
+	err = heartbeat.Renew(t.Context(), agent, namespace, other.Name, "cluster-test", time.Now())
 	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), other.Name) {
 		t.Errorf("renewing another node's heartbeat Lease with the agent's token: %v, want the admission policy's refusal", err)
 	}
