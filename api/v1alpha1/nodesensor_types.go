@@ -59,7 +59,7 @@ type NodeSensorSpec struct {
 }
 
 // ReasonSource says which kind of knowledge excluded a driver.
-// +kubebuilder:validation:Enum=Rule;KnownIssue;FailedAttempt;Profile;Override;Sensor
+// +kubebuilder:validation:Enum=Rule;KnownIssue;FailedAttempt;Profile;Override;Sensor;Fleet
 type ReasonSource string
 
 const (
@@ -75,6 +75,10 @@ const (
 	ReasonSourceOverride ReasonSource = "Override"
 	// ReasonSourceSensor is the sensor, which does not offer the driver (for example Falco 0.44 and ebpf).
 	ReasonSourceSensor ReasonSource = "Sensor"
+	// ReasonSourceFleet is a verdict learned on other nodes of the same group (kernel release,
+	// architecture, distro and sensor): a driver that failed there for a reason that belongs to
+	// the kernel, or that passed there.
+	ReasonSourceFleet ReasonSource = "Fleet"
 )
 
 // DriverReason explains why a driver was not chosen.
