@@ -97,6 +97,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
+	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
 	errs = append(errs, r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)))
 	if err := errors.Join(errs...); err != nil {
 		if onlyConflicts(err) {
@@ -201,6 +202,9 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := r.deleteFleetGroups(ctx, profile); err != nil {
 		return err
 	}
 	ds := &appsv1.DaemonSet{}

@@ -74,10 +74,7 @@ const (
 // say the kernel refused or misread the driver are FailureKernel; an unknown reason is node-local,
 // so a new agent reason never spreads before someone decided it should.
 func ClassifyFailure(reason string) FailureClass {
-	if i := strings.IndexByte(reason, ':'); i >= 0 {
-		reason = reason[:i]
-	}
-	switch strings.TrimSpace(reason) {
+	switch ReasonOf(reason) {
 	case "CheckFailed", // an event arrived and said the wrong thing (upper reported as lower: falco#3286)
 		"SensorLoadFailed",   // the verifier or the loader refused the program on this kernel
 		"SensorAttachFailed", // the kernel refused the attach point
@@ -89,6 +86,14 @@ func ClassifyFailure(reason string) FailureClass {
 		return FailureInconclusive
 	}
 	return FailureNodeLocal
+}
+
+// ReasonOf is the CamelCase reason of a recorded failure ("Reason: message").
+func ReasonOf(recorded string) string {
+	if i := strings.IndexByte(recorded, ':'); i >= 0 {
+		recorded = recorded[:i]
+	}
+	return strings.TrimSpace(recorded)
 }
 
 // Evidence is one node's self-test outcome with one driver, as a group learns from it.

@@ -48,6 +48,9 @@ type Options struct {
 	// OnWrite, when set, sees every NodeSensor as an agent's write left it (with its new
 	// resourceVersion): an observer whose watch re-lists misses versions, the writer never does.
 	OnWrite func(*v1alpha1.NodeSensor)
+	// Facts, when set, gives each node its own facts (a fleet of several kernels); nil gives
+	// every node TypicalFacts.
+	Facts func(node, bootID string) *v1alpha1.ProbeFacts
 }
 
 // Fleet is a running set of simulated agents.
@@ -156,7 +159,11 @@ func (f *Fleet) Client() client.Client { return f.c }
 // Add starts an agent on a node (a new node, or a node that came back with a new boot).
 func (f *Fleet) Add(name, bootID string) {
 	f.mu.Lock()
-	f.agents[name] = &agent{name: name, bootID: bootID, facts: TypicalFacts}
+	facts := TypicalFacts
+	if f.o.Facts != nil {
+		facts = func(bootID string) *v1alpha1.ProbeFacts { return f.o.Facts(name, bootID) }
+	}
+	f.agents[name] = &agent{name: name, bootID: bootID, facts: facts}
 	f.mu.Unlock()
 	f.q.Add(name)
 }
