@@ -71,7 +71,7 @@ func (r *SecurityProfileReconciler) learnFleet(ctx context.Context, profile *v1a
 			v.groups[key.String()] = g
 		}
 		g.nodes = append(g.nodes, name)
-		evidence[key.String()] = append(evidence[key.String()], nodeEvidence(ns, profile, r.AgentVersion, now, r.HeartbeatTimeout)...)
+		evidence[key.String()] = append(evidence[key.String()], nodeEvidence(ns, profile, sensor, r.AgentVersion, now, r.HeartbeatTimeout)...)
 	}
 	forget := forgetBefore(ctx, profile)
 	for k, g := range v.groups {
@@ -93,16 +93,21 @@ func (r *SecurityProfileReconciler) learnFleet(ctx context.Context, profile *v1a
 // nodeEvidence is what one node tells its group: each failed attempt on its current kernel, the
 // failure it reports now and the manager has not recorded yet, and its pass when it is verified
 // now under the profile's current sensor and agent.
-func nodeEvidence(ns *v1alpha1.NodeSensor, profile *v1alpha1.SecurityProfile, agentVersion string, now time.Time, timeout time.Duration) []selection.Evidence {
+func nodeEvidence(ns *v1alpha1.NodeSensor, profile *v1alpha1.SecurityProfile, sensor, agentVersion string, now time.Time, timeout time.Duration) []selection.Evidence {
 	var out []selection.Evidence
 	release := ns.Status.Probe.Kernel.Release.Value
 	for _, f := range onKernel(ns.Spec.FailedAttempts, release) {
-		out = append(out, selection.Evidence{Node: ns.Name, Driver: f.Driver, Attempt: f.Attempt, Reason: f.Reason, Time: f.Time.Time})
+		// A failure under another sensor or sensor version says nothing about this group (one
+		// recorded before the sensor was recorded, by an older manager, counts).
+		if f.Sensor == "" || f.Sensor == sensor {
+			out = append(out, selection.Evidence{Node: ns.Name, Driver: f.Driver, Attempt: f.Attempt, Reason: f.Reason, Time: f.Time.Time})
+		}
 	}
 	t := ns.Status.SelfTest
 	switch nodestate.Classify(ns, now, timeout) {
 	case nodestate.AttemptFailed:
-		if !slices.ContainsFunc(ns.Spec.FailedAttempts, func(f v1alpha1.FailedAttempt) bool { return f.Attempt == ns.Spec.Attempt }) {
+		recorded := slices.ContainsFunc(ns.Spec.FailedAttempts, func(f v1alpha1.FailedAttempt) bool { return f.Attempt == ns.Spec.Attempt })
+		if !recorded && testedSensor(ns, agentVersion) == sensor {
 			out = append(out, selection.Evidence{Node: ns.Name, Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt,
 				Reason: t.Reason + ": " + t.Message, Time: finishTime(t, now)})
 		}
@@ -112,6 +117,19 @@ func nodeEvidence(ns *v1alpha1.NodeSensor, profile *v1alpha1.SecurityProfile, ag
 		}
 	}
 	return out
+}
+
+// testedSensor names the sensor a node's last self-test ran, as its group's key names it: the
+// spec's sensor, and for the built-in sensor the version of the agent that ran it.
+func (r *SecurityProfileReconciler) testedSensor(ns *v1alpha1.NodeSensor) string {
+	return testedSensor(ns, r.AgentVersion)
+}
+
+func testedSensor(ns *v1alpha1.NodeSensor, agentVersion string) string {
+	if t := ns.Status.SelfTest; agentVersion != "" && t != nil && t.AgentVersion != "" {
+		agentVersion = t.AgentVersion
+	}
+	return selection.SensorName(ns.Spec.Sensor, agentVersion)
 }
 
 func finishTime(t *v1alpha1.SelfTestStatus, now time.Time) time.Time {

@@ -52,9 +52,9 @@ func TestFleetLearning(t *testing.T) {
 
 	// What happened, as the agents wrote it and their informer saw it.
 	var mu sync.Mutex
-	started := map[string]time.Time{}     // node -> when its first driver was seen assigned
-	firstPass := map[string]time.Time{}   // group -> its first passing verdict
-	firstPassBy := map[string]string{}    // group -> the node of that verdict
+	started := map[string]time.Time{}                 // node -> when its first driver was seen assigned
+	firstPass := map[string]time.Time{}               // group -> its first passing verdict
+	firstPassBy := map[string]string{}                // group -> the node of that verdict
 	failed := map[string]map[string]map[string]bool{} // group -> driver -> node/attempt of each failed verdict written
 	flakyDone := false
 	flakyOnce := func() bool { // the flaky node's first self-test only

@@ -117,6 +117,11 @@ type FailedAttempt struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=256
 	KernelRelease string `json:"kernelRelease,omitempty"`
+	// sensor is the sensor and version the self-test ran, as a FleetGroup names it (for example
+	// "Falco 0.38.1"): the failure is shared only with the nodes of the same kernel and sensor.
+	// +optional
+	// +kubebuilder:validation:MaxLength=600
+	Sensor string `json:"sensor,omitempty"`
 }
 
 // Answer is a three-valued probe answer.
