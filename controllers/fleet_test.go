@@ -2,6 +2,7 @@ package controllers_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,7 +11,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -317,4 +320,161 @@ func createNodesFast(t *testing.T, testLabel string, names []string) {
 			_ = env.Client.Delete(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
 		}
 	})
+}
+
+// kernelFailure turns the fake agent's failed verdicts into a failure of the kernel's (the
+// sensor reported the upper layer as lower) instead of its default timeout.
+func kernelFailure(st *v1alpha1.SelfTestStatus) {
+	if st.Result == v1alpha1.SelfTestFailed {
+		st.Reason, st.Message = "CheckFailed", "1 of 2 checks failed: ExeUpperLayer: reported lower layer"
+	}
+}
+
+// TestFleetSmallGroupAndReset: in a small group one failure of the kernel's is the rule at
+// once (the group's other nodes start with the next driver, naming the node and attempt), the
+// matrix says so, and the profile's reset annotation forgets it: a node that joins afterwards
+// tries the first driver again, and its pass is what the group knows from then on.
+func TestFleetSmallGroupAndReset(t *testing.T) {
+	createNodes(t, "fleetreset", "fleetreset-a", "fleetreset-b", "fleetreset-c")
+	modernFails := func(d v1alpha1.Driver) v1alpha1.SelfTestResult {
+		if d == v1alpha1.DriverModernEBPF {
+			return v1alpha1.SelfTestFailed
+		}
+		return v1alpha1.SelfTestPassed
+	}
+	agents := startAgents(t, 50*time.Millisecond, modernFails, "fleetreset-a", "fleetreset-b", "fleetreset-c")
+	for _, a := range agents {
+		a.tamper = kernelFailure
+	}
+	profile := &v1alpha1.SecurityProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "fleetreset"},
+		Spec: v1alpha1.SecurityProfileSpec{
+			NodeSelector: selectorFor("fleetreset"),
+			Drivers:      v1alpha1.DriverPolicy{Preference: []v1alpha1.Driver{v1alpha1.DriverModernEBPF, v1alpha1.DriverEBPF}},
+			Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: ptr.To(intstr.FromInt32(3))},
+		},
+	}
+	createProfile(t, profile)
+	for _, n := range []string{"fleetreset-a", "fleetreset-b", "fleetreset-c"} {
+		eventually(t, 20*time.Second, n+" verified", conditionIs(t, n, corev1.ConditionTrue, "Verified"))
+	}
+	// The group's first node (a, by name) failed modern_ebpf; b and c never tried it.
+	for _, n := range []string{"fleetreset-b", "fleetreset-c"} {
+		ns := sensorOf(t, n)
+		if len(ns.Spec.FailedAttempts) != 0 || ns.Spec.Driver != v1alpha1.DriverEBPF || ns.Spec.Attempt != 1 {
+			t.Errorf("%s: driver %s attempt %d, failed %v: want ebpf at its first attempt", n, ns.Spec.Driver, ns.Spec.Attempt, ns.Spec.FailedAttempts)
+		}
+		found := false
+		for _, r := range ns.Spec.Reasons {
+			found = found || r.Source == v1alpha1.ReasonSourceFleet && strings.Contains(r.Message, "learned from node fleetreset-a (attempt 1)")
+		}
+		if !found {
+			t.Errorf("%s: no Fleet reason naming fleetreset-a attempt 1: %+v", n, ns.Spec.Reasons)
+		}
+	}
+	cell := func() (v1alpha1.FleetDriverStatus, error) {
+		var groups v1alpha1.FleetGroupList
+		if err := env.Client.List(context.Background(), &groups, client.MatchingLabels{controllers.ProfileLabel: "fleetreset"}); err != nil {
+			return v1alpha1.FleetDriverStatus{}, err
+		}
+		if len(groups.Items) != 1 {
+			return v1alpha1.FleetDriverStatus{}, fmt.Errorf("%d fleet groups", len(groups.Items))
+		}
+		for _, c := range groups.Items[0].Status.Drivers {
+			if c.Driver == v1alpha1.DriverModernEBPF {
+				return c, nil
+			}
+		}
+		return v1alpha1.FleetDriverStatus{}, fmt.Errorf("no modern_ebpf cell in %+v", groups.Items[0].Status)
+	}
+	eventually(t, 10*time.Second, "modern_ebpf Fails in the matrix", func() error {
+		c, err := cell()
+		if err == nil && (c.Verdict != v1alpha1.FleetFails || c.Failed != 1 || c.LearnedFrom != "node fleetreset-a attempt 1") {
+			err = fmt.Errorf("cell %+v", c)
+		}
+		return err
+	})
+
+	// The kernel is fixed (say a new sensor build ships the same version): forget, then a new node.
+	for _, a := range agents {
+		a.mu.Lock()
+		a.verdict = always(v1alpha1.SelfTestPassed)
+		a.mu.Unlock()
+	}
+	p := &v1alpha1.SecurityProfile{}
+	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(profile), p); err != nil {
+		t.Fatal(err)
+	}
+	base := p.DeepCopy()
+	p.Annotations = map[string]string{v1alpha1.FleetForgetBeforeAnnotation: time.Now().Add(time.Second).UTC().Format(time.RFC3339)}
+	if err := env.Client.Patch(context.Background(), p, client.MergeFrom(base)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // past the reset time
+	eventually(t, 10*time.Second, "modern_ebpf forgotten", func() error {
+		c, err := cell()
+		if err == nil {
+			err = fmt.Errorf("cell %+v", c)
+		}
+		if strings.HasPrefix(fmt.Sprint(err), "no modern_ebpf cell") {
+			return nil
+		}
+		return err
+	})
+	createNodes(t, "fleetreset", "fleetreset-d")
+	startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), "fleetreset-d")
+	eventually(t, 20*time.Second, "fleetreset-d verified", conditionIs(t, "fleetreset-d", corev1.ConditionTrue, "Verified"))
+	if ns := sensorOf(t, "fleetreset-d"); ns.Spec.Driver != v1alpha1.DriverModernEBPF || ns.Spec.Attempt != 1 {
+		t.Errorf("fleetreset-d after the reset: driver %s attempt %d, want modern_ebpf at its first attempt", ns.Spec.Driver, ns.Spec.Attempt)
+	}
+	eventually(t, 10*time.Second, "modern_ebpf Works in the matrix", func() error {
+		c, err := cell()
+		if err == nil && (c.Verdict != v1alpha1.FleetWorks || c.Passed != 1) {
+			err = fmt.Errorf("cell %+v", c)
+		}
+		return err
+	})
+
+	// `kubectl get fleetgroups` shows the matrix: the table the API server serves kubectl.
+	row := fleetGroupTable(t, "fleetreset")
+	for col, want := range map[string]string{"Profile": "fleetreset", "Kernel": "6.1.0-28-cloud-amd64", "Nodes": "4",
+		"modern_ebpf": "Works 1/4", "ebpf": "Works 3/4", "kmod": ""} {
+		if got := row[col]; got != want {
+			t.Errorf("kubectl get fleetgroups: column %s is %q, want %q (row %v)", col, got, want, row)
+		}
+	}
+}
+
+// fleetGroupTable returns the one row of a profile's FleetGroups as `kubectl get fleetgroups`
+// prints it (the server-side table of the CRD's printer columns), by column name.
+func fleetGroupTable(t *testing.T, profile string) map[string]string {
+	t.Helper()
+	cfg := rest.CopyConfig(env.Config)
+	cfg.GroupVersion, cfg.APIPath = &v1alpha1.GroupVersion, "/apis"
+	cfg.NegotiatedSerializer = serializer.NewCodecFactory(env.Scheme).WithoutConversion()
+	rc, err := rest.RESTClientFor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := rc.Get().Resource("fleetgroups").Param("labelSelector", controllers.ProfileLabel+"="+profile).
+		SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(context.Background())
+	if err != nil {
+		t.Fatalf("%v: %.300s", err, body)
+	}
+	var table metav1.Table
+	if err := json.Unmarshal(body, &table); err != nil {
+		t.Fatalf("%v: %.300s", err, body)
+	}
+	if len(table.Rows) != 1 {
+		t.Fatalf("%d rows in the fleetgroups table, want 1", len(table.Rows))
+	}
+	row := map[string]string{}
+	for i, c := range table.ColumnDefinitions {
+		if v := table.Rows[0].Cells[i]; v != nil {
+			row[c.Name] = fmt.Sprint(v)
+		} else {
+			row[c.Name] = ""
+		}
+	}
+	return row
 }

@@ -77,9 +77,10 @@ const (
 // FleetLargeGroup is the size above which a learned failure needs two agreeing nodes.
 const FleetLargeGroup = 10
 
-// FleetForgetBeforeAnnotation on a SecurityProfile makes the fleet forget every verdict learned
-// before the time it holds (RFC 3339, for example 2026-11-30T14:00:00Z): a reset of the group
-// verdicts without touching any node's own failed attempts.
+// FleetForgetBeforeAnnotation on a SecurityProfile makes its node groups forget every failure
+// recorded before the time it holds (RFC 3339, for example 2026-11-30T14:00:00Z): a reset of
+// the shared verdicts. Each node's own failed attempts still count on that node, and passes that
+// stand now are never forgotten.
 const FleetForgetBeforeAnnotation = "security.driverpilot.io/fleet-forget-before"
 
 // FleetSpec says how a profile's nodes learn from each other.

@@ -132,8 +132,8 @@ func Agreement(size int) int {
 	return 1
 }
 
-// Learn turns the evidence of a group's nodes (size of them) into verdicts. Evidence older than
-// forget is ignored (the profile's reset). A standing pass on any node overturns failures: the
+// Learn turns the evidence of a group's nodes (size of them) into verdicts. Failures older than
+// forget are ignored (the profile's reset); standing passes are what the nodes prove now. A standing pass on any node overturns failures: the
 // driver works on this kernel, so a failure elsewhere was that node's. Without a pass, a driver
 // that failed for a reason of the kernel on Agreement(size) distinct nodes Fails; on fewer it
 // awaits agreement. Timeouts and node-local failures are counted, never shared.
@@ -142,8 +142,8 @@ func Learn(evidence []Evidence, size int, forget time.Time) GroupVerdicts {
 	firstPass, firstFail := map[v1alpha1.Driver]Evidence{}, map[v1alpha1.Driver]Evidence{}
 	seen := map[string]bool{}
 	for _, e := range evidence {
-		if e.Time.Before(forget) {
-			continue
+		if !e.Passed && e.Time.Before(forget) {
+			continue // a standing pass is the present, never forgotten
 		}
 		class := FailureKernel
 		if !e.Passed {

@@ -79,9 +79,9 @@ func TestLearn(t *testing.T) {
 		{name: "a pass overturns the failures", size: 50,
 			evidence: []Evidence{fail("a", m, 1, "CheckFailed", 1), fail("b", m, 1, "CheckFailed", 2), pass("c", m, 1, 3)},
 			want:     map[v1alpha1.Driver]v1alpha1.FleetVerdict{m: v1alpha1.FleetMixed}},
-		{name: "forgotten evidence", size: 5, forget: at(10),
-			evidence: []Evidence{fail("a", m, 1, "CheckFailed", 1), fail("b", e, 1, "CheckFailed", 11)},
-			want:     map[v1alpha1.Driver]v1alpha1.FleetVerdict{e: v1alpha1.FleetFails}},
+		{name: "failures before the reset are forgotten, standing passes are not", size: 5, forget: at(10),
+			evidence: []Evidence{fail("a", m, 1, "CheckFailed", 1), fail("b", e, 1, "CheckFailed", 11), pass("c", v1alpha1.DriverKmod, 1, 2)},
+			want:     map[v1alpha1.Driver]v1alpha1.FleetVerdict{e: v1alpha1.FleetFails, v1alpha1.DriverKmod: v1alpha1.FleetWorks}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := Learn(tc.evidence, tc.size, tc.forget)
