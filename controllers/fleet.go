@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -166,12 +168,13 @@ func (v *fleetView) apply(d selection.Decision, node string) selection.Decision 
 	return selection.ApplyLearned(d, v.groups[key.String()].verdicts, key, node)
 }
 
-// gates are the rollout's per-group canaries (none when learning is off).
-func (v *fleetView) gates() rollout.Groups {
+// gates are the rollout's per-group canaries (none when learning is off). released are the
+// nodes in flight that no longer hold their group back.
+func (v *fleetView) gates(released map[string]bool) rollout.Groups {
 	if v == nil || !v.learning {
 		return rollout.Groups{}
 	}
-	g := rollout.Groups{Of: make(map[string]string, len(v.key)), Open: map[string]bool{}}
+	g := rollout.Groups{Of: make(map[string]string, len(v.key)), Open: map[string]bool{}, Released: released}
 	for node, key := range v.key {
 		g.Of[node] = key.String()
 	}
@@ -179,6 +182,57 @@ func (v *fleetView) gates() rollout.Groups {
 		g.Open[k] = grp.open
 	}
 	return g
+}
+
+// verifyClock remembers since when each node verifies its current attempt, in memory (a manager
+// restart starts the clocks again).
+type verifyClock struct {
+	mu    sync.Mutex
+	since map[string]verifyStart
+}
+
+type verifyStart struct {
+	uid     types.UID
+	attempt int32
+	at      time.Time
+}
+
+// groupPatience is how long a node may verify one attempt before it no longer holds its group's
+// other nodes back: time enough for a self-test and a Falco restart.
+func (r *SecurityProfileReconciler) groupPatience() time.Duration {
+	return max(2*r.HeartbeatTimeout, 2*time.Minute)
+}
+
+// released returns the nodes of the pass that verify but no longer hold their group back: those
+// whose agent answered the current attempt without a proof or a failure (an inconclusive run, a
+// verdict for another boot), and those verifying one attempt for longer than groupPatience.
+// Nodes that no longer verify are forgotten.
+func (r *SecurityProfileReconciler) released(nodes []nodestate.Node, sensors map[string]*v1alpha1.NodeSensor, now time.Time) map[string]bool {
+	c := &r.verifying
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.since == nil {
+		c.since = map[string]verifyStart{}
+	}
+	out := map[string]bool{}
+	for _, n := range nodes {
+		ns := sensors[n.Name]
+		if !(n.Phase.InFlight() || n.Stalled) {
+			delete(c.since, n.Name)
+			continue
+		}
+		s, ok := c.since[n.Name]
+		if !ok || s.uid != ns.UID || s.attempt != ns.Spec.Attempt {
+			s = verifyStart{uid: ns.UID, attempt: ns.Spec.Attempt, at: now}
+			c.since[n.Name] = s
+		}
+		t := ns.Status.SelfTest
+		answered := n.Phase == nodestate.Verifying && t != nil && t.Attempt == ns.Spec.Attempt && t.Driver == ns.Spec.Driver
+		if answered || now.Sub(s.at) > r.groupPatience() {
+			out[n.Name] = true
+		}
+	}
+	return out
 }
 
 // counts are the profile's status.fleet.
@@ -272,8 +326,10 @@ func (r *SecurityProfileReconciler) syncFleetGroups(ctx context.Context, profile
 	if v == nil {
 		return nil
 	}
+	// Read from the API server, not the cache: the counts go up and down (a heartbeat expires),
+	// and a stale copy equal to the new counts would skip a write the server needs.
 	var list v1alpha1.FleetGroupList
-	if err := r.List(ctx, &list, client.MatchingLabels{ProfileLabel: profile.Name}); err != nil {
+	if err := r.reader().List(ctx, &list, client.MatchingLabels{ProfileLabel: profile.Name}); err != nil {
 		return fmt.Errorf("list fleet groups: %w", err)
 	}
 	have := map[string]*v1alpha1.FleetGroup{}

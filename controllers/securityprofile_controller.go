@@ -49,6 +49,8 @@ type SecurityProfileReconciler struct {
 
 	expect   expectations
 	replaced replacements
+	// verifying remembers since when each node verifies its attempt (fleet.go's group gate).
+	verifying verifyClock
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch

@@ -15,6 +15,11 @@ type Groups struct {
 	// current spec, and no driver of theirs awaits a second node's agreement on a failure.
 	// Until then a group verifies one node at a time.
 	Open map[string]bool
+	// Released lists nodes in flight that no longer hold their group back (they keep their
+	// rollout slot): they answered without proving anything (an inconclusive run, a verdict
+	// for another boot), or have verified for too long. A first node that hangs must not stop
+	// its group for good.
+	Released map[string]bool
 }
 
 // gate keeps, of the candidates (in order), those their group lets start: every candidate of
@@ -26,7 +31,7 @@ func (g Groups) gate(nodes []nodestate.Node, candidates []string) ([]string, str
 	}
 	busy := map[string]bool{}
 	for _, n := range nodes {
-		if grp := g.Of[n.Name]; grp != "" && (n.Phase.InFlight() || n.Stalled || nodestate.Replacing(n.Phase, n.Agent)) {
+		if grp := g.Of[n.Name]; grp != "" && !g.Released[n.Name] && (n.Phase.InFlight() || n.Stalled || nodestate.Replacing(n.Phase, n.Agent)) {
 			busy[grp] = true
 		}
 	}

@@ -15,6 +15,7 @@ func TestDecideGroups(t *testing.T) {
 		nodes   []nodestate.Node
 		open    map[string]bool
 		canary  map[string]bool
+		released map[string]bool
 		start   string
 		blocked bool
 	}{
@@ -24,13 +25,15 @@ func TestDecideGroups(t *testing.T) {
 		{name: "an open group goes at maxUnavailable", nodes: nodes(k, q, q, q, q, q), open: map[string]bool{"A": true}, start: "[n1 n2 n3 n5]", blocked: true},
 		{name: "a group awaiting agreement goes one at a time though verified", nodes: nodes(k, v, q, k, q, q),
 			open: map[string]bool{"B": true}, start: "[n4 n5]", blocked: true},
+		{name: "a released first node no longer holds its group", nodes: nodes(v, q, q, v, q, q),
+			released: map[string]bool{"n0": true}, start: "[n1 n5]", blocked: true},
 		{name: "the user's canary is its group's first", nodes: nodes(q, q, q, q, q, q), canary: map[string]bool{"n2": true}, start: "[n2]", blocked: true},
 		{name: "after the user's canary, each group's first", nodes: nodes(q, q, k, q, q, q), canary: map[string]bool{"n2": true},
 			open: map[string]bool{"A": true}, start: "[n0 n1 n3 n5]", blocked: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := Decide(Input{Nodes: tc.nodes, Canaries: tc.canary, MaxUnavailable: 10, Groups: Groups{Of: of, Open: tc.open}})
+			p := Decide(Input{Nodes: tc.nodes, Canaries: tc.canary, MaxUnavailable: 10, Groups: Groups{Of: of, Open: tc.open, Released: tc.released}})
 			if got := fmt.Sprint(p.Start); got != tc.start {
 				t.Errorf("start %s, want %s (blocked %q)", got, tc.start, p.Blocked)
 			}
