@@ -11,13 +11,13 @@ func TestDecideGroups(t *testing.T) {
 	// n0..n5: n0-n2 in group A, n3-n4 in group B, n5 in no group (kernel unknown).
 	of := map[string]string{"n0": "A", "n1": "A", "n2": "A", "n3": "B", "n4": "B"}
 	cases := []struct {
-		name    string
-		nodes   []nodestate.Node
-		open    map[string]bool
-		canary  map[string]bool
+		name     string
+		nodes    []nodestate.Node
+		open     map[string]bool
+		canary   map[string]bool
 		released map[string]bool
-		start   string
-		blocked bool
+		start    string
+		blocked  bool
 	}{
 		{name: "a new group is met by one node, not maxUnavailable", nodes: nodes(q, q, q, q, q, q), start: "[n0 n3 n5]", blocked: true},
 		{name: "a group whose first node verifies waits for it", nodes: nodes(v, q, q, q, q, q), start: "[n3 n5]", blocked: true},
