@@ -194,7 +194,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		Canaries:        isCanary,
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
-		Groups:          p.fleet.gates(r.released(nodes, sensors, now)),
+		Groups:          p.fleet.gates(nodes, decisions, r.released(nodes, sensors, now)),
 	})
 	var startErrs sync.Map
 	// Outdated agent pods go first: a node whose pod is replaced and also starts gets its new

@@ -44,8 +44,7 @@ type fleetGroup struct {
 	key      selection.GroupKey
 	nodes    []string
 	verified int
-	// open says the group's rest may start: a node verified under the current spec, and no
-	// failure awaiting a second node's agreement.
+	// open says the group's rest may start: a node is verified under the current spec.
 	open     bool
 	first    selection.Evidence // the earliest standing pass
 	verdicts selection.GroupVerdicts
@@ -87,7 +86,7 @@ func (r *SecurityProfileReconciler) learnFleet(ctx context.Context, profile *v1a
 				}
 			}
 		}
-		g.open = g.verified > 0 && !g.verdicts.AwaitingAgreement()
+		g.open = g.verified > 0
 	}
 	return v
 }
@@ -168,18 +167,33 @@ func (v *fleetView) apply(d selection.Decision, node string) selection.Decision 
 	return selection.ApplyLearned(d, v.groups[key.String()].verdicts, key, node)
 }
 
-// gates are the rollout's per-group canaries (none when learning is off). released are the
+// gates are the rollout's per-group canaries (none when learning is off): which nodes are in
+// which group, which groups have a verified node, which waiting nodes would try a driver that
+// awaits agreement in their group (decisions) and which nodes in flight do. released are the
 // nodes in flight that no longer hold their group back.
-func (v *fleetView) gates(released map[string]bool) rollout.Groups {
+func (v *fleetView) gates(nodes []nodestate.Node, decisions map[string]selection.Decision, released map[string]bool) rollout.Groups {
 	if v == nil || !v.learning {
 		return rollout.Groups{}
 	}
-	g := rollout.Groups{Of: make(map[string]string, len(v.key)), Open: map[string]bool{}, Released: released}
+	g := rollout.Groups{Of: make(map[string]string, len(v.key)), Open: map[string]bool{}, Suspect: map[string]bool{},
+		Trying: map[string]bool{}, Released: released}
 	for node, key := range v.key {
 		g.Of[node] = key.String()
 	}
 	for k, grp := range v.groups {
 		g.Open[k] = grp.open
+	}
+	awaits := func(node string, d v1alpha1.Driver) bool {
+		key, ok := v.key[node]
+		return ok && d != "" && v.groups[key.String()].verdicts[d].Verdict == v1alpha1.FleetAwaitingAgreement
+	}
+	for _, n := range nodes {
+		if d, ok := decisions[n.Name]; ok && n.Phase.Waiting() && awaits(n.Name, d.Driver) {
+			g.Suspect[n.Name] = true
+		}
+		if (n.Phase.InFlight() || n.Stalled) && awaits(n.Name, n.Driver) {
+			g.Trying[n.Name] = true
+		}
 	}
 	return g
 }

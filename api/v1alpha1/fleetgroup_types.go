@@ -39,7 +39,7 @@ const (
 	// passed on none: the group's other nodes skip it.
 	FleetFails FleetVerdict = "Fails"
 	// FleetAwaitingAgreement: the driver failed for a reason of the kernel on one node of a large
-	// group; one more node tries it (the group verifies one node at a time meanwhile).
+	// group; one more node tries it (one node of the group at a time tries it meanwhile).
 	FleetAwaitingAgreement FleetVerdict = "AwaitingAgreement"
 	// FleetMixed: the driver passed on some nodes of the group and failed for a reason of the
 	// kernel on others. The passes overturn the failures: nobody skips it.

@@ -16,6 +16,8 @@ func TestDecideGroups(t *testing.T) {
 		open     map[string]bool
 		canary   map[string]bool
 		released map[string]bool
+		suspect  map[string]bool
+		trying   map[string]bool
 		start    string
 		blocked  bool
 	}{
@@ -23,8 +25,14 @@ func TestDecideGroups(t *testing.T) {
 		{name: "a group whose first node verifies waits for it", nodes: nodes(v, q, q, q, q, q), start: "[n3 n5]", blocked: true},
 		{name: "a failed attempt still holds its group", nodes: nodes(f, q, q, k, q, q), start: "[n4 n5]", blocked: true},
 		{name: "an open group goes at maxUnavailable", nodes: nodes(k, q, q, q, q, q), open: map[string]bool{"A": true}, start: "[n1 n2 n3 n5]", blocked: true},
-		{name: "a group awaiting agreement goes one at a time though verified", nodes: nodes(k, v, q, k, q, q),
-			open: map[string]bool{"B": true}, start: "[n4 n5]", blocked: true},
+		{name: "a suspect node waits while another tries the driver", nodes: nodes(k, v, q, k, q, q),
+			open: map[string]bool{"A": true, "B": true}, suspect: map[string]bool{"n2": true}, trying: map[string]bool{"n1": true},
+			start: "[n4 n5]", blocked: true},
+		{name: "one suspect at a time, the others of an open group go", nodes: nodes(k, q, q, k, q, q),
+			open: map[string]bool{"A": true, "B": true}, suspect: map[string]bool{"n1": true, "n2": true, "n4": true},
+			start: "[n1 n4 n5]", blocked: true},
+		{name: "a node whose next driver is not suspect goes with its open group", nodes: nodes(k, v, q, k, q, q),
+			open: map[string]bool{"A": true, "B": true}, trying: map[string]bool{"n1": true}, start: "[n2 n4 n5]"},
 		{name: "a released first node no longer holds its group", nodes: nodes(v, q, q, v, q, q),
 			released: map[string]bool{"n0": true}, start: "[n1 n5]", blocked: true},
 		{name: "the user's canary is its group's first", nodes: nodes(q, q, q, q, q, q), canary: map[string]bool{"n2": true}, start: "[n2]", blocked: true},
@@ -33,7 +41,7 @@ func TestDecideGroups(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := Decide(Input{Nodes: tc.nodes, Canaries: tc.canary, MaxUnavailable: 10, Groups: Groups{Of: of, Open: tc.open, Released: tc.released}})
+			p := Decide(Input{Nodes: tc.nodes, Canaries: tc.canary, MaxUnavailable: 10, Groups: Groups{Of: of, Open: tc.open, Released: tc.released, Suspect: tc.suspect, Trying: tc.trying}})
 			if got := fmt.Sprint(p.Start); got != tc.start {
 				t.Errorf("start %s, want %s (blocked %q)", got, tc.start, p.Blocked)
 			}

@@ -199,17 +199,6 @@ func earlier(a, b Evidence) bool {
 	return a.Node < b.Node
 }
 
-// AwaitingAgreement reports whether a driver of the group failed on one node and waits for
-// another to agree: the group then verifies one node at a time.
-func (g GroupVerdicts) AwaitingAgreement() bool {
-	for _, v := range g {
-		if v.Verdict == v1alpha1.FleetAwaitingAgreement {
-			return true
-		}
-	}
-	return false
-}
-
 // ApplyLearned applies a group's verdicts to one node's decision: a driver the group learned
 // to fail is skipped, with a reason that names the node and attempt it was learned from; a
 // driver that passed on the group's nodes loses the doubt that ranked it lower, so the node
