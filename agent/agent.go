@@ -1,7 +1,8 @@
 // Package agent is DriverPilot's node agent loop: probe the node, report the facts, wait for the
 // manager's driver decision, start the sensor with it, prove detection with the self-test, report
 // the verdict, keep a heartbeat, and test again on a new decision, a restart, a new boot and
-// every selfTest.interval. It writes only its own NodeSensor's status.
+// every selfTest.interval. It writes only its own NodeSensor's status and its node's heartbeat
+// Lease.
 package agent
 
 import (
@@ -14,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -25,6 +27,7 @@ import (
 	"github.com/driverpilot/driverpilot/agent/selftest"
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 	"github.com/driverpilot/driverpilot/internal/version"
 )
 
@@ -43,8 +46,15 @@ type Options struct {
 	WorkDir string
 	// Profile is the SecurityProfile whose DaemonSet runs this agent; empty serves any profile.
 	Profile string
-	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
+	// HeartbeatInterval is how often the agent reports it is alive (default DefaultHeartbeat).
 	HeartbeatInterval time.Duration
+	// LeaseNamespace is where the agent renews its node's heartbeat Lease (package heartbeat);
+	// empty, or a Lease the API refuses, falls back to a heartbeat in the NodeSensor status.
+	LeaseNamespace string
+	// Holder names this agent in its Lease (its pod; default the node name).
+	Holder string
+	// HeartbeatTimeout is what the Lease says the manager waits for a renewal (default 2m).
+	HeartbeatTimeout time.Duration
 	// HealthInterval is how often the agent asks a proven sensor whether it still works
 	// (sensor.HealthChecker); the node leaves verified within about this long of the sensor
 	// dying (default 2s).
@@ -59,6 +69,11 @@ type Options struct {
 	// Log receives the agent's progress.
 	Log logr.Logger
 }
+
+// DefaultHeartbeat is how often an agent renews its heartbeat: three renewals fit in the
+// manager's default heartbeat timeout (2m), so two lost ones do not make a node Unknown, and an
+// idle node's Lease costs under 1 KiB of writes a minute.
+const DefaultHeartbeat = 40 * time.Second
 
 // Agent runs the loop for one node.
 type Agent struct {
@@ -97,10 +112,16 @@ type Agent struct {
 // New returns an agent.
 func New(o Options) *Agent {
 	if o.HeartbeatInterval <= 0 {
-		o.HeartbeatInterval = 30 * time.Second
+		o.HeartbeatInterval = DefaultHeartbeat
 	}
 	if o.HealthInterval <= 0 {
 		o.HealthInterval = 2 * time.Second
+	}
+	if o.Holder == "" {
+		o.Holder = o.NodeName
+	}
+	if o.HeartbeatTimeout <= 0 {
+		o.HeartbeatTimeout = 2 * time.Minute
 	}
 	if o.AlertFlowInterval <= 0 {
 		o.AlertFlowInterval = time.Minute
@@ -306,10 +327,13 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 	}
 }
 
-// heartbeats patches status.heartbeatTime every interval while this agent serves the node.
+// heartbeats renews the node's Lease every interval while this agent serves the node. Where
+// there is no Lease namespace, or the API refuses the Lease (manifests older than this agent),
+// it patches status.heartbeatTime instead: a larger write, but the node is never left to expire.
 func (a *Agent) heartbeats(ctx context.Context) {
 	t := time.NewTicker(a.opts.HeartbeatInterval)
 	defer t.Stop()
+	useLease := a.opts.LeaseNamespace != ""
 	for {
 		select {
 		case <-ctx.Done():
@@ -318,6 +342,19 @@ func (a *Agent) heartbeats(ctx context.Context) {
 		}
 		if !a.active.Load() {
 			continue
+		}
+		if useLease {
+			err := heartbeat.Renew(ctx, a.opts.Client, a.opts.LeaseNamespace, a.opts.NodeName, a.opts.Holder, a.opts.HeartbeatTimeout, time.Now())
+			if err == nil || ctx.Err() != nil {
+				continue
+			}
+			if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
+				a.opts.Log.Error(err, "Heartbeat Lease refused; heartbeats go to the NodeSensor status from now on", "namespace", a.opts.LeaseNamespace)
+				useLease = false
+			} else {
+				a.opts.Log.Error(err, "Heartbeat failed")
+				continue
+			}
 		}
 		patch := fmt.Sprintf(`{"status":{"heartbeatTime":%q,"agentVersion":%q}}`,
 			metav1.Now().UTC().Format(time.RFC3339), version.Version)

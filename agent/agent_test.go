@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -16,6 +18,7 @@ import (
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/agent/sensor"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 	"github.com/driverpilot/driverpilot/internal/version"
 )
@@ -100,17 +103,21 @@ func provenByOldAgent(t *testing.T, name, bootID string) *v1alpha1.NodeSensor {
 	return ns
 }
 
-func runAgent(t *testing.T, node, root string, s *stubSensor) {
+func runAgent(t *testing.T, node, root string, s *stubSensor, opts ...func(*agent.Options)) {
 	t.Helper()
 	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := agent.New(agent.Options{
+	o := agent.Options{
 		NodeName: node, Client: c, Prober: &probe.Prober{Root: root, AbilitiesUnavailable: "test"},
 		NewSensor: s.build,
 		WorkDir:   t.TempDir(), HeartbeatInterval: 200 * time.Millisecond, Log: logr.Discard(),
-	})
+	}
+	for _, set := range opts {
+		set(&o)
+	}
+	a := agent.New(o)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = a.Run(ctx) }()
@@ -197,6 +204,79 @@ func TestUpgradeDoesNotKeepAProofWithoutBootID(t *testing.T) {
 		}
 		if st := cur.Status.SelfTest; st == nil || st.AgentVersion != version.Version || st.Attempt != 3 {
 			return fmt.Errorf("self-test %+v", st)
+		}
+		return nil
+	})
+}
+
+// TestHeartbeatsRenewTheLease: an idle agent renews its node's Lease, not its NodeSensor; where
+// the Lease cannot be written (here: its namespace does not exist) it falls back to the status.
+func TestHeartbeatsRenewTheLease(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const leaseNS = "agent-heartbeats"
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, node := range []string{"beats-lease", "beats-fallback"} {
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: node}, Spec: v1alpha1.NodeSensorSpec{Profile: "beats"}}
+		if err := env.Client.Create(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	}
+	runAgent(t, "beats-lease", fixture, &stubSensor{}, func(o *agent.Options) { o.LeaseNamespace, o.Holder = leaseNS, "pod-a" })
+	runAgent(t, "beats-fallback", fixture, &stubSensor{}, func(o *agent.Options) { o.LeaseNamespace = "no-such-namespace" })
+
+	var first time.Time
+	waitFor(t, "the Lease renewed twice", func() error {
+		lease := &coordinationv1.Lease{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: leaseNS, Name: "beats-lease"}, lease); err != nil {
+			return err
+		}
+		if h := lease.Spec.HolderIdentity; h == nil || *h != "pod-a" {
+			return fmt.Errorf("holder %v", h)
+		}
+		renewed := heartbeat.RenewTime(lease)
+		if first.IsZero() {
+			first = renewed
+		}
+		if !renewed.After(first) {
+			return fmt.Errorf("renewed at %v only", renewed)
+		}
+		return nil
+	})
+	ns := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: "beats-lease"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	reported := ns.Status.HeartbeatTime
+	if reported == nil || ns.Status.Probe == nil {
+		t.Fatalf("the agent did not report its probe: %+v", ns.Status)
+	}
+	time.Sleep(time.Second) // five heartbeat intervals
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: "beats-lease"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	if !ns.Status.HeartbeatTime.Equal(reported) {
+		t.Errorf("an idle agent with a Lease rewrote its NodeSensor heartbeat (%v, then %v)", reported, ns.Status.HeartbeatTime)
+	}
+
+	var fallbackFirst *metav1.Time
+	waitFor(t, "status heartbeats where the Lease is refused", func() error {
+		got := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: "beats-fallback"}, got); err != nil {
+			return err
+		}
+		hb := got.Status.HeartbeatTime
+		if hb == nil {
+			return fmt.Errorf("no heartbeat yet")
+		}
+		if fallbackFirst == nil {
+			fallbackFirst = hb
+		}
+		if !hb.After(fallbackFirst.Time) {
+			return fmt.Errorf("heartbeat %v not renewed", hb)
 		}
 		return nil
 	})

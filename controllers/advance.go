@@ -180,7 +180,9 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			(p.phases[name] == nodestate.AwaitingProbe && now.Sub(ns.CreationTimestamp.Time) > r.HeartbeatTimeout)
 		nodes = append(nodes, nodestate.Node{Name: name, Phase: p.phases[name], Driver: ns.Spec.Driver, Stalled: stalled, Silent: silent, Agent: pods.state[name]})
 	}
-	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(names))
+	// Of the governed nodes, not of those with a NodeSensor yet: a fleet's NodeSensors are
+	// created over several passes.
+	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(governed))
 	if err != nil {
 		return progress{}, err
 	}
@@ -327,8 +329,7 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 			"Node %s: no supported driver: %s", ns.Name, reasonsText(d.Reasons))
 		recordFailure(profile.Name, "", "NoSupportedDriver")
 	} else {
-		r.eventf(profile, nil, corev1.EventTypeNormal, "DriverSelected", "SelectDriver",
-			"Node %s: driver %s (attempt %d); candidates %v", ns.Name, d.Driver, ns.Spec.Attempt, d.Candidates)
+		r.batchedEvent(ctx, profile, "DriverSelected", "SelectDriver", fmt.Sprintf("driver %s selected; candidates %v", d.Driver, d.Candidates), ns.Name)
 	}
 	log.FromContext(ctx).V(1).Info("Driver assigned", "node", ns.Name, "driver", d.Driver, "attempt", ns.Spec.Attempt)
 	return nil

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -8,14 +9,15 @@ import (
 
 // CacheOptions is what the manager's cache holds: every object without its managed fields (the
 // manager never reads them, and they are often the larger part of an object), Nodes trimmed to
-// what the reconciler reads (TrimNode), and only the agent pods of its namespace. At fleet scale
-// the Node cache dominates the manager's memory.
+// what the reconciler reads (TrimNode), and only the agent pods and agent heartbeat Leases of its
+// namespace. At fleet scale the Node cache dominates the manager's memory.
 func CacheOptions(namespace string) cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&corev1.Pod{}:  AgentPodCache(namespace),
-			&corev1.Node{}: {Transform: TrimNode},
+			&corev1.Pod{}:           AgentPodCache(namespace),
+			&coordinationv1.Lease{}: AgentLeaseCache(namespace),
+			&corev1.Node{}:          {Transform: TrimNode},
 		},
 	}
 }

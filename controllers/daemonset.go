@@ -109,9 +109,9 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 		Name:  "agent",
 		Image: cfg.Image,
 		Args:  []string{"agent", "--node-name=$(NODE_NAME)", "--host-root=/host", "--profile=" + profile.Name},
-		Env: []corev1.EnvVar{{
-			Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}},
-		}},
+		// The node it serves; its pod, which holds the node's heartbeat Lease in the pod's
+		// namespace (and which a Falco agent deletes to restart Falco).
+		Env: []corev1.EnvVar{fieldEnv("NODE_NAME", "spec.nodeName"), fieldEnv("POD_NAME", "metadata.name"), fieldEnv("POD_NAMESPACE", "metadata.namespace")},
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:                ptr.To[int64](0),
 			Privileged:               ptr.To(false),
@@ -165,6 +165,10 @@ func agentDaemonSet(profile *v1alpha1.SecurityProfile, cfg AgentConfig) *appsv1.
 			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType},
 		},
 	}
+}
+
+func fieldEnv(name, path string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 }
 
 // agentSelector selects the pods of a profile's agent DaemonSet.

@@ -59,8 +59,6 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 	sub := func(name, p, subPath string) corev1.VolumeMount {
 		return corev1.VolumeMount{Name: name, MountPath: p, SubPath: subPath, ReadOnly: true}
 	}
-	nodeName := corev1.EnvVar{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}
-
 	spec := agentPod
 	spec.Volumes = append(slices.Clone(agentPod.Volumes),
 		emptyDir("driverpilot-falco"), // the decision, written once by the init step
@@ -84,7 +82,6 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 	configStep := agent.DeepCopy()
 	configStep.Name = "falco-config"
 	configStep.Args = []string{"falco-config", "--node-name=$(NODE_NAME)", "--host-root=/host", "--profile=" + profile.Name, "--output-dir=" + falcoConfigDir}
-	configStep.Env = []corev1.EnvVar{nodeName}
 	configStep.VolumeMounts = append(configStep.VolumeMounts, mount("driverpilot-falco", falcoConfigDir, false))
 	spec.InitContainers = []corev1.Container{*configStep}
 
@@ -135,8 +132,8 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 		},
 		Env: []corev1.EnvVar{
 			{Name: "HOST_ROOT", Value: "/host"},
-			{Name: "FALCO_HOSTNAME", ValueFrom: nodeName.ValueFrom},
-			{Name: "FALCO_K8S_NODE_NAME", ValueFrom: nodeName.ValueFrom},
+			fieldEnv("FALCO_HOSTNAME", "spec.nodeName"),
+			fieldEnv("FALCO_K8S_NODE_NAME", "spec.nodeName"),
 		},
 		SecurityContext: falcoSecurityContext(loader),
 		Resources: corev1.ResourceRequirements{
@@ -151,10 +148,6 @@ func falcoPodSpec(profile *v1alpha1.SecurityProfile, _ AgentConfig, agentPod cor
 		"--falco-config-dir="+falcoConfigDir,
 		"--falco-health-url="+falcoHealthURL,
 		"--falco-restart=delete-pod",
-	)
-	agent.Env = append(agent.Env,
-		corev1.EnvVar{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
-		corev1.EnvVar{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 	)
 	agent.VolumeMounts = append(agent.VolumeMounts, mount("driverpilot-falco", falcoConfigDir, true))
 	spec.Containers = []corev1.Container{falcoContainer, agent}

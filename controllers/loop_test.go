@@ -351,6 +351,33 @@ func TestExpiredHeartbeatTurnsNodeUnknown(t *testing.T) {
 	eventually(t, 3*heartbeatTimeout+5*time.Second, "unknown", conditionIs(t, "heartbeat-a", corev1.ConditionUnknown, controllers.ReasonHeartbeatExpired))
 }
 
+// An agent that heartbeats through its Lease only (its NodeSensor status is not written after the
+// verdict) stays verified well past the heartbeat timeout, turns Unknown when the Lease is no
+// longer renewed, and comes back when it is renewed again.
+func TestLeaseHeartbeatKeepsTheNodeAlive(t *testing.T) {
+	createNodes(t, "lease", "lease-a")
+	p := profileFor("lease", "lease")
+	agents := startAgents(t, 50*time.Millisecond, always(v1alpha1.SelfTestPassed), "lease-a")
+	agents["lease-a"].useLease()
+	createProfile(t, p)
+	eventually(t, 20*time.Second, "verified", conditionIs(t, "lease-a", corev1.ConditionTrue, controllers.ReasonVerified))
+	time.Sleep(2*heartbeatTimeout + time.Second)
+	if err := conditionIs(t, "lease-a", corev1.ConditionTrue, controllers.ReasonVerified)(); err != nil {
+		t.Fatalf("a node whose Lease is renewed left verified: %v", err)
+	}
+	ns := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: "lease-a"}, ns); err != nil {
+		t.Fatal(err)
+	}
+	if hb := ns.Status.HeartbeatTime; hb == nil || time.Since(hb.Time) < heartbeatTimeout {
+		t.Fatalf("the status heartbeat (%v) is fresh: the test proves nothing about the Lease", hb)
+	}
+	agents["lease-a"].stopHeartbeat()
+	eventually(t, 3*heartbeatTimeout+5*time.Second, "unknown", conditionIs(t, "lease-a", corev1.ConditionUnknown, controllers.ReasonHeartbeatExpired))
+	agents["lease-a"].setHeartbeat(true)
+	eventually(t, 10*time.Second, "verified again", conditionIs(t, "lease-a", corev1.ConditionTrue, controllers.ReasonVerified))
+}
+
 func TestProfileDeletionRemovesConditionsTaintsAndSensors(t *testing.T) {
 	createNodes(t, "cleanup", "cleanup-a")
 	p := profileFor("cleanup", "cleanup")

@@ -18,6 +18,7 @@ import (
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/config/knownissues"
 	"github.com/driverpilot/driverpilot/controllers"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 )
 
@@ -147,7 +148,10 @@ type fakeAgent struct {
 
 	mu        sync.Mutex
 	heartbeat bool
-	version   string
+	// lease sends heartbeats to the node's Lease, as the real agent does; the status keeps the
+	// heartbeat of each report.
+	lease   bool
+	version string
 	// rebooted holds the facts of a new boot, written on the next pass.
 	rebooted *v1alpha1.ProbeFacts
 	// sensorKind is the sensor this agent's pod runs; a spec naming another one gets
@@ -196,7 +200,12 @@ func startAgents(t *testing.T, delay time.Duration, verdict func(v1alpha1.Driver
 	return agents
 }
 
-func (a *fakeAgent) stopHeartbeat() { a.mu.Lock(); a.heartbeat = false; a.mu.Unlock() }
+func (a *fakeAgent) stopHeartbeat() { a.setHeartbeat(false) }
+
+func (a *fakeAgent) setHeartbeat(on bool) { a.mu.Lock(); a.heartbeat = on; a.mu.Unlock() }
+
+// useLease makes the agent renew its node's heartbeat Lease instead of its status heartbeat.
+func (a *fakeAgent) useLease() { a.mu.Lock(); a.lease = true; a.mu.Unlock() }
 
 // upgrade plays the DaemonSet replacing this node's agent with another version. Like the real
 // agent, the new one keeps a passed verdict of an older version until a new attempt comes.
@@ -266,9 +275,18 @@ func (a *fakeAgent) run(ctx context.Context) {
 			changed = true
 		}
 		a.mu.Lock()
-		beat := a.heartbeat
+		beat, lease := a.heartbeat, a.lease
 		a.mu.Unlock()
-		if beat && (changed || time.Since(lastBeat) > 500*time.Millisecond) {
+		if beat && lease && time.Since(lastBeat) > 500*time.Millisecond {
+			if err := heartbeat.Renew(ctx, env.Client, agentNamespace, a.node, "fake-"+a.node, heartbeatTimeout, time.Now()); err == nil {
+				lastBeat = time.Now()
+			}
+		}
+		if changed && lease {
+			now := metav1.Now() // a report carries its heartbeat, as the real agent's does
+			ns.Status.HeartbeatTime = &now
+		}
+		if beat && !lease && (changed || time.Since(lastBeat) > 500*time.Millisecond) {
 			now := metav1.Now()
 			ns.Status.HeartbeatTime = &now
 			changed = true

@@ -69,6 +69,8 @@ func runAgent(args []string) error {
 		NewSensor:         chooseSensor(ctx, alertOut, nf.nodeName, nf.hostRoot, fo, c, log),
 		WorkDir:           *workdir,
 		HeartbeatInterval: nf.heartbeat,
+		LeaseNamespace:    nf.leaseNamespace,
+		Holder:            nf.holder,
 		Log:               log,
 	})
 	return a.Run(ctx)

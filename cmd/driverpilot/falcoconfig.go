@@ -36,7 +36,7 @@ func runFalcoConfig(args []string) error {
 	ctx := ctrl.SetupSignalHandler()
 	a := agent.New(agent.Options{
 		NodeName: nf.nodeName, Profile: nf.profile, Client: c, Prober: probe.New(nf.hostRoot),
-		HeartbeatInterval: nf.heartbeat, Log: log,
+		HeartbeatInterval: nf.heartbeat, LeaseNamespace: nf.leaseNamespace, Holder: nf.holder, Log: log,
 	})
 	spec, err := a.WaitForDecision(ctx)
 	if err != nil {

@@ -39,6 +39,7 @@ import (
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/driverpilot/driverpilot/agent"
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/testenv"
@@ -77,7 +78,7 @@ func main() {
 	flag.IntVar(&o.nodes, "nodes", 1000, "number of simulated nodes")
 	flag.StringVar(&o.maxUnavailable, "max-unavailable", "10%", "the profile's spec.rollout.maxUnavailable (a count or a percentage)")
 	flag.DurationVar(&o.selfTestDelay, "selftest-delay", 200*time.Millisecond, "how long a simulated agent's self-test takes")
-	flag.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "simulated agents' heartbeat period")
+	flag.DurationVar(&o.heartbeat, "heartbeat", agent.DefaultHeartbeat, "simulated agents' heartbeat period (the real agent's default)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "overall time limit (setup, rollout and teardown)")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long to keep counting manager writes after convergence")
 	flag.Float64Var(&o.agentQPS, "agent-qps", 500, "client QPS of the simulated agents (all share one client)")

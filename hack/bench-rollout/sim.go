@@ -26,7 +26,7 @@ func startSim(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names 
 	obs := newObserver(len(names))
 	opts := simagent.Options{
 		SelfTestDelay: o.selfTestDelay, Heartbeat: o.heartbeat, Workers: o.agentWorkers,
-		AgentVersion: version.Version, OnSensor: obs.sensor,
+		AgentVersion: version.Version, OnSensor: obs.sensor, LeaseNamespace: namespace,
 	}
 	mixedKernels(&opts, names)
 	fleet, err := simagent.Start(ctx, cfg, sch, names, opts)

@@ -31,6 +31,7 @@ type Options struct {
 	AgentSA          string
 	HeartbeatTimeout time.Duration
 	KnownIssuesFile  string
+	PprofAddr        string
 }
 
 // Bind registers the options as command-line flags.
@@ -44,6 +45,7 @@ func (o *Options) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.AgentSA, "agent-service-account", "driverpilot-agent", "service account of the node agents")
 	fs.DurationVar(&o.HeartbeatTimeout, "heartbeat-timeout", 2*time.Minute, "how old an agent heartbeat may be before its node turns Unknown")
 	fs.StringVar(&o.KnownIssuesFile, "known-issues", "", "known-issue file replacing the embedded one")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "", "address of Go's pprof endpoints, for profiling the manager (empty disables them)")
 }
 
 // Defaults returns the options the flags default to.
@@ -84,6 +86,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		// Agent pods only (the manager replaces outdated ones), Nodes trimmed, no managed fields.
 		Cache:                   controllers.CacheOptions(o.Namespace),
 		HealthProbeBindAddress:  o.ProbeAddr,
+		PprofBindAddress:        o.PprofAddr,
 		LeaderElection:          o.LeaderElect,
 		LeaderElectionID:        "driverpilot-manager.security.driverpilot.io",
 		LeaderElectionNamespace: o.Namespace,

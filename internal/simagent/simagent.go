@@ -28,6 +28,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 )
 
 // Options configure a fleet of simulated agents.
@@ -36,6 +37,9 @@ type Options struct {
 	SelfTestDelay time.Duration
 	// Heartbeat is how often an idle agent renews its heartbeat.
 	Heartbeat time.Duration
+	// LeaseNamespace is where the agents renew their heartbeat Leases, as the real agent does;
+	// empty writes heartbeats into the NodeSensor status, as agents before the Lease did.
+	LeaseNamespace string
 	// Workers is the number of concurrent writers (default 8).
 	Workers int
 	// AgentVersion is the version the agents report.
@@ -100,7 +104,7 @@ func Start(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names []s
 		o.Workers = 8
 	}
 	if o.Heartbeat <= 0 {
-		o.Heartbeat = 30 * time.Second
+		o.Heartbeat = 40 * time.Second // the real agent's default
 	}
 	c, err := client.New(cfg, client.Options{Scheme: sch})
 	if err != nil {
@@ -261,7 +265,7 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 	}
 	again := f.act(ctx, a, ns)
 	if a.probed && !f.o.NoHeartbeat && time.Since(a.lastBeat) >= f.o.Heartbeat {
-		if err := f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {}); err == nil {
+		if err := f.beat(ctx, ns); err == nil {
 			a.lastBeat = time.Now()
 			f.beats.Add(1)
 		}
@@ -344,6 +348,19 @@ func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 		f.o.OnWrite(ns.DeepCopy())
 	}
 	return nil
+}
+
+// beat renews a node's heartbeat: its Lease, or its NodeSensor status without a Lease namespace.
+func (f *Fleet) beat(ctx context.Context, ns *v1alpha1.NodeSensor) error {
+	if f.o.LeaseNamespace == "" {
+		return f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {})
+	}
+	f.writes.Add(1)
+	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, 2*time.Minute, time.Now())
+	if err != nil {
+		f.writeErrors.Add(1)
+	}
+	return err
 }
 
 // heartbeats wakes every agent a few times per period; step renews a heartbeat that is due, so

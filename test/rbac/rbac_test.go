@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -21,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 )
 
@@ -160,7 +162,7 @@ func TestAgentWritesOnlyItsOwnNodeSensor(t *testing.T) {
 	if err == nil {
 		t.Fatal("the agent of node A wrote node B's NodeSensor status")
 	}
-	if !strings.Contains(err.Error(), "may write only the NodeSensor of its own node") || !strings.Contains(err.Error(), "node-b") {
+	if !strings.Contains(err.Error(), "may write only the NodeSensor and the heartbeat Lease of its own node") || !strings.Contains(err.Error(), "node-b") {
 		t.Errorf("refusal does not say why: %v", err)
 	}
 	if err := heartbeat(agentA, "node-a"); err != nil {
@@ -183,6 +185,47 @@ func TestAgentWritesOnlyItsOwnNodeSensor(t *testing.T) {
 	}
 	if err := agentA.Create(ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: "node-c"}, Spec: v1alpha1.NodeSensorSpec{Profile: "p"}}); !apierrors.IsForbidden(err) {
 		t.Errorf("the agent created a NodeSensor (err %v), want Forbidden", err)
+	}
+}
+
+func TestAgentRenewsOnlyItsOwnLease(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const sa, namespace = "system:serviceaccount:driverpilot-system:driverpilot-agent", "driverpilot-system"
+	groups := []string{"system:serviceaccounts", "system:serviceaccounts:driverpilot-system", "system:authenticated"}
+	agentA := impersonate(t, sa, groups, map[string][]string{"authentication.kubernetes.io/node-name": {"lease-a"}})
+	agentB := impersonate(t, sa, groups, map[string][]string{"authentication.kubernetes.io/node-name": {"lease-b"}})
+	renew := func(c client.Client, node string) error {
+		return heartbeat.Renew(ctx, c, namespace, node, "agent-"+node, time.Minute, time.Now())
+	}
+	// The policy takes a moment to load after it is created: wait until it refuses lease B.
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if err = renew(agentA, "lease-b"); apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
+			break
+		}
+	}
+	if err == nil || !strings.Contains(err.Error(), "lease-b") {
+		t.Fatalf("the agent of node A created node B's heartbeat Lease, or was refused without saying why: %v", err)
+	}
+	// Created by its own agent, then renewed by it: the second renewal is a patch.
+	for i := 0; i < 2; i++ {
+		if err := renew(agentB, "lease-b"); err != nil {
+			t.Fatalf("the agent of node B cannot renew its own Lease (renewal %d): %v", i+1, err)
+		}
+	}
+	if err := renew(agentA, "lease-b"); !apierrors.IsForbidden(err) && !apierrors.IsInvalid(err) {
+		t.Errorf("the agent of node A renewed node B's existing Lease (err %v), want a refusal", err)
+	}
+	lease := &coordinationv1.Lease{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "lease-b"}, lease); err != nil {
+		t.Fatal(err)
+	}
+	if h := lease.Spec.HolderIdentity; h == nil || *h != "agent-lease-b" || lease.Labels[heartbeat.Label] != heartbeat.Value {
+		t.Errorf("lease-b is not node B's agent Lease: holder %v, labels %v", h, lease.Labels)
+	}
+	if err := agentA.List(ctx, &coordinationv1.LeaseList{}, client.InNamespace("kube-system")); !apierrors.IsForbidden(err) {
+		t.Errorf("the agent listed Leases outside its namespace (err %v), want Forbidden", err)
 	}
 }
 
