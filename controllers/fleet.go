@@ -328,7 +328,10 @@ func driverCell(v selection.DriverVerdict, size int) v1alpha1.FleetDriverStatus 
 	case v1alpha1.FleetMixed:
 		c.Summary = fmt.Sprintf("Mixed %d passed %d failed", v.Passed, v.Failed)
 	default:
-		c.Summary = fmt.Sprintf("Untested (%d other failures)", v.OtherFailures)
+		c.Summary = "Untested"
+		if v.OtherFailures > 0 {
+			c.Summary = fmt.Sprintf("Untested (%d timeout/node-local)", v.OtherFailures)
+		}
 	}
 	c.Summary = v1alpha1.Truncate(c.Summary, 64)
 	return c

@@ -93,7 +93,7 @@ func TestDriverCell(t *testing.T) {
 		{selection.DriverVerdict{Verdict: v1alpha1.FleetFails, Failed: 2, From: from}, "Fails 2/50 CheckFailed"},
 		{selection.DriverVerdict{Verdict: v1alpha1.FleetAwaitingAgreement, Failed: 1, From: from}, "Failed 1/50, awaiting agreement"},
 		{selection.DriverVerdict{Verdict: v1alpha1.FleetMixed, Passed: 3, Failed: 1, From: from}, "Mixed 3 passed 1 failed"},
-		{selection.DriverVerdict{Verdict: v1alpha1.FleetUntested, OtherFailures: 1}, "Untested (1 other failures)"},
+		{selection.DriverVerdict{Verdict: v1alpha1.FleetUntested, OtherFailures: 1}, "Untested (1 timeout/node-local)"},
 	} {
 		c := driverCell(tc.v, 50)
 		if c.Summary != tc.want {
