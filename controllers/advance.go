@@ -39,6 +39,8 @@ type progress struct {
 	brownout bool
 	// errs are per-node failures of this pass, recorded on their node.
 	errs map[string]error
+	// fleet is what the profile's node groups learned (fleet.go).
+	fleet *fleetView
 }
 
 // advance moves each node on: a failed attempt falls back to the next driver, verified nodes
@@ -57,7 +59,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			return progress{}, errStaleCache
 		}
 	}
-	p := progress{phases: map[string]nodestate.Phase{}, errs: map[string]error{}}
+	p := progress{phases: map[string]nodestate.Phase{}, errs: map[string]error{}, fleet: r.learnFleet(ctx, profile, sensors, now)}
 	var errs []error
 	fail := func(ns *v1alpha1.NodeSensor, err error) {
 		errs = append(errs, err)
@@ -65,7 +67,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	// decide runs the selection engine for a node; a failure is recorded on the node.
 	decide := func(ns *v1alpha1.NodeSensor) (selection.Decision, bool) {
-		d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+		d, err := r.decide(profile, ns, ns.Spec.FailedAttempts, p.fleet)
 		if err != nil {
 			fail(ns, err)
 			return d, false
@@ -85,7 +87,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		switch phase {
 		case nodestate.AttemptFailed:
 			// Fallback does not wait for a slot: the node is already verifying.
-			if err := r.fallback(ctx, profile, ns, now); err != nil {
+			if err := r.fallback(ctx, profile, ns, now, p.fleet); err != nil {
 				fail(ns, err)
 				break
 			}
@@ -194,6 +196,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		Canaries:        isCanary,
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
+		Groups:          p.fleet.gates(nodes, decisions, r.released(nodes, sensors, now)),
 	})
 	var startErrs sync.Map
 	// Outdated agent pods go first: a node whose pod is replaced and also starts gets its new
@@ -238,6 +241,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	p.nodes = nodes
 	p.expired, p.brownout = nodestate.Brownout(nodes)
+	p.fleet = r.learnFleet(ctx, profile, sensors, now) // the matrix as this pass left it
 	observeNodes(profile.Name, nodes)
 	return p, errors.Join(errs...)
 }
@@ -278,14 +282,15 @@ func (r *SecurityProfileReconciler) refreshSettings(ctx context.Context, profile
 	return nil
 }
 
-func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, failed []v1alpha1.FailedAttempt) (selection.Decision, error) {
-	return selection.Decide(selection.Input{
+func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, failed []v1alpha1.FailedAttempt, fleet *fleetView) (selection.Decision, error) {
+	d, err := selection.Decide(selection.Input{
 		Facts:          *ns.Status.Probe,
 		Policy:         profile.Spec.Drivers,
 		Sensor:         profile.Spec.Sensor,
 		KnownIssues:    r.KnownIssues,
 		FailedAttempts: onKernel(failed, ns.Status.Probe.Kernel.Release.Value),
 	})
+	return fleet.apply(d, ns.Name), err
 }
 
 // onKernel keeps the failed attempts recorded on this kernel: a driver that failed on another
@@ -333,7 +338,7 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 }
 
 // fallback records the failed attempt and assigns the next eligible driver, if any.
-func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, now time.Time) error {
+func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, now time.Time, fleet *fleetView) error {
 	t := ns.Status.SelfTest
 	reason := t.Reason
 	if t.Message != "" {
@@ -347,7 +352,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	reason = v1alpha1.Truncate(reason, 1024)
 	failed := append(append([]v1alpha1.FailedAttempt(nil), ns.Spec.FailedAttempts...), v1alpha1.FailedAttempt{
 		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Reason: reason, Time: metav1.NewTime(now),
-		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256),
+		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256), Sensor: r.testedSensor(ns),
 	})
 	if len(failed) > 16 {
 		failed = failed[len(failed)-16:]
@@ -356,7 +361,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	r.eventf(profile, nil, corev1.EventTypeWarning, "SelfTestFailed", "Verify",
 		"Node %s: self-test failed with driver %s (attempt %d): %s", ns.Name, ns.Spec.Driver, ns.Spec.Attempt, reason)
 	recordFailure(profile.Name, ns.Spec.Driver, t.Reason)
-	d, err := r.decide(profile, ns, failed)
+	d, err := r.decide(profile, ns, failed, fleet)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,8 @@ type SecurityProfileReconciler struct {
 	recent   recentWrites
 	// statusWritten is when each profile's status was last written, by UID.
 	statusWritten sync.Map
+	// verifying remembers since when each node verifies its attempt (fleet.go's group gate).
+	verifying verifyClock
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch
@@ -110,6 +112,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
+	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
 	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, missing)
 	errs = append(errs, err)
 	statusWait, err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost))
@@ -224,6 +227,9 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := r.deleteFleetGroups(ctx, profile); err != nil {
 		return err
 	}
 	ds := &appsv1.DaemonSet{}

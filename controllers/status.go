@@ -58,6 +58,9 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
 	st.Nodes.UpToDate = int32(p.upToDate)
 	st.Canaries = recordCanaries(p.canaries, profile.Status.Canaries)
+	if p.fleet != nil {
+		st.Fleet = p.fleet.counts()
+	}
 	n := st.Nodes
 	switch {
 	case n.Selected == 0:

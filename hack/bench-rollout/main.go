@@ -240,6 +240,7 @@ func run(ctx context.Context, o options) (err error) {
 			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{nodeLabelKey: "true"}},
 			Sensor:       v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
 			Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: &mu},
+			Fleet:        v1alpha1.FleetSpec{Learning: v1alpha1.FleetLearning(*learning)},
 		},
 	}
 	t0 := time.Now()
@@ -301,6 +302,7 @@ wait:
 		simStats: sim.Stats(), metrics: metrics, mgrLog: mgr.logSummary(),
 	}
 	r.print(os.Stdout)
+	printMixed(os.Stdout)
 	if !converged {
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return errors.New("interrupted before the rollout converged")

@@ -22,6 +22,8 @@ type Input struct {
 	MaxUnavailable int
 	// PauseOnFailures pauses the rollout once this many nodes have no supported driver; 0 never.
 	PauseOnFailures int
+	// Groups gate each group of nodes behind its first node (empty: no groups).
+	Groups Groups
 }
 
 // Plan is the rollout's answer.
@@ -138,6 +140,10 @@ func Decide(in Input) Plan {
 	}
 	sort.Strings(candidates[len(waitingCanaries):])
 	sort.Strings(candidates[:len(waitingCanaries)])
+	candidates, held := in.Groups.gate(in.Nodes, candidates)
+	if p.Blocked == "" {
+		p.Blocked = held
+	}
 	slots := max(in.MaxUnavailable, 1) - p.InFlight
 	for _, name := range candidates {
 		if slots <= 0 {
