@@ -32,14 +32,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 )
@@ -51,10 +49,18 @@ const (
 	profileName  = "bench-rollout"
 	nodeLabelKey = "bench-rollout.driverpilot.io/node"
 
-	// Targets the figures are reported against.
+	// Targets the figures are reported against (issue 13).
 	targetConverge      = 30 * time.Second
-	targetConvergeNodes = 1000
-	targetWritesPerNode = 4.0
+	targetConvergeNodes = 5000
+	targetWritesPerNode = 3.0
+	targetRSSMiB        = 150.0 // at targetConvergeNodes
+	targetRawRatio      = 0.5
+	targetSteadyBytes   = 1024.0 // per node per minute, agents and manager together
+	// Ten profiles converge "as fast as" one: within this factor of one profile's time.
+	targetProfilesFactor = 1.1
+	// An upgrade of every agent finishes "in the same order of time" as a first rollout: within
+	// this factor of its time.
+	targetUpgradeFactor = 3
 )
 
 type options struct {
@@ -70,6 +76,12 @@ type options struct {
 	managerBin     string
 	managerArgs    string
 	keep           bool
+	profiles       int
+	rawItems       int
+	rawWorkers     string
+	steady         time.Duration
+	upgrade        bool
+	table          bool
 }
 
 func main() {
@@ -86,9 +98,22 @@ func main() {
 	flag.StringVar(&o.managerBin, "manager-bin", "", "prebuilt driverpilot binary (default: go build ./cmd/driverpilot into the temp dir)")
 	flag.StringVar(&o.managerArgs, "manager-args", "", "extra arguments for `driverpilot manager`, space separated")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (audit log, manager log) and print its path")
+	flag.IntVar(&o.profiles, "profiles", 1, "split the nodes into this many label groups, one profile each (same rollout settings)")
+	flag.IntVar(&o.rawItems, "raw-items", 1000, "raw API write rate: scratch nodes per level, 5 writes each (0: skip the measurement)")
+	flag.StringVar(&o.rawWorkers, "raw-workers", "16,32,64", "raw API write rate: the levels of concurrent writers, comma separated; the best counts")
+	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted (0: skip)")
+	flag.BoolVar(&o.upgrade, "upgrade", false, "after the steady window, replace the manager and every agent with a new version and time the re-verification")
+	flag.BoolVar(&o.table, "table", false, "read the report lines of earlier runs (files named as arguments, or stdin) and print the growth table")
 	flag.Parse()
-	if o.nodes < 1 {
-		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1")
+	if o.table {
+		if err := printTable(os.Stdout, flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-rollout:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if o.nodes < 1 || o.profiles < 1 || o.profiles > o.nodes {
+		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1 and -profiles between 1 and -nodes")
 		os.Exit(2)
 	}
 
@@ -161,6 +186,14 @@ func run(ctx context.Context, o options) (err error) {
 		buildErr <- nil
 	}
 
+	upgradeBin := filepath.Join(tmp, "driverpilot-upgrade")
+	upgradeErr := make(chan error, 1)
+	if o.upgrade {
+		go func() { upgradeErr <- buildUpgradeManager(ctx, root, upgradeBin) }()
+	} else {
+		upgradeErr <- nil
+	}
+
 	auditLog := filepath.Join(tmp, "audit.log")
 	env, err := startControlPlane(root, tmp, auditLog)
 	if err != nil {
@@ -174,6 +207,9 @@ func run(ctx context.Context, o options) (err error) {
 	})
 	if err := <-buildErr; err != nil {
 		return fmt.Errorf("build manager: %w", err)
+	}
+	if err := <-upgradeErr; err != nil {
+		return fmt.Errorf("build the upgraded manager: %w", err)
 	}
 
 	admin := rest.CopyConfig(env.Config)
@@ -203,11 +239,23 @@ func run(ctx context.Context, o options) (err error) {
 	if err := adminClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace: %w", err)
 	}
-	names, err := createNodes(ctx, adminClient, o.nodes)
+	names, err := createNodes(ctx, adminClient, o.nodes, o.profiles)
 	if err != nil {
 		return err
 	}
 	logf("created %d nodes", len(names))
+
+	// The API server's own write rate, before anything else writes.
+	var raw rawResult
+	if o.rawItems > 0 {
+		levels, err := parseLevels(o.rawWorkers)
+		if err != nil {
+			return err
+		}
+		if raw, err = measureRaw(ctx, admin, s, names, o.rawItems, levels); err != nil {
+			return fmt.Errorf("raw write rate: %w", err)
+		}
+	}
 
 	// The manager, as the product runs it.
 	mgr, err := startManager(ctx, bin, kubeconfigPath, tmp, o.managerArgs)
@@ -232,21 +280,15 @@ func run(ctx context.Context, o options) (err error) {
 	cl.add(func() { simCancel(); sim.Wait() })
 
 	// Go.
-	mu := intstr.Parse(o.maxUnavailable)
-	profile := &v1alpha1.SecurityProfile{
-		ObjectMeta: metav1.ObjectMeta{Name: profileName},
-		Spec: v1alpha1.SecurityProfileSpec{
-			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{nodeLabelKey: "true"}},
-			Sensor:       v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
-			Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: &mu},
-		},
-	}
+	profiles := newProfiles(o.profiles, o.maxUnavailable)
 	t0 := time.Now()
 	sim.obs.start(t0)
-	if err := adminClient.Create(ctx, profile); err != nil {
-		return fmt.Errorf("create profile: %w", err)
+	for _, profile := range profiles {
+		if err := adminClient.Create(ctx, profile); err != nil {
+			return fmt.Errorf("create profile: %w", err)
+		}
 	}
-	logf("profile created; waiting for %d nodes to be Verified (timeout %s)", o.nodes, o.timeout)
+	logf("%d profile(s) created; waiting for %d nodes to be Verified (timeout %s)", len(profiles), o.nodes, o.timeout)
 
 	converged := false
 	progressTick := time.NewTicker(5 * time.Second)
@@ -281,6 +323,34 @@ wait:
 	metrics := mgr.scrapeMetrics()
 	mgrCPU := mgr.cpuSeconds()
 	hwm := mgr.mem.final()
+	mgrLog := mgr.logSummary()
+	loadRollout := loadAvg()
+
+	// Steady state: the converged fleet left alone.
+	var steady *steadyWindow
+	if converged && o.steady > 0 {
+		logf("steady state: counting writes for %s", o.steady)
+		steady = &steadyWindow{from: time.Now(), cpu0: mgr.cpuSeconds(), reconciles0: mgr.metricSum("controller_runtime_reconcile_total")}
+		select {
+		case <-time.After(o.steady):
+		case <-ctx.Done():
+		}
+		steady.to = time.Now()
+		steady.cpu1, steady.reconciles1 = mgr.cpuSeconds(), mgr.metricSum("controller_runtime_reconcile_total")
+		steady.sizes = sampleSizes(ctx, adminClient)
+	}
+
+	// Upgrade: a new manager and new agents re-verify the fleet.
+	var up *upgradeResult
+	var upErr error
+	if converged && o.upgrade && ctx.Err() == nil {
+		res, mgr2, err := runUpgrade(ctx, o, mgr, upgradeBin, kubeconfigPath, tmp, sim)
+		up, upErr = &res, err
+		if mgr2 != nil {
+			cl.add(mgr2.stop)
+			mgr2.stop()
+		}
+	}
 	simCancel()
 	sim.Wait()
 	mgr.stop()
@@ -297,9 +367,14 @@ wait:
 	r := report{
 		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
 		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
-		simStats: sim.Stats(), metrics: metrics, mgrLog: mgr.logSummary(),
+		simStats: sim.Stats(), metrics: metrics, mgrLog: mgrLog,
+		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: gitCommit(root),
 	}
 	r.print(os.Stdout)
+	r.printRow(os.Stdout)
+	if upErr != nil {
+		return upErr
+	}
 	if !converged {
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return errors.New("interrupted before the rollout converged")
@@ -374,29 +449,30 @@ func startControlPlane(root, tmp, auditLog string) (*envtest.Environment, error)
 	return e, nil
 }
 
-func createNodes(ctx context.Context, c client.Client, n int) ([]string, error) {
+func createNodes(ctx context.Context, c client.Client, n, groups int) ([]string, error) {
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("bench-node-%05d", i)
 	}
-	work := make(chan string)
+	work := make(chan int)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for name := range work {
-				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{nodeLabelKey: "true"}}}
+			for i := range work {
+				name := names[i]
+				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: nodeLabels(i, groups)}}
 				if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
 					errs <- fmt.Errorf("create node %s: %w", name, err)
 				}
 			}
 		}()
 	}
-	for _, name := range names {
+	for i := range names {
 		select {
-		case work <- name:
+		case work <- i:
 		case <-ctx.Done():
 		}
 	}

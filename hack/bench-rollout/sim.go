@@ -62,10 +62,25 @@ type observer struct {
 	first    struct{ sensor, assign, ready time.Time }
 	allAt    time.Time
 	allReady chan struct{}
+
+	// left counts nodes that left Verified after the profile's creation; up follows an upgrade.
+	left int
+	up   upgradeObs
+}
+
+// upgradeObs follows an upgrade: nodes verified again by the new agent version.
+type upgradeObs struct {
+	version  string
+	left     int // nodes that left Verified during the upgrade
+	leftAt   []string
+	proven   map[string]bool // the current attempt passed under the new version
+	allAt    time.Time
+	allReady chan struct{}
 }
 
 type progressSnap struct {
 	sensors, assigned, ready, maxInFlight int
+	left                                  int
 	maxAttempt                            int32
 	firstSensor, firstAssign, firstReady  time.Duration
 }
@@ -91,6 +106,15 @@ func (o *observer) sensor(ns *v1alpha1.NodeSensor) {
 		if o.first.assign.IsZero() {
 			o.first.assign = now
 		}
+	}
+	if o.up.version != "" {
+		st := ns.Status.SelfTest
+		if st != nil && st.AgentVersion == o.up.version && st.Result == v1alpha1.SelfTestPassed && st.Attempt == ns.Spec.Attempt {
+			o.up.proven[ns.Name] = true
+		} else {
+			delete(o.up.proven, ns.Name)
+		}
+		o.checkUpgraded()
 	}
 	if ns.Spec.Attempt > o.maxAtt {
 		o.maxAtt = ns.Spec.Attempt
@@ -133,7 +157,42 @@ func (o *observer) node(obj any) {
 		}
 	} else if !verified && o.ready[n.Name] {
 		delete(o.ready, n.Name) // a node left Verified: it must come back
+		o.left++
+		if o.up.version != "" {
+			o.up.left++
+			if len(o.up.leftAt) < 5 {
+				o.up.leftAt = append(o.up.leftAt, fmt.Sprintf("%s at +%.1fs", n.Name, time.Since(o.t0).Seconds()))
+			}
+		}
 	}
+	if o.up.version != "" {
+		o.checkUpgraded()
+	}
+}
+
+// startUpgrade starts following an upgrade to agent version v.
+func (o *observer) startUpgrade(v string) <-chan struct{} {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.up = upgradeObs{version: v, proven: map[string]bool{}, allReady: make(chan struct{})}
+	return o.up.allReady
+}
+
+// checkUpgraded closes the upgrade's channel once every node is Verified and its current
+// attempt passed under the new version. o.mu is held.
+func (o *observer) checkUpgraded() {
+	if o.up.allAt.IsZero() && len(o.up.proven) == o.n && len(o.ready) == o.n {
+		o.up.allAt = time.Now()
+		close(o.up.allReady)
+	}
+}
+
+// upgradeSnap is the upgrade's progress: nodes proven by the new version, nodes that left
+// Verified (a few named), when all were proven again.
+func (o *observer) upgradeSnap() (proven, left int, leftAt []string, allAt time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.up.proven), o.up.left, append([]string(nil), o.up.leftAt...), o.up.allAt
 }
 
 func (o *observer) readyAt() time.Time { o.mu.Lock(); defer o.mu.Unlock(); return o.allAt }
@@ -148,7 +207,7 @@ func (o *observer) snapshot() progressSnap {
 		return t.Sub(o.t0)
 	}
 	return progressSnap{
-		sensors: len(o.sensors), assigned: len(o.assigned), ready: len(o.ready), maxInFlight: o.maxIn, maxAttempt: o.maxAtt,
+		sensors: len(o.sensors), assigned: len(o.assigned), ready: len(o.ready), maxInFlight: o.maxIn, maxAttempt: o.maxAtt, left: o.left,
 		firstSensor: since(o.first.sensor), firstAssign: since(o.first.assign), firstReady: since(o.first.ready),
 	}
 }
