@@ -1,17 +1,38 @@
 // Command bench-rollout measures DriverPilot's rollout loop at scale against a real control
-// plane (envtest's kube-apiserver and etcd): N Node objects, one SecurityProfile selecting them,
-// N simulated agents, and the real manager binary running as a separate process so its peak
-// memory and its API writes can be measured on their own.
+// plane (envtest's kube-apiserver and etcd): N Node objects, one SecurityProfile selecting them
+// (or -profiles K, one per label group of N/K nodes, with the same rollout settings), N
+// simulated agents (internal/simagent: probe and verdict status patches, heartbeats through a
+// Lease per node), and the real manager binary running as a separate process so its peak memory
+// and its API writes can be measured on their own. An audit log of the manager's and the agents'
+// users counts every write.
 //
-// It prints the time from the profile's creation until every node carries
-// RuntimeSecurityReady=True (reason Verified), the manager's API writes per node split by
-// resource (counted from the apiserver's audit log), the manager's peak RSS (VmHWM) and the
-// machine it ran on.
+// One run measures, in this order:
+//   - the API server's raw write rate, before the manager starts: the five writes a rollout makes
+//     per node (NodeSensor create, probe status patch, driver spec patch with the selection
+//     engine's candidates and reasons, verdict status patch, node condition strategic-merge
+//     patch) on scratch NodeSensors and a scratch condition, with 16, 32 and 64 concurrent
+//     writers (-raw-workers) on one unthrottled client, the best level kept; cleaned up untimed;
+//   - the rollout: the time from the profiles' creation until every node carries
+//     RuntimeSecurityReady=True (reason Verified), the manager's API writes per node by resource,
+//     the rollout's write rate (manager and agent writes until convergence over that time) as a
+//     share of the raw rate, the manager's peak RSS (VmHWM) and CPU;
+//   - the steady state (-steady, 90s): the agents' and the manager's writes in a window after
+//     convergence, per node per minute, and bytes per node per minute (each resource's writes
+//     times the mean JSON size, managed fields included, of up to 20 of its objects read back);
+//     the manager's reconcile passes and CPU in the window;
+//   - with -upgrade: the manager is replaced by a second build of a newer version and every
+//     simulated agent reports that version (as if the new DaemonSet template replaced every
+//     agent pod at once); the time until every node is verified again by the new version, and
+//     how often a node left Verified meanwhile.
+//
+// Each run ends with one machine-readable line (bench-rollout-row: JSON); -table prints the
+// growth table from such lines (hack/bench-rollout.sh without arguments runs it).
 //
 //	go run ./hack/bench-rollout -nodes 1000
 //
 // It is a benchmark, not a test: it reports against the targets and never fails on them. It
-// exits non-zero only when the rollout did not converge before -timeout, or on a setup error.
+// exits non-zero only when the rollout (or the upgrade) did not converge before -timeout, or on a
+// setup error.
 package main
 
 import (

@@ -112,7 +112,8 @@ func (r report) print(w io.Writer) {
 	}
 	p("milestones:       first NodeSensor %s, first driver assigned %s, first node Verified %s; %d/%d NodeSensors, %d assigned",
 		dur(r.prog.firstSensor), dur(r.prog.firstAssign), dur(r.prog.firstReady), r.prog.sensors, n, r.prog.assigned)
-	p("pacing:           at most %d nodes verifying at once as the agents' informer saw it; highest spec.attempt %d", r.prog.maxInFlight, r.prog.maxAttempt)
+	p("pacing:           at most %d nodes verifying at once as the agents' informer saw it; highest spec.attempt %d; %d time(s) a Verified node left Verified",
+		r.prog.maxInFlight, r.prog.maxAttempt, r.prog.left)
 
 	a := r.audit
 	window := r.tEnd.Sub(r.t0)
@@ -144,8 +145,9 @@ func (r report) print(w io.Writer) {
 		p("  failed writes:  %s (HTTP code: count)", kv(failed))
 	}
 	p("  peak rate:      %d manager writes in one second; mean %.1f/s until convergence", a.peakPerSecond, rate(a.toReady, r.tReady.Sub(r.t0)))
-	p("agent writes:     %d (audit; %d failed) — %d probes, %d verdicts, %d heartbeats, %d client errors",
-		a.agentWrites, a.agentFailed, r.simStats.Probes, r.simStats.Verdicts, r.simStats.Beats, r.simStats.WriteErrors)
+	_, agentsToReady := a.window(r.t0, r.tReady).total()
+	p("agent writes:     %d until convergence; %d in the whole run (audit; %d failed) — %d probes, %d verdicts, %d heartbeats, %d client errors in the whole run",
+		agentsToReady, a.agentWrites, a.agentFailed, r.simStats.Probes, r.simStats.Verdicts, r.simStats.Beats, r.simStats.WriteErrors)
 	p("manager memory:   peak RSS (VmHWM) %s (%.1f KiB per node); highest sampled VmRSS %s", mib(r.hwm), float64(r.hwm)/1024/float64(n), mib(r.peakRSS))
 	if n == targetConvergeNodes {
 		p("  target:         <= %.0f MiB at %d nodes: %s", targetRSSMiB, targetConvergeNodes, verdict(float64(r.hwm)/(1<<20) <= targetRSSMiB))
