@@ -52,9 +52,11 @@ type auditWrite struct {
 	code     int
 }
 
-// windowCounts are the writes of one window by resource, manager and agents apart.
+// windowCounts are the successful writes of one window by resource, manager and agents apart,
+// and the refused ones (they store nothing).
 type windowCounts struct {
 	manager, agents map[string]int
+	failed          int
 }
 
 func (w windowCounts) total() (manager, agents int) {
@@ -72,6 +74,10 @@ func (a auditCounts) window(from, to time.Time) windowCounts {
 	w := windowCounts{manager: map[string]int{}, agents: map[string]int{}}
 	for _, e := range a.writes {
 		if e.at.Before(from) || e.at.After(to) {
+			continue
+		}
+		if e.code >= 400 {
+			w.failed++
 			continue
 		}
 		if e.agent {

@@ -16,10 +16,12 @@
 //     RuntimeSecurityReady=True (reason Verified), the manager's API writes per node by resource,
 //     the rollout's write rate (manager and agent writes until convergence over that time) as a
 //     share of the raw rate, the manager's peak RSS (VmHWM) and CPU;
-//   - the steady state (-steady, 90s): the agents' and the manager's writes in a window after
-//     convergence, per node per minute, and bytes per node per minute (each resource's writes
-//     times the mean JSON size, managed fields included, of up to 20 of its objects read back);
-//     the manager's reconcile passes and CPU in the window;
+//   - the steady state (-steady, 90s): the agents' and the manager's successful writes in a
+//     window that starts after convergence once every agent renewed its heartbeat Lease once (so
+//     the Leases' one-time creation is not in it), per node per minute, and bytes per node per
+//     minute (each resource's writes times the mean JSON size, managed fields included, of up to
+//     20 of its objects read back at the window's end; also shown without managed fields); the
+//     manager's reconcile passes and CPU in the window;
 //   - with -upgrade: the manager is replaced by a second build of a newer version and every
 //     simulated agent reports that version (as if the new DaemonSet template replaced every
 //     agent pod at once); the time until every node is verified again by the new version, and
@@ -350,6 +352,7 @@ wait:
 	// Steady state: the converged fleet left alone.
 	var steady *steadyWindow
 	if converged && o.steady > 0 {
+		waitLeases(ctx, sim, o)
 		logf("steady state: counting writes for %s", o.steady)
 		steady = &steadyWindow{from: time.Now(), cpu0: mgr.cpuSeconds(), reconciles0: mgr.metricSum("controller_runtime_reconcile_total")}
 		select {

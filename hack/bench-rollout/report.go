@@ -217,10 +217,10 @@ func (r report) printSteady(p func(string, ...any)) {
 	}
 	n := r.o.nodes
 	f := r.steady.figures(r.audit, n)
-	p("steady state:     %.0fs after convergence + settle (agent heartbeat %s): %d agent and %d manager writes = %.2f writes and %.0f bytes per node per minute",
-		f.minutes*60, r.o.heartbeat, f.agentWrites, f.managerWrites, f.writesPerNodeMin, f.bytesPerNodeMin)
+	p("steady state:     %.0fs from %.1fs after convergence (once every agent had renewed its Lease once; agent heartbeat %s): %d agent and %d manager writes = %.2f writes and %.0f bytes per node per minute (%.0f without managed fields); %d refused writes not counted",
+		f.minutes*60, r.steady.from.Sub(r.tReady).Seconds(), r.o.heartbeat, f.agentWrites, f.managerWrites, f.writesPerNodeMin, f.bytesPerNodeMin, f.bareBytesPerNodeMin, f.window.failed)
 	p("  target:         <= %.0f bytes per node per minute: %s", targetSteadyBytes, verdict(f.bytesPerNodeMin <= targetSteadyBytes))
-	p("  bytes measure:  writes x the mean JSON size (managed fields included) of up to 20 objects of the resource read back at the window's end")
+	p("  bytes measure:  successful writes x the mean JSON size (managed fields included) of up to 20 objects of the resource read back at the window's end")
 	for _, who := range []struct {
 		name string
 		m    map[string]int
@@ -232,8 +232,8 @@ func (r report) printSteady(p func(string, ...any)) {
 		sort.Strings(keys)
 		for _, res := range keys {
 			sz := r.steady.sizes[res]
-			p("  %-8s        %-24s %7d writes  %6.3f per node per minute  x %5d bytes = %7.0f bytes per node per minute",
-				who.name, res, who.m[res], float64(who.m[res])/float64(n)/f.minutes, sz.bytes, float64(who.m[res]*sz.bytes)/float64(n)/f.minutes)
+			p("  %-8s        %-24s %7d writes  %6.3f per node per minute  x %5d bytes (%5d without managed fields) = %7.0f bytes per node per minute",
+				who.name, res, who.m[res], float64(who.m[res])/float64(n)/f.minutes, sz.bytes, sz.bare, float64(who.m[res]*sz.bytes)/float64(n)/f.minutes)
 		}
 	}
 	if len(f.unsized) > 0 {

@@ -27,7 +27,8 @@ type steadyWindow struct {
 // objectSize is the mean JSON size of a sample of one resource's objects as the API returns
 // them (managed fields included): the size a write of that resource stores.
 type objectSize struct {
-	bytes   int
+	bytes   int // mean JSON size
+	bare    int // mean JSON size without managed fields
 	sampled int
 	err     string
 }
@@ -71,11 +72,18 @@ func sampleSizes(ctx context.Context, c client.Client) map[string]objectSize {
 			if err != nil {
 				continue
 			}
+			it.SetManagedFields(nil)
+			bare, err := json.Marshal(it.Object)
+			if err != nil {
+				continue
+			}
 			sz.bytes += len(b)
+			sz.bare += len(bare)
 			sz.sampled++
 		}
 		if sz.sampled > 0 {
 			sz.bytes /= sz.sampled
+			sz.bare /= sz.sampled
 		}
 		out[res] = sz
 	}
@@ -88,6 +96,7 @@ type steadyFigures struct {
 	minutes                       float64
 	writesPerNodeMin              float64
 	bytesPerNodeMin               float64
+	bareBytesPerNodeMin           float64 // the same without managed fields
 	managerWrites, agentWrites    int
 	unsized                       []string // resources written without a sampled size
 	reconciles, cpu, cpuPerMinute float64
@@ -96,7 +105,7 @@ type steadyFigures struct {
 func (s steadyWindow) figures(a auditCounts, nodes int) steadyFigures {
 	f := steadyFigures{window: a.window(s.from, s.to), minutes: s.to.Sub(s.from).Minutes()}
 	f.managerWrites, f.agentWrites = f.window.total()
-	var bytes float64
+	var bytes, bare float64
 	for _, m := range []map[string]int{f.window.manager, f.window.agents} {
 		for res, k := range m {
 			sz, ok := s.sizes[res]
@@ -105,11 +114,13 @@ func (s steadyWindow) figures(a auditCounts, nodes int) steadyFigures {
 				continue
 			}
 			bytes += float64(k * sz.bytes)
+			bare += float64(k * sz.bare)
 		}
 	}
 	if f.minutes > 0 {
 		f.writesPerNodeMin = float64(f.managerWrites+f.agentWrites) / float64(nodes) / f.minutes
 		f.bytesPerNodeMin = bytes / float64(nodes) / f.minutes
+		f.bareBytesPerNodeMin = bare / float64(nodes) / f.minutes
 		f.cpu = s.cpu1 - s.cpu0
 		f.cpuPerMinute = f.cpu / f.minutes
 	}
@@ -140,4 +151,18 @@ func (m *managerProc) metricSum(name string) float64 {
 		}
 	}
 	return sum
+}
+
+// waitLeases waits until every agent renewed its heartbeat once, so its Lease exists and the
+// steady window sees renewals, not the one-time creations (at most two heartbeat periods).
+func waitLeases(ctx context.Context, s *sim, o options) {
+	deadline := time.Now().Add(2 * o.heartbeat)
+	for s.Stats().Beats < int64(o.nodes) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	logf("steady state: %d agent heartbeats so far (%d nodes)", s.Stats().Beats, o.nodes)
 }

@@ -283,6 +283,12 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 			f.beats.Add(1)
 		}
 	}
+	if a.probed {
+		// Look again when the next heartbeat is due, so agents renew one period apart.
+		if next := max(f.o.Heartbeat-time.Since(a.lastBeat), 200*time.Millisecond); again == 0 || next < again {
+			again = next
+		}
+	}
 	return again
 }
 
