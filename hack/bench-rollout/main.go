@@ -115,9 +115,9 @@ func main() {
 	flag.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "simulated agents' heartbeat period")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "overall time limit (setup, rollout and teardown)")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long to keep counting manager writes after convergence")
-	flag.Float64Var(&o.agentQPS, "agent-qps", 500, "client QPS of the simulated agents (all share one client)")
+	flag.Float64Var(&o.agentQPS, "agent-qps", 0, "client QPS of the simulated agents (all share one client; 0: no client-side limit, as N real agents with a client each)")
 	flag.IntVar(&o.agentBurst, "agent-burst", 1000, "client burst of the simulated agents")
-	flag.IntVar(&o.agentWorkers, "agent-workers", 32, "concurrent writers of the simulated agents")
+	flag.IntVar(&o.agentWorkers, "agent-workers", 0, "concurrent writers of the simulated agents (0: one per 250 nodes, at least 32)")
 	flag.StringVar(&o.managerBin, "manager-bin", "", "prebuilt driverpilot binary (default: go build ./cmd/driverpilot into the temp dir)")
 	flag.StringVar(&o.managerArgs, "manager-args", "", "extra arguments for `driverpilot manager`, space separated")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (audit log, manager log) and print its path")
@@ -138,6 +138,9 @@ func main() {
 	if o.nodes < 1 || o.profiles < 1 || o.profiles > o.nodes {
 		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1 and -profiles between 1 and -nodes")
 		os.Exit(2)
+	}
+	if o.agentWorkers <= 0 {
+		o.agentWorkers = max(32, o.nodes/250)
 	}
 
 	// The benchmark's own controller-runtime clients log errors only.
@@ -198,6 +201,7 @@ func run(ctx context.Context, o options) (err error) {
 
 	mach := readMachine()
 	load0 := loadAvg()
+	commit := gitCommit(root)
 
 	// Build the manager while the control plane starts.
 	bin := o.managerBin
@@ -294,6 +298,9 @@ func run(ctx context.Context, o options) (err error) {
 	// Simulated agents and the observer share one informer cache.
 	agentCfg := agUser.Config()
 	agentCfg.QPS, agentCfg.Burst = float32(o.agentQPS), o.agentBurst
+	if o.agentQPS <= 0 {
+		agentCfg.QPS = -1 // the workers bound the agents' concurrency
+	}
 	simCtx, simCancel := context.WithCancel(ctx)
 	sim, err := startSim(simCtx, agentCfg, s, names, o)
 	if err != nil {
@@ -361,6 +368,7 @@ wait:
 		}
 		steady.to = time.Now()
 		steady.cpu1, steady.reconciles1 = mgr.cpuSeconds(), mgr.metricSum("controller_runtime_reconcile_total")
+		steady.left = sim.obs.snapshot().left - prog.left
 		steady.sizes = sampleSizes(ctx, adminClient)
 	}
 
@@ -392,7 +400,7 @@ wait:
 		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
 		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
 		simStats: sim.Stats(), metrics: metrics, mgrLog: mgrLog,
-		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: gitCommit(root),
+		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: commit,
 	}
 	r.print(os.Stdout)
 	r.printRow(os.Stdout)
@@ -463,7 +471,8 @@ func startControlPlane(root, tmp, auditLog string) (*envtest.Environment, error)
 		Set("audit-policy-file", policy).
 		Set("audit-log-path", auditLog).
 		Set("audit-log-format", "json").
-		Set("audit-log-mode", "blocking")
+		Set("audit-log-mode", "blocking").
+		Set("audit-log-maxsize", "1000000") // MiB: never rotate (the default rotates at 100 MiB and loses the figures)
 	start := time.Now()
 	if _, err := e.Start(); err != nil {
 		_ = e.Stop()

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -221,18 +220,11 @@ func rawCleanup(ctx context.Context, c client.Client, nodes []string, prefix str
 		}()
 	}
 	del := fmt.Sprintf(`{"status":{"conditions":[{"type":%q,"$patch":"delete"}]}}`, rawCondition)
-	for i := 0; i < items || i < touched; i++ {
-		var fs []func() error
-		if i < items {
-			name := fmt.Sprintf("%s%05d", prefix, i)
-			fs = append(fs, func() error {
-				err := c.Delete(ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: name}})
-				if apierrors.IsNotFound(err) {
-					return nil
-				}
-				return err
-			})
-		}
+	for i := 0; i < items; i++ {
+		name := fmt.Sprintf("%s%05d", prefix, i)
+		fs := []func() error{func() error {
+			return client.IgnoreNotFound(c.Delete(ctx, &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: name}}))
+		}}
 		if i < touched {
 			node := nodes[i]
 			fs = append(fs, func() error {

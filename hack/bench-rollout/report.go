@@ -98,7 +98,11 @@ func (r report) print(w io.Writer) {
 	p("machine:          %s, %d cores, kernel %s, %s RAM (cores shared with other work; load avg before %s, after %s)", r.mach.cpu, r.mach.cores, r.mach.kernel, r.mach.memory, r.load0, r.load1)
 	p("commit:           %s", r.commit)
 	p("nodes:            %d in %d profile(s)", n, r.o.profiles)
-	p("maxUnavailable:   %s  (self-test delay %s, agent heartbeat %s, agent client QPS %.0f/burst %d)", r.o.maxUnavailable, r.o.selfTestDelay, r.o.heartbeat, r.o.agentQPS, r.o.agentBurst)
+	qps := "no client-side limit"
+	if r.o.agentQPS > 0 {
+		qps = fmt.Sprintf("client QPS %.0f/burst %d", r.o.agentQPS, r.o.agentBurst)
+	}
+	p("maxUnavailable:   %s  (self-test delay %s, agent heartbeat %s; simulated agents: %d writers, %s)", r.o.maxUnavailable, r.o.selfTestDelay, r.o.heartbeat, r.o.agentWorkers, qps)
 	if r.converged {
 		conv := r.tReady.Sub(r.t0)
 		p("converged:        %.2fs from profile creation to %d/%d nodes RuntimeSecurityReady=True (Verified)", conv.Seconds(), n, n)
@@ -220,6 +224,11 @@ func (r report) printSteady(p func(string, ...any)) {
 	p("steady state:     %.0fs from %.1fs after convergence (once every agent had renewed its Lease once; agent heartbeat %s): %d agent and %d manager writes = %.2f writes and %.0f bytes per node per minute (%.0f without managed fields); %d refused writes not counted",
 		f.minutes*60, r.steady.from.Sub(r.tReady).Seconds(), r.o.heartbeat, f.agentWrites, f.managerWrites, f.writesPerNodeMin, f.bytesPerNodeMin, f.bareBytesPerNodeMin, f.window.failed)
 	p("  target:         <= %.0f bytes per node per minute: %s", targetSteadyBytes, verdict(f.bytesPerNodeMin <= targetSteadyBytes))
+	// Every agent renews once per heartbeat period: fewer Lease writes mean the simulated agents
+	// (or the API server) fell behind, and the figure understates the steady load.
+	want := float64(n) * f.minutes * 60 / r.o.heartbeat.Seconds()
+	p("  heartbeats:     %d Lease writes = %.0f%% of one per agent per %s%s", f.window.agents["leases"], 100*float64(f.window.agents["leases"])/want, r.o.heartbeat,
+		map[bool]string{true: "", false: " — BEHIND: the agents could not renew on time, so this window understates the steady load"}[float64(f.window.agents["leases"]) >= 0.9*want])
 	p("  bytes measure:  successful writes x the mean JSON size (managed fields included) of up to 20 objects of the resource read back at the window's end")
 	for _, who := range []struct {
 		name string
@@ -242,6 +251,7 @@ func (r report) printSteady(p func(string, ...any)) {
 	if f.reconciles >= 0 && r.steady.reconciles0 >= 0 {
 		p("  manager:        %.0f reconcile passes, %.2f s CPU (%.1f%% of one core) in the window", f.reconciles, f.cpu, 100*f.cpu/(f.minutes*60))
 	}
+	p("  nodes:          %d time(s) a node left Verified between convergence + settle and the window's end", r.steady.left)
 }
 
 func (r report) printUpgrade(p func(string, ...any)) {
@@ -251,12 +261,15 @@ func (r report) printUpgrade(p func(string, ...any)) {
 	}
 	n := r.o.nodes
 	if u.to.IsZero() {
-		p("upgrade:          NOT finished: %d/%d nodes verified again by %s; %d left Verified", u.proven, n, u.version, u.left)
+		p("upgrade:          NOT finished: %d/%d nodes verified again by %s; %d time(s) a node left Verified, for %s", u.proven, n, u.version, u.left, kv(u.leftWhy))
 		return
 	}
 	d := u.to.Sub(u.from)
-	p("upgrade:          every node verified again by agent %s %.2fs after the old manager's stop (new manager running after %.1fs); %d node(s) left Verified on the way %s",
-		u.version, d.Seconds(), u.started.Seconds(), u.left, strings.Join(u.leftAt, ", "))
+	p("upgrade:          every node verified again by agent %s %.2fs after the old manager's stop (new manager running after %.1fs); %d time(s) a node left Verified on the way",
+		u.version, d.Seconds(), u.started.Seconds(), u.left)
+	if u.left > 0 {
+		p("  left Verified:  for %s (condition status/reason: count); first: %s", kv(u.leftWhy), strings.Join(u.leftAt, "; "))
+	}
 	if r.converged {
 		first := r.tReady.Sub(r.t0)
 		p("  target:         within %dx the first rollout's time (%.2fs: %.1fx) and no node leaves True: %s", targetUpgradeFactor,

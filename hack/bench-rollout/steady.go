@@ -22,6 +22,7 @@ type steadyWindow struct {
 	cpu0, cpu1               float64 // the manager's user+sys CPU seconds at both ends
 	reconciles0, reconciles1 float64 // controller_runtime_reconcile_total at both ends
 	sizes                    map[string]objectSize
+	left                     int // times a node left Verified after convergence + settle until the window's end
 }
 
 // objectSize is the mean JSON size of a sample of one resource's objects as the API returns

@@ -29,6 +29,7 @@ type row struct {
 	RSSKiBPerNode    float64 `json:"managerRSSKiBPerNode"`
 	SteadyBytesPNM   float64 `json:"steadyBytesPerNodePerMinute"`
 	SteadyWritesPNM  float64 `json:"steadyWritesPerNodePerMinute"`
+	SteadyBeatShare  float64 `json:"steadyHeartbeatShare"` // Lease writes / one per agent per period
 	UpgradeS         float64 `json:"upgradeSeconds"`
 	UpgradeLeftTrue  int     `json:"upgradeNodesLeftTrue"`
 	LoadBefore       string  `json:"loadBefore"`
@@ -56,6 +57,7 @@ func (r report) row() row {
 	if r.steady != nil {
 		f := r.steady.figures(r.audit, r.o.nodes)
 		w.SteadyBytesPNM, w.SteadyWritesPNM = f.bytesPerNodeMin, f.writesPerNodeMin
+		w.SteadyBeatShare = float64(f.window.agents["leases"]) / (float64(r.o.nodes) * f.minutes * 60 / r.o.heartbeat.Seconds())
 	}
 	if r.up != nil && !r.up.to.IsZero() {
 		w.UpgradeS, w.UpgradeLeftTrue = r.up.to.Sub(r.up.from).Seconds(), r.up.left
@@ -177,7 +179,10 @@ func rowVerdicts(x row, single map[int]float64) string {
 	if x.RateRatio >= 0 {
 		add("ratio", x.RateRatio >= targetRawRatio)
 	}
-	if x.SteadyBytesPNM >= 0 {
+	switch {
+	case x.SteadyBytesPNM >= 0 && x.SteadyBeatShare > 0 && x.SteadyBeatShare < 0.9:
+		out = append(out, fmt.Sprintf("steady UNRELIABLE (agents renewed %.0f%% of heartbeats)", 100*x.SteadyBeatShare))
+	case x.SteadyBytesPNM >= 0:
 		add("steady", x.SteadyBytesPNM <= targetSteadyBytes)
 	}
 	if x.UpgradeS >= 0 {

@@ -31,6 +31,7 @@ type upgradeResult struct {
 	started      time.Duration
 	proven, left int
 	leftAt       []string
+	leftWhy      map[string]int // the condition (status/reason) nodes left Verified for
 	hwm          int64
 	cpu          float64
 }
@@ -68,12 +69,12 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-tick.C:
-			proven, left, _, _ := s.obs.upgradeSnap()
+			proven, left, _, _, _ := s.obs.upgradeSnap()
 			logf("upgrade t+%4.1fs: %d nodes proven by %s, %d left Verified, manager VmHWM %s",
 				time.Since(r.from).Seconds(), proven, r.version, left, mib(mgr.mem.hwm.Load()))
 		}
 	}
-	r.proven, r.left, r.leftAt, r.to = s.obs.upgradeSnap()
+	r.proven, r.left, r.leftAt, r.leftWhy, r.to = s.obs.upgradeSnap()
 	r.hwm, r.cpu = mgr.mem.final(), mgr.cpuSeconds()
 	if r.to.IsZero() {
 		return r, mgr, fmt.Errorf("upgrade: %d of %d nodes verified again by %s before: %w", r.proven, o.nodes, r.version, context.Cause(ctx))
