@@ -46,15 +46,13 @@ type Options struct {
 	WorkDir string
 	// Profile is the SecurityProfile whose DaemonSet runs this agent; empty serves any profile.
 	Profile string
-	// HeartbeatInterval is how often the agent reports it is alive (default 30s).
+	// HeartbeatInterval is how often the agent reports it is alive (default DefaultHeartbeat).
 	HeartbeatInterval time.Duration
 	// LeaseNamespace is where the agent renews its node's heartbeat Lease (package heartbeat);
 	// empty, or a Lease the API refuses, falls back to a heartbeat in the NodeSensor status.
 	LeaseNamespace string
 	// Holder names this agent in its Lease (its pod; default the node name).
 	Holder string
-	// HeartbeatTimeout is what the Lease says the manager waits for a renewal (default 2m).
-	HeartbeatTimeout time.Duration
 	// HealthInterval is how often the agent asks a proven sensor whether it still works
 	// (sensor.HealthChecker); the node leaves verified within about this long of the sensor
 	// dying (default 2s).
@@ -69,6 +67,11 @@ type Options struct {
 	// Log receives the agent's progress.
 	Log logr.Logger
 }
+
+// DefaultHeartbeat is how often an agent renews its heartbeat: three renewals fit in the
+// manager's default heartbeat timeout (2m), so two lost ones do not make a node Unknown, and an
+// idle node's Lease costs under 1 KiB of writes a minute.
+const DefaultHeartbeat = 40 * time.Second
 
 // Agent runs the loop for one node.
 type Agent struct {
@@ -107,7 +110,7 @@ type Agent struct {
 // New returns an agent.
 func New(o Options) *Agent {
 	if o.HeartbeatInterval <= 0 {
-		o.HeartbeatInterval = 30 * time.Second
+		o.HeartbeatInterval = DefaultHeartbeat
 	}
 	if o.HealthInterval <= 0 {
 		o.HealthInterval = 2 * time.Second
@@ -115,9 +118,7 @@ func New(o Options) *Agent {
 	if o.Holder == "" {
 		o.Holder = o.NodeName
 	}
-	if o.HeartbeatTimeout <= 0 {
-		o.HeartbeatTimeout = 2 * time.Minute
-	}
+
 	if o.AlertFlowInterval <= 0 {
 		o.AlertFlowInterval = time.Minute
 	}
@@ -322,11 +323,14 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 	}
 }
 
-// heartbeats renews the node's Lease every interval while this agent serves the node. Where
-// there is no Lease namespace, or the API refuses the Lease (manifests older than this agent),
-// it patches status.heartbeatTime instead: a larger write, but the node is never left to expire.
+// heartbeats renews the node's Lease every interval while this agent serves the node; a failed
+// renewal is tried again after heartbeatRetry, so one lost write does not cost a whole interval
+// of the manager's timeout. Where there is no Lease namespace, or the API refuses the Lease
+// (manifests older than this agent), it patches status.heartbeatTime instead: a larger write,
+// but the node is never left to expire.
 func (a *Agent) heartbeats(ctx context.Context) {
-	t := time.NewTicker(a.opts.HeartbeatInterval)
+	interval := a.opts.HeartbeatInterval
+	t := time.NewTimer(interval)
 	defer t.Stop()
 	useLease := a.opts.LeaseNamespace != ""
 	for {
@@ -335,30 +339,33 @@ func (a *Agent) heartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		t.Reset(interval)
 		if !a.active.Load() {
 			continue
 		}
+		var err error
 		if useLease {
-			err := heartbeat.Renew(ctx, a.opts.Client, a.opts.LeaseNamespace, a.opts.NodeName, a.opts.Holder, a.opts.HeartbeatTimeout, time.Now())
-			if err == nil || ctx.Err() != nil {
-				continue
-			}
+			err = heartbeat.Renew(ctx, a.opts.Client, a.opts.LeaseNamespace, a.opts.NodeName, a.opts.Holder, time.Now())
 			if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
 				a.opts.Log.Error(err, "Heartbeat Lease refused; heartbeats go to the NodeSensor status from now on", "namespace", a.opts.LeaseNamespace)
 				useLease = false
-			} else {
-				a.opts.Log.Error(err, "Heartbeat failed")
-				continue
 			}
 		}
-		patch := fmt.Sprintf(`{"status":{"heartbeatTime":%q,"agentVersion":%q}}`,
-			metav1.Now().UTC().Format(time.RFC3339), version.Version)
-		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: a.opts.NodeName}}
-		if err := a.opts.Client.Status().Patch(ctx, ns, client.RawPatch(types.MergePatchType, []byte(patch))); err != nil && ctx.Err() == nil {
-			a.opts.Log.Error(err, "Heartbeat failed")
+		if !useLease {
+			patch := fmt.Sprintf(`{"status":{"heartbeatTime":%q,"agentVersion":%q}}`,
+				metav1.Now().UTC().Format(time.RFC3339), version.Version)
+			ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: a.opts.NodeName}}
+			err = a.opts.Client.Status().Patch(ctx, ns, client.RawPatch(types.MergePatchType, []byte(patch)))
+		}
+		if err != nil && ctx.Err() == nil {
+			a.opts.Log.Error(err, "Heartbeat failed; trying again", "in", min(heartbeatRetry, interval))
+			t.Reset(min(heartbeatRetry, interval))
 		}
 	}
 }
+
+// heartbeatRetry is how soon a failed heartbeat is tried again.
+const heartbeatRetry = 5 * time.Second
 
 // step tests the current decision when it is new or its interval has passed.
 func (a *Agent) step(ctx context.Context, ns *v1alpha1.NodeSensor) {

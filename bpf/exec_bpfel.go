@@ -31,18 +31,21 @@ const (
 )
 
 type ExecExecEvent struct {
-	_            structs.HostLayout
-	KtimeNs      uint64
-	Pid          uint32
-	Tgid         uint32
-	Flags        uint32
-	Method       uint8
-	Agreement    uint8
-	Pad          [2]uint8
-	Comm         [16]int8
-	Filename     [64]int8
-	Cgroup       [96]int8
-	CgroupParent [96]int8
+	_               structs.HostLayout
+	KtimeNs         uint64
+	Pid             uint32
+	Tgid            uint32
+	Flags           uint32
+	Cpu             uint32
+	Method          uint8
+	Agreement       uint8
+	CgroupLen       uint8
+	CgroupParentLen uint8
+	FilenameLen     uint8
+	CgroupCached    uint8
+	Pad             [2]uint8
+	Comm            [16]int8
+	Names           [256]int8
 }
 
 type ExecLayerMethod uint32
@@ -61,6 +64,12 @@ const (
 	ExecMethodAgreementAGREEMENT_DISAGREE ExecMethodAgreement = 2
 )
 
+type ExecScratch struct {
+	_        structs.HostLayout
+	Ev       ExecExecEvent
+	CgroupId uint64
+}
+
 type ExecSettingFlag uint32
 
 const (
@@ -74,10 +83,12 @@ const (
 	ExecMapCounters              = "counters"
 	ExecMapEventsPerf            = "events_perf"
 	ExecMapEventsRb              = "events_rb"
+	ExecMapScratch               = "scratch"
 	ExecMapSettings              = "settings"
 	ExecProgDpExecRawTp          = "dp_exec_raw_tp"
 	ExecProgDpExecTpBtf          = "dp_exec_tp_btf"
 	ExecVarForceInodeOffset      = "force_inode_offset"
+	ExecVarRingbufWakeupBytes    = "ringbuf_wakeup_bytes"
 	ExecVarUnusedCounter         = "unused_counter"
 	ExecVarUnusedExeFlag         = "unused_exe_flag"
 	ExecVarUnusedExecEvent       = "unused_exec_event"
@@ -139,6 +150,7 @@ type ExecMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	EventsPerf *ebpf.MapSpec `ebpf:"events_perf"`
 	EventsRb   *ebpf.MapSpec `ebpf:"events_rb"`
+	Scratch    *ebpf.MapSpec `ebpf:"scratch"`
 	Settings   *ebpf.MapSpec `ebpf:"settings"`
 }
 
@@ -147,6 +159,7 @@ type ExecMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ExecVariableSpecs struct {
 	ForceInodeOffset      *ebpf.VariableSpec `ebpf:"force_inode_offset"`
+	RingbufWakeupBytes    *ebpf.VariableSpec `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedExeFlag         *ebpf.VariableSpec `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.VariableSpec `ebpf:"unused_exec_event"`
@@ -178,6 +191,7 @@ type ExecMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	EventsPerf *ebpf.Map `ebpf:"events_perf"`
 	EventsRb   *ebpf.Map `ebpf:"events_rb"`
+	Scratch    *ebpf.Map `ebpf:"scratch"`
 	Settings   *ebpf.Map `ebpf:"settings"`
 }
 
@@ -186,6 +200,7 @@ func (m *ExecMaps) Close() error {
 		m.Counters,
 		m.EventsPerf,
 		m.EventsRb,
+		m.Scratch,
 		m.Settings,
 	)
 }
@@ -195,6 +210,7 @@ func (m *ExecMaps) Close() error {
 // It can be passed to LoadExecObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ExecVariables struct {
 	ForceInodeOffset      *ebpf.Variable `ebpf:"force_inode_offset"`
+	RingbufWakeupBytes    *ebpf.Variable `ebpf:"ringbuf_wakeup_bytes"`
 	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedExeFlag         *ebpf.Variable `ebpf:"unused_exe_flag"`
 	UnusedExecEvent       *ebpf.Variable `ebpf:"unused_exec_event"`

@@ -106,6 +106,7 @@ struct cred {
 struct kernfs_node {
 	const char *name;
 	struct kernfs_node *parent; /* renamed __parent in 6.15 (kernfs_node___new) */
+	__u64 id; /* unique for the boot, never reused (a u64 since 5.5) */
 };
 
 struct kernfs_node___new {
@@ -130,14 +131,26 @@ enum cgroup_subsys_id {
 	memory_cgrp_id = 4,
 };
 
+/* At sched_process_exec the new mm's exe_file is bprm->file (begin_new_exec sets it). */
+struct mm_struct {
+	struct file *exe_file;
+};
+
 struct task_struct {
 	int pid;
 	int tgid;
 	char comm[16];
 	const struct cred *cred;
 	struct css_set *cgroups;
+	struct mm_struct *mm;
 };
 
 #pragma clang attribute pop
+
+/* Helper ids, for CO-RE checks of which helpers the running kernel has (a call the kernel lacks
+ * sits in a branch the verifier never walks). */
+enum bpf_func_id {
+	BPF_FUNC_get_current_task_btf = 158,
+};
 
 #endif /* __DRIVERPILOT_VMLINUX_SUBSET_H__ */

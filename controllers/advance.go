@@ -39,6 +39,8 @@ type progress struct {
 	brownout bool
 	// errs are per-node failures of this pass, recorded on their node.
 	errs map[string]error
+	// fleet is what the profile's node groups learned (fleet.go).
+	fleet *fleetView
 }
 
 // advance moves each node on: a failed attempt falls back to the next driver, verified nodes
@@ -57,7 +59,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			return progress{}, errStaleCache
 		}
 	}
-	p := progress{phases: map[string]nodestate.Phase{}, errs: map[string]error{}}
+	p := progress{phases: map[string]nodestate.Phase{}, errs: map[string]error{}, fleet: r.learnFleet(ctx, profile, sensors, now)}
 	var errs []error
 	fail := func(ns *v1alpha1.NodeSensor, err error) {
 		errs = append(errs, err)
@@ -65,7 +67,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	// decide runs the selection engine for a node; a failure is recorded on the node.
 	decide := func(ns *v1alpha1.NodeSensor) (selection.Decision, bool) {
-		d, err := r.decide(profile, ns, ns.Spec.FailedAttempts)
+		d, err := r.decide(profile, ns, ns.Spec.FailedAttempts, p.fleet)
 		if err != nil {
 			fail(ns, err)
 			return d, false
@@ -85,7 +87,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		switch phase {
 		case nodestate.AttemptFailed:
 			// Fallback does not wait for a slot: the node is already verifying.
-			if err := r.fallback(ctx, profile, ns, now); err != nil {
+			if err := r.fallback(ctx, profile, ns, now, p.fleet); err != nil {
 				fail(ns, err)
 				break
 			}
@@ -178,7 +180,9 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 			(p.phases[name] == nodestate.AwaitingProbe && now.Sub(ns.CreationTimestamp.Time) > r.HeartbeatTimeout)
 		nodes = append(nodes, nodestate.Node{Name: name, Phase: p.phases[name], Driver: ns.Spec.Driver, Stalled: stalled, Silent: silent, Agent: pods.state[name]})
 	}
-	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(names))
+	// Of the governed nodes, not of those with a NodeSensor yet: a fleet's NodeSensors are
+	// created over several passes.
+	maxUnavailable, err := rollout.ResolveMaxUnavailable(profile.Spec.Rollout.MaxUnavailable, len(governed))
 	if err != nil {
 		return progress{}, err
 	}
@@ -192,6 +196,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		Canaries:        isCanary,
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
+		Groups:          p.fleet.gates(nodes, decisions, r.released(nodes, sensors, now)),
 	})
 	var startErrs sync.Map
 	// Outdated agent pods go first: a node whose pod is replaced and also starts gets its new
@@ -236,6 +241,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	p.nodes = nodes
 	p.expired, p.brownout = nodestate.Brownout(nodes)
+	p.fleet = r.learnFleet(ctx, profile, sensors, now) // the matrix as this pass left it
 	observeNodes(profile.Name, nodes)
 	return p, errors.Join(errs...)
 }
@@ -267,6 +273,7 @@ func (r *SecurityProfileReconciler) refreshSettings(ctx context.Context, profile
 	if equality.Semantic.DeepEqual(want.SelfTest, ns.Spec.SelfTest) {
 		return nil
 	}
+	ownCopy(ns)
 	base := ns.DeepCopy()
 	ns.Spec.SelfTest = want.SelfTest
 	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
@@ -275,14 +282,15 @@ func (r *SecurityProfileReconciler) refreshSettings(ctx context.Context, profile
 	return nil
 }
 
-func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, failed []v1alpha1.FailedAttempt) (selection.Decision, error) {
-	return selection.Decide(selection.Input{
+func (r *SecurityProfileReconciler) decide(profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, failed []v1alpha1.FailedAttempt, fleet *fleetView) (selection.Decision, error) {
+	d, err := selection.Decide(selection.Input{
 		Facts:          *ns.Status.Probe,
 		Policy:         profile.Spec.Drivers,
 		Sensor:         profile.Spec.Sensor,
 		KnownIssues:    r.KnownIssues,
 		FailedAttempts: onKernel(failed, ns.Status.Probe.Kernel.Release.Value),
 	})
+	return fleet.apply(d, ns.Name), err
 }
 
 // onKernel keeps the failed attempts recorded on this kernel: a driver that failed on another
@@ -302,6 +310,7 @@ func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.Failed
 // proven: a new attempt with the same driver then records it as provenAttempt, and the node
 // stays verified on it until the new verdict is in.
 func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt, proven bool) error {
+	ownCopy(ns)
 	base := ns.DeepCopy()
 	ns.Spec.ProvenAttempt = 0
 	if proven && d.Driver == ns.Spec.Driver {
@@ -322,15 +331,14 @@ func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha
 			"Node %s: no supported driver: %s", ns.Name, reasonsText(d.Reasons))
 		recordFailure(profile.Name, "", "NoSupportedDriver")
 	} else {
-		r.eventf(profile, nil, corev1.EventTypeNormal, "DriverSelected", "SelectDriver",
-			"Node %s: driver %s (attempt %d); candidates %v", ns.Name, d.Driver, ns.Spec.Attempt, d.Candidates)
+		r.batchedEvent(ctx, profile, "DriverSelected", "SelectDriver", fmt.Sprintf("driver %s selected; candidates %v", d.Driver, d.Candidates), ns.Name)
 	}
 	log.FromContext(ctx).V(1).Info("Driver assigned", "node", ns.Name, "driver", d.Driver, "attempt", ns.Spec.Attempt)
 	return nil
 }
 
 // fallback records the failed attempt and assigns the next eligible driver, if any.
-func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, now time.Time) error {
+func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, now time.Time, fleet *fleetView) error {
 	t := ns.Status.SelfTest
 	reason := t.Reason
 	if t.Message != "" {
@@ -344,7 +352,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	reason = v1alpha1.Truncate(reason, 1024)
 	failed := append(append([]v1alpha1.FailedAttempt(nil), ns.Spec.FailedAttempts...), v1alpha1.FailedAttempt{
 		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Reason: reason, Time: metav1.NewTime(now),
-		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256),
+		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256), Sensor: r.testedSensor(ns),
 	})
 	if len(failed) > 16 {
 		failed = failed[len(failed)-16:]
@@ -353,7 +361,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	r.eventf(profile, nil, corev1.EventTypeWarning, "SelfTestFailed", "Verify",
 		"Node %s: self-test failed with driver %s (attempt %d): %s", ns.Name, ns.Spec.Driver, ns.Spec.Attempt, reason)
 	recordFailure(profile.Name, ns.Spec.Driver, t.Reason)
-	d, err := r.decide(profile, ns, failed)
+	d, err := r.decide(profile, ns, failed, fleet)
 	if err != nil {
 		return err
 	}
@@ -407,6 +415,11 @@ func reasonsText(reasons []v1alpha1.DriverReason) string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// ownCopy gives a NodeSensor listed from the cache without a copy (a shallow copy of the cache's
+// object, sharing its maps and slices) data of its own, before it is changed or written: a
+// write decodes the API's answer into the object it was given.
+func ownCopy(ns *v1alpha1.NodeSensor) { *ns = *ns.DeepCopy() }
 
 // errStaleCache says the informer cache has not yet seen this manager's own last writes.
 var errStaleCache = errors.New("cache has not caught up with the last decisions")

@@ -5,12 +5,14 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
 
 // CacheOptions is what the manager's cache holds: every object without its managed fields (the
 // manager never reads them, and they are often the larger part of an object), Nodes trimmed to
-// what the reconciler reads (TrimNode), and only the agent pods and agent heartbeat Leases of its
-// namespace. At fleet scale the Node cache dominates the manager's memory.
+// what the reconciler reads (TrimNode), NodeSensors without their checks' details
+// (TrimNodeSensor), and only the agent pods and agent heartbeat Leases of its namespace. At fleet scale the Node cache dominates the manager's memory.
 func CacheOptions(namespace string) cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -35,4 +37,23 @@ func TrimNode(obj any) (any, error) {
 	node.ManagedFields = nil
 	node.Status = corev1.NodeStatus{Conditions: node.Status.Conditions}
 	return node, nil
+}
+
+// TrimNodeSensor keeps of a NodeSensor what the manager reads: everything but its managed fields
+// and the details of each self-test check (expected, observed, latency, method, message), which
+// are for people (kubectl get nodesensor -o yaml); the manager reads a check's name and result.
+// It writes only the spec, with patches computed between two copies of the trimmed object, so
+// it never writes them back.
+func TrimNodeSensor(obj any) (any, error) {
+	ns, ok := obj.(*v1alpha1.NodeSensor)
+	if !ok {
+		return obj, nil
+	}
+	ns.ManagedFields = nil
+	if t := ns.Status.SelfTest; t != nil {
+		for i := range t.Checks {
+			t.Checks[i] = v1alpha1.CheckResult{Name: t.Checks[i].Name, Result: t.Checks[i].Result}
+		}
+	}
+	return ns, nil
 }

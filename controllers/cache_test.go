@@ -5,6 +5,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
 
 // TestTrimNodeKeepsWhatTheReconcilerReads: the image list, node info and managed fields go; the
@@ -36,5 +38,36 @@ func TestTrimNodeKeepsWhatTheReconcilerReads(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}}}
 	if other, _ := TrimNode(pod); other != pod || pod.ManagedFields == nil {
 		t.Error("a non-Node object is not passed through unchanged")
+	}
+}
+
+// TestTrimNodeSensorKeepsWhatTheManagerReads: each check keeps its name and result, everything
+// else of the NodeSensor stays; the checks' details and the managed fields go.
+func TestTrimNodeSensorKeepsWhatTheManagerReads(t *testing.T) {
+	ns := &v1alpha1.NodeSensor{
+		ObjectMeta: metav1.ObjectMeta{Name: "n", ResourceVersion: "7", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "agent"}}},
+		Spec:       v1alpha1.NodeSensorSpec{Profile: "p", Driver: v1alpha1.DriverEBPF, Attempt: 2},
+		Status: v1alpha1.NodeSensorStatus{AgentVersion: "0.1.0", SelfTest: &v1alpha1.SelfTestStatus{
+			Attempt: 2, Result: v1alpha1.SelfTestPassed, Reason: "r", Message: "m",
+			Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestPassed,
+				Expected: "exe_upper_layer", Observed: "exe_upper_layer", Method: "CORE", Message: "long"}},
+		}},
+	}
+	out, err := TrimNodeSensor(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*v1alpha1.NodeSensor)
+	c := got.Status.SelfTest.Checks[0]
+	if got.ManagedFields != nil || c.Expected != "" || c.Observed != "" || c.Method != "" || c.Message != "" {
+		t.Errorf("not trimmed: %+v", got)
+	}
+	if c.Name != v1alpha1.CheckExeUpperLayer || c.Result != v1alpha1.SelfTestPassed || got.Spec.Attempt != 2 ||
+		got.Status.SelfTest.Message != "m" || got.Status.AgentVersion != "0.1.0" || got.ResourceVersion != "7" {
+		t.Errorf("trimmed what the manager reads: %+v", got)
+	}
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}}}
+	if other, _ := TrimNodeSensor(node); other != node || node.ManagedFields == nil {
+		t.Error("another object is not passed through unchanged")
 	}
 }

@@ -8,6 +8,11 @@
 // reflects the verdict in the node condition RuntimeSecurityReady, the optional taint (none added
 // in a brownout) and the profile's status.
 //
+// The fleet learns (fleet.go): each pass groups the profile's nodes by kernel release,
+// architecture, distro and sensor, learns each group's verdicts from its nodes' failed attempts
+// and standing passes (selection.Learn), applies them to the group's decisions and gates each
+// group behind its first node (rollout.Groups), and writes one FleetGroup per group: the matrix.
+//
 // A failure on one node is recorded on that node (condition reason, event) and the pass goes on;
 // a profile the manager cannot interpret is InvalidSpec and the other profiles go on.
 //

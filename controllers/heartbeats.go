@@ -6,7 +6,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -18,21 +17,18 @@ import (
 	"github.com/driverpilot/driverpilot/internal/heartbeat"
 )
 
-// AgentLeaseCache restricts the manager's cache of Leases to the agents' heartbeat Leases in its
-// namespace (not the leader-election Lease, not the kubelets' node Leases). Use it as
-// cache.Options.ByObject[&coordinationv1.Lease{}].
+// AgentLeaseCache restricts the manager's cache of Leases to its namespace: the agents' heartbeat
+// Leases and its own leader-election Lease (not the kubelets' node Leases). The agents' Leases
+// carry no label (each renewal rewrites the whole Lease); a Lease counts as a node's heartbeat
+// by its name. Use it as cache.Options.ByObject[&coordinationv1.Lease{}].
 func AgentLeaseCache(namespace string) cache.ByObject {
-	return cache.ByObject{
-		Namespaces: map[string]cache.Config{namespace: {}},
-		Label:      labels.SelectorFromSet(labels.Set{heartbeat.Label: heartbeat.Value}),
-	}
+	return cache.ByObject{Namespaces: map[string]cache.Config{namespace: {}}}
 }
 
 // leaseRenewals reads when each node's agent last renewed its heartbeat Lease.
 func (r *SecurityProfileReconciler) leaseRenewals(ctx context.Context) (map[string]time.Time, error) {
 	var leases coordinationv1.LeaseList
-	if err := r.List(ctx, &leases, client.InNamespace(r.Agent.Namespace),
-		client.MatchingLabels{heartbeat.Label: heartbeat.Value}, client.UnsafeDisableDeepCopy); err != nil {
+	if err := r.List(ctx, &leases, client.InNamespace(r.Agent.Namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("list heartbeat leases: %w", err)
 	}
 	out := make(map[string]time.Time, len(leases.Items))
@@ -44,7 +40,8 @@ func (r *SecurityProfileReconciler) leaseRenewals(ctx context.Context) (map[stri
 
 // withLeaseHeartbeats sets each NodeSensor's heartbeat to the newer of its status heartbeat (set
 // by every report of the agent) and its Lease's renewal, in the manager's copy only: from here on
-// a heartbeat is a heartbeat, wherever the agent wrote it.
+// a heartbeat is a heartbeat, wherever the agent wrote it. (A NodeSensor listed without a copy
+// is a shallow copy of the cache's: replacing its status's heartbeat pointer leaves the cache be.)
 func withLeaseHeartbeats(sensors map[string]*v1alpha1.NodeSensor, renewed map[string]time.Time) {
 	for name, ns := range sensors {
 		ns.Status.HeartbeatTime = heartbeat.Latest(ns.Status.HeartbeatTime, renewed[heartbeat.LeaseName(name)])

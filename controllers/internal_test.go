@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 
@@ -182,5 +183,115 @@ func TestPodTemplateHashSaysWhatRuns(t *testing.T) {
 	}
 	if agentDaemonSet(profile, cfg).Spec.UpdateStrategy.Type != "OnDelete" {
 		t.Error("the agent DaemonSet is not OnDelete: it would replace pods at its own pace")
+	}
+}
+
+func TestProfilesOfNodeAreThoseItConcerns(t *testing.T) {
+	ctx := context.Background()
+	s := runtime.NewScheme()
+	_ = corev1.AddToScheme(s)
+	_ = v1alpha1.AddToScheme(s)
+	profile := func(name string, sel map[string]string) *v1alpha1.SecurityProfile {
+		return &v1alpha1.SecurityProfile{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: v1alpha1.SecurityProfileSpec{NodeSelector: &metav1.LabelSelector{MatchLabels: sel}}}
+	}
+	c := fake.NewClientBuilder().WithScheme(s).WithObjects(
+		profile("before", map[string]string{"pool": "a"}),
+		profile("after", map[string]string{"pool": "b"}),
+		profile("holder", map[string]string{"other": "x"}),
+		profile("unparsable", map[string]string{"pool": "not a label value!"}),
+		profile("unrelated", map[string]string{"pool": "c"}),
+		&v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Spec: v1alpha1.NodeSensorSpec{Profile: "holder"}},
+	).Build()
+	r := &SecurityProfileReconciler{Client: c}
+	old := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"pool": "a"}}}
+	relabelled := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{"pool": "b"}}}
+	var got []string
+	for _, req := range r.profilesOfNode(ctx, old, relabelled) {
+		got = append(got, req.Name)
+	}
+	slices.Sort(got)
+	if want := []string{"after", "before", "holder", "unparsable"}; !slices.Equal(got, want) {
+		t.Errorf("a relabelled node enqueues %v, want %v (not the unrelated profile)", got, want)
+	}
+}
+
+func TestEventBatchGathersRoutineEvents(t *testing.T) {
+	rec := events.NewFakeRecorder(10)
+	r := &SecurityProfileReconciler{Recorder: rec}
+	profile := &v1alpha1.SecurityProfile{ObjectMeta: metav1.ObjectMeta{Name: "p"}}
+	ctx, b := withEventBatch(context.Background())
+	for i := 24; i >= 0; i-- {
+		r.batchedEvent(ctx, profile, "NodeVerified", "Verify", "verified with driver ebpf", fmt.Sprintf("node-%02d", i))
+	}
+	r.batchedEvent(ctx, profile, "NodeVerified", "Verify", "verified with driver kmod", "node-99")
+	if len(rec.Events) != 0 {
+		t.Fatal("a batched event was recorded before the flush")
+	}
+	r.flushEvents(b, profile)
+	var got []string
+	for len(rec.Events) > 0 {
+		got = append(got, <-rec.Events)
+	}
+	if len(got) != 2 {
+		t.Fatalf("26 routine events became %d events, want 2: %q", len(got), got)
+	}
+	if !strings.Contains(got[0], "25 nodes: verified with driver ebpf: node-00, node-01") || !strings.Contains(got[0], "and 15 more") {
+		t.Errorf("the summary does not say how many and which: %q", got[0])
+	}
+	if !strings.Contains(got[1], "Node node-99: verified with driver kmod") {
+		t.Errorf("a single node's event does not name it: %q", got[1])
+	}
+	r.batchedEvent(context.Background(), profile, "DriverSelected", "SelectDriver", "driver ebpf selected", "node-x")
+	if len(rec.Events) != 1 {
+		t.Error("without a batch the event is not recorded at once")
+	}
+}
+
+func TestOnlyProgressIsNumbersOnly(t *testing.T) {
+	status := func(ready metav1.ConditionStatus, msg string, verified int32) v1alpha1.SecurityProfileStatus {
+		return v1alpha1.SecurityProfileStatus{ObservedGeneration: 1, Nodes: v1alpha1.NodeCounts{Verified: verified},
+			Conditions: []metav1.Condition{{Type: ConditionProgressing, Status: ready, Reason: ReasonVerifying, Message: msg}}}
+	}
+	base := status(metav1.ConditionTrue, "3 nodes verifying, 10 pending", 2)
+	for _, c := range []struct {
+		name string
+		next v1alpha1.SecurityProfileStatus
+		want bool
+	}{
+		{"counts and numbers moved", status(metav1.ConditionTrue, "5 nodes verifying, 8 pending", 4), true},
+		{"the message says something new", status(metav1.ConditionTrue, "5 nodes verifying, 8 pending; 7 nodes wait for the canary nodes to be verified", 4), false},
+		{"a condition turned", status(metav1.ConditionFalse, "3 nodes verifying, 10 pending", 2), false},
+	} {
+		if got := onlyProgress(base, c.next); got != c.want {
+			t.Errorf("%s: onlyProgress = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+func TestRecentWritesSkipOnlyWhatTheCacheHasNotSeen(t *testing.T) {
+	var w recentWrites
+	w.conditionWritten("n1", "100", "True", ReasonVerified)
+	if !w.conditionPending("n1", "100", "True", ReasonVerified) {
+		t.Error("the cache still shows the node as before the write, yet the write is not pending")
+	}
+	if w.conditionPending("n1", "101", "True", ReasonVerified) {
+		t.Error("the cache shows a newer node, yet the old write still counts")
+	}
+	if w.conditionPending("n1", "100", "Unknown", ReasonHeartbeatExpired) {
+		t.Error("another condition is taken for the one written")
+	}
+	now := time.Now()
+	w.created("n2", now)
+	if !w.createPending("n2", now.Add(time.Second)) {
+		t.Error("a creation the cache has not shown is not pending")
+	}
+	if w.createPending("n2", now.Add(createGrace+time.Second)) {
+		t.Error("a creation never seen stays pending past its grace")
+	}
+	w.created("n3", now)
+	w.seen("n3")
+	if w.createPending("n3", now) {
+		t.Error("a creation the cache showed is still pending")
 	}
 }

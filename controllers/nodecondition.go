@@ -104,16 +104,18 @@ func findCondition(node *corev1.Node) *corev1.NodeCondition {
 
 // setNodeCondition writes the condition with a strategic-merge status patch keyed by type, so it
 // never touches the kubelet's conditions. It writes only when status or reason change: the
-// details live in the NodeSensor, and a quiet node costs no API writes.
-func setNodeCondition(ctx context.Context, c client.Client, node *corev1.Node, want corev1.NodeCondition, now time.Time) (bool, error) {
+// details live in the NodeSensor, and a quiet node costs no API writes. node may be the cache's
+// own object and is never modified: the node as written comes back (node itself when nothing
+// was written).
+func setNodeCondition(ctx context.Context, c client.Client, node *corev1.Node, want corev1.NodeCondition, now time.Time) (*corev1.Node, error) {
 	have := findCondition(node)
 	if have != nil && have.Status == want.Status && have.Reason == want.Reason {
-		return false, nil
+		return node, nil
 	}
 	// A node with no condition is already "not verified"; announcing Pending would cost one
 	// write per node in every rollout for no new information.
 	if have == nil && want.Reason == ReasonPending {
-		return false, nil
+		return node, nil
 	}
 	want.LastHeartbeatTime = metav1.NewTime(now)
 	want.LastTransitionTime = metav1.NewTime(now)
@@ -122,12 +124,13 @@ func setNodeCondition(ctx context.Context, c client.Client, node *corev1.Node, w
 	}
 	patch, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
 	if err != nil {
-		return false, err
+		return node, err
 	}
-	if err := c.Status().Patch(ctx, node, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
-		return false, fmt.Errorf("set condition on node %s: %w", node.Name, err)
+	written := node.DeepCopy()
+	if err := c.Status().Patch(ctx, written, client.RawPatch(types.StrategicMergePatchType, patch)); err != nil {
+		return node, fmt.Errorf("set condition on node %s: %w", node.Name, err)
 	}
-	return true, nil
+	return written, nil
 }
 
 // removeNodeCondition deletes the condition with a strategic-merge delete directive.
@@ -144,7 +147,8 @@ func removeNodeCondition(ctx context.Context, c client.Client, node *corev1.Node
 
 // setTaint adds or removes the unverified NoSchedule taint. The taint list is replaced whole, so
 // the patch carries the node's resourceVersion; on a conflict (the kubelet or another controller
-// wrote the node) it reads the node again from the API server and retries.
+// wrote the node) it reads the node again from the API server and retries. node may be the
+// cache's own object: it is copied before it is written.
 func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *corev1.Node, want bool) error {
 	first := true
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -160,7 +164,8 @@ func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *
 		if (idx >= 0) == want {
 			return nil
 		}
-		base := node.DeepCopy()
+		base := node
+		node = node.DeepCopy()
 		if want {
 			node.Spec.Taints = append(node.Spec.Taints, corev1.Taint{Key: v1alpha1.UnverifiedTaintKey, Effect: corev1.TaintEffectNoSchedule})
 		} else {
@@ -186,15 +191,23 @@ func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1al
 	}
 	return forEach(ctx, names, func(name string) error {
 		ns, node, phase := sensors[name], governed[name], p.phases[name]
-		written, err := setNodeCondition(ctx, r.Client, node, nodeCondition(ns, phase, p.errs[name]), now)
-		if err != nil {
-			return err
+		want := nodeCondition(ns, phase, p.errs[name])
+		written := node
+		// (Written by the last pass over the node the cache still shows: not again.)
+		if !r.recent.conditionPending(name, node.ResourceVersion, string(want.Status), want.Reason) {
+			var err error
+			if written, err = setNodeCondition(ctx, r.Client, node, want, now); err != nil {
+				return err
+			}
+			if written != node {
+				r.recent.conditionWritten(name, node.ResourceVersion, string(want.Status), want.Reason)
+			}
 		}
-		if written && phase.Proven() {
+		if written != node && phase.Proven() {
 			observeSelfTest(ns.Status.SelfTest)
-			r.eventf(profile, nil, corev1.EventTypeNormal, "NodeVerified", "Verify",
-				"Node %s verified with driver %s", name, ns.Spec.Driver)
+			r.batchedEvent(ctx, profile, "NodeVerified", "Verify", "verified with driver "+string(ns.Spec.Driver), name)
 		}
+		node = written // its new resourceVersion, for the taint's optimistic lock
 		taint := profile.Spec.Enforcement.Taint && !phase.Proven()
 		if taint && !hasTaint(node) && (p.brownout || (phase == nodestate.HeartbeatExpired && !r.silentForTaint(ns, now))) {
 			return nil

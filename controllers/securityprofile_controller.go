@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -49,6 +50,11 @@ type SecurityProfileReconciler struct {
 
 	expect   expectations
 	replaced replacements
+	recent   recentWrites
+	// statusWritten is when each profile's status was last written, by UID.
+	statusWritten sync.Map
+	// verifying remembers since when each node verifies its attempt (fleet.go's group gate).
+	verifying verifyClock
 }
 
 // +kubebuilder:rbac:groups=security.driverpilot.io,resources=securityprofiles,verbs=get;list;watch;update;patch
@@ -75,11 +81,14 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}
 	if err := validateSpec(profile); err != nil {
-		return ctrl.Result{}, r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+		wait, err := r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+		return ctrl.Result{RequeueAfter: wait}, err
 	}
 
 	// From here a failure on one node is recorded on that node and the others move on: each
 	// step joins its per-node errors, and the pass ends with the status written.
+	ctx, events := withEventBatch(ctx)
+	defer r.flushEvents(events, profile)
 	selected, lost, err := r.selectNodes(ctx, profile)
 	if err != nil {
 		return ctrl.Result{}, err
@@ -88,7 +97,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
 		errs = append(errs, err)
 	}
-	sensors, err := r.syncNodeSensors(ctx, profile, selected)
+	sensors, missing, err := r.syncNodeSensors(ctx, profile, selected)
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {
@@ -103,7 +112,11 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
-	errs = append(errs, r.writeStatus(ctx, profile, buildStatus(profile, progress, lost)))
+	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
+	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, missing)
+	errs = append(errs, err)
+	statusWait, err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost))
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		if onlyConflicts(err) {
 			// A read was stale (a NodeSensor, a node or the profile moved on): go again, quietly.
@@ -111,7 +124,14 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: r.nextHeartbeatDeadline(sensors, now)}, nil
+	if moreToCreate {
+		return ctrl.Result{RequeueAfter: time.Millisecond}, nil
+	}
+	next := r.nextHeartbeatDeadline(sensors, now)
+	if statusWait > 0 && (next == 0 || statusWait < next) {
+		next = statusWait
+	}
+	return ctrl.Result{RequeueAfter: next}, nil
 }
 
 // onlyConflicts reports whether every error joined in err is an optimistic-lock conflict.
@@ -207,6 +227,9 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	if err := r.deleteFleetGroups(ctx, profile); err != nil {
 		return err
 	}
 	ds := &appsv1.DaemonSet{}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,8 +21,10 @@ import (
 // selectNodes returns the nodes the profile governs (selected by it and by no older profile)
 // and, for a conflict report, the nodes it selects that an older profile governs.
 func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1alpha1.SecurityProfile) (map[string]*corev1.Node, map[string]string, error) {
+	// The cache's own Nodes, not copies: a pass reads them, and every write copies first
+	// (setNodeCondition, setTaint). Copying a fleet's Nodes on every pass cost more than the rest.
 	var nodes corev1.NodeList
-	if err := r.List(ctx, &nodes); err != nil {
+	if err := r.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
 		return nil, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	var profiles v1alpha1.SecurityProfileList
@@ -106,15 +110,35 @@ func matches(p *v1alpha1.SecurityProfile, n *corev1.Node) bool {
 	return err == nil && sel.Matches(labels.Set(n.Labels))
 }
 
-// syncNodeSensors makes the set of NodeSensors of this profile equal to the governed nodes:
-// it creates missing ones, adopts those another profile left behind, and deletes (releasing the
-// node) those whose node left the selection.
-func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) (map[string]*v1alpha1.NodeSensor, error) {
+// syncNodeSensors returns the profile's NodeSensors and the governed nodes that have none yet
+// (createNodeSensors creates them): it adopts the NodeSensors another profile left behind, and
+// deletes (releasing the node) those whose node left the selection.
+func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) (sensors map[string]*v1alpha1.NodeSensor, missing []string, err error) {
+	// This profile's NodeSensors (by label), then those of governed nodes that another profile
+	// left behind, one by one. Listed without a deep copy: a pass reads most of them and writes
+	// few, and whatever writes one gives it data of its own first (ownCopy).
 	var list v1alpha1.NodeSensorList
-	if err := r.List(ctx, &list); err != nil {
-		return nil, fmt.Errorf("list node sensors: %w", err)
+	if err := r.List(ctx, &list, client.MatchingLabels{ProfileLabel: profile.Name}, client.UnsafeDisableDeepCopy); err != nil {
+		return nil, nil, fmt.Errorf("list node sensors: %w", err)
 	}
-	sensors := map[string]*v1alpha1.NodeSensor{}
+	listed := make(map[string]bool, len(list.Items))
+	for i := range list.Items {
+		listed[list.Items[i].Name] = true
+		r.recent.seen(list.Items[i].Name)
+	}
+	for name := range governed {
+		if listed[name] {
+			continue
+		}
+		ns := &v1alpha1.NodeSensor{}
+		err := r.Get(ctx, client.ObjectKey{Name: name}, ns)
+		if err == nil {
+			list.Items = append(list.Items, *ns)
+		} else if !apierrors.IsNotFound(err) {
+			return nil, nil, fmt.Errorf("read node sensor %s: %w", name, err)
+		}
+	}
+	sensors = map[string]*v1alpha1.NodeSensor{}
 	var errs []error
 	for i := range list.Items {
 		ns := &list.Items[i]
@@ -137,31 +161,42 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 			}
 		}
 	}
-	names := make([]string, 0, len(governed))
+	now := time.Now()
 	for name := range governed {
-		if sensors[name] == nil {
-			names = append(names, name)
+		// (Created by the last pass, not in the cache yet: creating it again would only conflict.)
+		if sensors[name] == nil && !r.recent.createPending(name, now) {
+			missing = append(missing, name)
 		}
 	}
+	return sensors, missing, errors.Join(errs...)
+}
+
+// createsPerPass bounds the NodeSensors one pass creates: a fleet's first nodes are probed and
+// decided while its last NodeSensors are still being created, instead of after.
+const createsPerPass = 500
+
+// createNodeSensors creates the NodeSensors of governed nodes that have none, in name order, up
+// to createsPerPass; more says some are left for the next pass. A pass creates last: the nodes
+// it creates now have no probe to decide on yet, and the nodes that have one go first.
+func (r *SecurityProfileReconciler) createNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, missing []string) (more bool, err error) {
+	names := slices.Clone(missing)
 	sort.Strings(names)
+	if len(names) > createsPerPass {
+		names, more = names[:createsPerPass], true
+	}
 	created := make([]*v1alpha1.NodeSensor, len(names))
 	for i, name := range names {
 		created[i] = newNodeSensor(profile, governed[name])
 	}
-	err := forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
+	return more, forEach(ctx, created, func(ns *v1alpha1.NodeSensor) error {
 		if err := r.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
 			err = fmt.Errorf("create node sensor %s: %w", ns.Name, err)
 			r.nodeEvent(profile, governed[ns.Name], err)
 			return err
 		}
+		r.recent.created(ns.Name, time.Now())
 		return nil
 	})
-	for _, ns := range created {
-		if !ns.CreationTimestamp.IsZero() {
-			sensors[ns.Name] = ns
-		}
-	}
-	return sensors, errors.Join(append(errs, err)...)
 }
 
 // release gives back a node that left the selection (or whose profile goes): condition and
@@ -175,6 +210,7 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 	}
 	r.expect.forget(ns.Name)
 	r.replaced.forget(ns.Name)
+	r.recent.forget(ns.Name)
 	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
 }
@@ -205,6 +241,7 @@ func copySettings(profile *v1alpha1.SecurityProfile, spec *v1alpha1.NodeSensorSp
 }
 
 func (r *SecurityProfileReconciler) adopt(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	ownCopy(ns)
 	base := ns.DeepCopy()
 	previous := ns.Spec.Profile
 	ns.Spec = v1alpha1.NodeSensorSpec{Profile: profile.Name, Attempt: ns.Spec.Attempt}

@@ -12,10 +12,12 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -37,7 +39,7 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&v1alpha1.NodeSensor{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.(*v1alpha1.NodeSensor).Spec.Profile}}}
 		}), builder.WithPredicates(notOnlyHeartbeat(r.HeartbeatTimeout))).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(nodeMembershipChanged())).
+		Watches(&corev1.Node{}, r.nodeHandler(), builder.WithPredicates(nodeMembershipChanged())).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			if p := o.GetLabels()[ProfileLabel]; p != "" && o.GetNamespace() == r.Agent.Namespace {
 				return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: p}}}
@@ -46,6 +48,9 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}), builder.WithPredicates(agentPodChanged())).
 		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(r.profileOfLease), builder.WithPredicates(leaseRevived(r.HeartbeatTimeout))).
 		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Profiles have disjoint nodes, and a pass mostly waits for its writes: several profiles
+		// move on at once. (One profile is never reconciled twice at once.)
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrentProfiles}).
 		Complete(r)
 }
 
@@ -57,6 +62,65 @@ func (r *SecurityProfileReconciler) allProfiles(ctx context.Context, _ client.Ob
 	reqs := make([]reconcile.Request, 0, len(list.Items))
 	for _, p := range list.Items {
 		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: p.Name}})
+	}
+	return reqs
+}
+
+// concurrentProfiles is how many profiles are reconciled at once.
+const concurrentProfiles = 4
+
+// nodeHandler enqueues, for a node that appears, goes or is relabelled, the profiles it concerns:
+// those whose selector matches it before or after the change, and the one holding its NodeSensor.
+// Not every profile: with many profiles a fleet's relabelling would wake each of them per node.
+func (r *SecurityProfileReconciler) nodeHandler() handler.EventHandler {
+	enqueue := func(ctx context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request], nodes ...client.Object) {
+		for _, req := range r.profilesOfNode(ctx, nodes...) {
+			q.Add(req)
+		}
+	}
+	return handler.Funcs{
+		CreateFunc: func(ctx context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+		UpdateFunc: func(ctx context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.ObjectOld, e.ObjectNew)
+		},
+		DeleteFunc: func(ctx context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+		GenericFunc: func(ctx context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			enqueue(ctx, q, e.Object)
+		},
+	}
+}
+
+// profilesOfNode returns the profiles whose selector matches any of the node's versions (a
+// selector that does not parse matches: its profile decides what it holds), and the profile of
+// the node's NodeSensor.
+func (r *SecurityProfileReconciler) profilesOfNode(ctx context.Context, versions ...client.Object) []reconcile.Request {
+	var list v1alpha1.SecurityProfileList
+	if err := r.List(ctx, &list); err != nil {
+		return r.allProfiles(ctx, nil)
+	}
+	want := map[string]bool{}
+	for i := range list.Items {
+		p := &list.Items[i]
+		sel, err := nodeSelector(p)
+		for _, n := range versions {
+			if err != nil || sel.Matches(labels.Set(n.GetLabels())) {
+				want[p.Name] = true
+			}
+		}
+	}
+	if len(versions) > 0 {
+		ns := &v1alpha1.NodeSensor{}
+		if err := r.Get(ctx, types.NamespacedName{Name: versions[0].GetName()}, ns); err == nil && ns.Spec.Profile != "" {
+			want[ns.Spec.Profile] = true
+		}
+	}
+	reqs := make([]reconcile.Request, 0, len(want))
+	for name := range want {
+		reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: name}})
 	}
 	return reqs
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sync"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -56,6 +58,9 @@ func buildStatus(profile *v1alpha1.SecurityProfile, p progress, lost map[string]
 	st.Nodes, st.Drivers = nodestate.Rollup(p.nodes)
 	st.Nodes.UpToDate = int32(p.upToDate)
 	st.Canaries = recordCanaries(p.canaries, profile.Status.Canaries)
+	if p.fleet != nil {
+		st.Fleet = p.fleet.counts()
+	}
 	n := st.Nodes
 	switch {
 	case n.Selected == 0:
@@ -140,21 +145,51 @@ func setCondition(st *v1alpha1.SecurityProfileStatus, profile *v1alpha1.Security
 	})
 }
 
-// writeStatus writes the status when it changed.
-func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1alpha1.SecurityProfile, st v1alpha1.SecurityProfileStatus) error {
+// progressEvery is how often at most a profile's status is rewritten when only its progress
+// moved (counts, messages): a fleet's rollout would otherwise rewrite it on every pass.
+const progressEvery = 2 * time.Second
+
+// writeStatus writes the status when it changed. A change of progress alone within
+// progressEvery of the last write waits: the returned duration says when to write it.
+func (r *SecurityProfileReconciler) writeStatus(ctx context.Context, profile *v1alpha1.SecurityProfile, st v1alpha1.SecurityProfileStatus) (time.Duration, error) {
 	if equality.Semantic.DeepEqual(profile.Status, st) {
-		return nil
+		return 0, nil
+	}
+	now := r.now()
+	if last, ok := r.statusWritten.Load(profile.UID); ok && onlyProgress(profile.Status, st) {
+		if wait := progressEvery - now.Sub(last.(time.Time)); wait > 0 {
+			return wait, nil
+		}
 	}
 	// A full update, not a merge patch: the API needs every count, and a stale read must conflict.
 	profile.Status = st
 	if err := r.Status().Update(ctx, profile); err != nil {
-		return fmt.Errorf("write profile status: %w", err)
+		return 0, fmt.Errorf("write profile status: %w", err)
 	}
-	return nil
+	r.statusWritten.Store(profile.UID, now)
+	return 0, nil
 }
 
+// onlyProgress reports whether two statuses differ only in numbers: the counts, and the numbers
+// in condition messages. A message that says something new (a rollout now waits for its
+// canaries) is news, not progress.
+func onlyProgress(a, b v1alpha1.SecurityProfileStatus) bool {
+	if a.ObservedGeneration != b.ObservedGeneration || !slices.Equal(a.Canaries, b.Canaries) || len(a.Conditions) != len(b.Conditions) {
+		return false
+	}
+	for _, c := range a.Conditions {
+		d := meta.FindStatusCondition(b.Conditions, c.Type)
+		if d == nil || d.Status != c.Status || d.Reason != c.Reason || digits.ReplaceAllString(d.Message, "#") != digits.ReplaceAllString(c.Message, "#") {
+			return false
+		}
+	}
+	return true
+}
+
+var digits = regexp.MustCompile(`[0-9]+`)
+
 // parallelWrites bounds the API writes one reconcile has in flight at once.
-const parallelWrites = 16
+const parallelWrites = 32
 
 // forEach runs fn for each item with up to parallelWrites at once and joins the errors: one
 // node's failure neither stops nor hides the others'.

@@ -278,7 +278,7 @@ func (a *fakeAgent) run(ctx context.Context) {
 		beat, lease := a.heartbeat, a.lease
 		a.mu.Unlock()
 		if beat && lease && time.Since(lastBeat) > 500*time.Millisecond {
-			if err := heartbeat.Renew(ctx, env.Client, agentNamespace, a.node, "fake-"+a.node, heartbeatTimeout, time.Now()); err == nil {
+			if err := heartbeat.Renew(ctx, env.Client, agentNamespace, a.node, "fake-"+a.node, time.Now()); err == nil {
 				lastBeat = time.Now()
 			}
 		}

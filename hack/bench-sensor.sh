@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks the built-in exec sensor (agent/sensor) on this machine, for each driver: the in-kernel
-# cost per exec from the kernel's BPF run-time statistics (ordinary and overlay lower-layer execs,
-# target <= 0.5 us; overlay upper-layer execs, which send an event, target <= 2 us) and exec
-# throughput with and without the sensor, interleaved (target: at least 0.98 of without).
-# A benchmark, not a test: it fails only when it cannot measure. Needs root.
+# Benchmarks the built-in exec sensor (agent/sensor) on this machine, for each driver (see
+# test/bench/main.go): the cost per exec in the kernel, from the kernel's BPF run-time statistics
+# (ordinary and overlay lower-layer execs, target <= 0.5 us), the sensor reader thread's CPU time
+# per event, and their sum, the end-to-end cost of an overlay upper-layer exec event (target
+# <= 2 us); then exec throughput with and without the sensor, interleaved block by block (target:
+# at least 0.98 of without). A benchmark, not a test: it fails only when it cannot measure. Needs
+# root: it loads BPF programs, mounts an overlay and makes a cgroup (all removed afterwards).
 #
-# Extra arguments go to the Go program (test/bench), e.g. hack/bench-sensor.sh -n 5000 -trounds 20;
+# Extra arguments go to the Go program (test/bench), e.g. hack/bench-sensor.sh -n 5000 -trounds 51;
+# -rounds 0 or -trounds 0 skips that part; -cpu N pins the throughput's exec loop (-1: not pinned);
 # -sysctl uses kernel.bpf_stats_enabled=1 (restored) instead of the fd-scoped BPF_ENABLE_STATS.
 # BENCH_DRIVERS selects drivers (default modern_ebpf,ebpf).
 set -euo pipefail

@@ -5,6 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/perf"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/bpf"
@@ -33,8 +38,10 @@ type Options struct {
 	// name the container of an alerting process.
 	ProcRoot string
 	// PerfWakeupEvents is how many events a per-CPU perf buffer collects before it wakes the
-	// reader (default: a quarter of the buffer, 128 events for 64 KiB); the flush interval reads
-	// the rest. A wakeup costs about 10us on a VM (an irq_work self-IPI): it must not come per event.
+	// reader; by default a buffer wakes it once half full (a watermark in bytes: records are 80 to
+	// 310 bytes long). The flush interval reads the rest. A wakeup costs the kernel an irq_work
+	// self-IPI and the reader a round of epoll_wait and handing events on, tens of microseconds on
+	// a VM: the fewer per event the better, as long as the buffer has room while the reader wakes.
 	PerfWakeupEvents int
 	// RingBufferBytes is the modern_ebpf driver's ring buffer size, a power of two of at least a
 	// page (default 256 KiB).
@@ -76,6 +83,10 @@ type Builtin struct {
 	// lastRead is when the reader last came back from the kernel buffer (unix nanoseconds); it
 	// comes back at least every FlushInterval while it is alive and not stuck on a record.
 	lastRead atomic.Int64
+	// records counts the records the reader took from the kernel buffer; readerTID is the thread
+	// the reader runs on (locked to it), whose CPU time ReaderStats reports.
+	records   atomic.Uint64
+	readerTID atomic.Int64
 }
 
 var _ Sensor = (*Builtin)(nil)
@@ -93,10 +104,6 @@ func NewBuiltin(opts Options) *Builtin {
 	}
 	if opts.PerfBufferBytes <= 0 {
 		opts.PerfBufferBytes = 64 << 10
-	}
-	if opts.PerfWakeupEvents <= 0 {
-		// A perf record of struct exec_event takes about 128 bytes with its headers.
-		opts.PerfWakeupEvents = max(1, opts.PerfBufferBytes/4/128)
 	}
 	if opts.RingBufferBytes <= 0 {
 		opts.RingBufferBytes = 256 << 10
@@ -167,6 +174,11 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 	if rb := spec.Maps[bpf.ExecMapEventsRb]; rb != nil {
 		rb.MaxEntries = uint32(b.opts.RingBufferBytes)
 	}
+	if v, ok := spec.Variables[bpf.ExecVarRingbufWakeupBytes]; !ok {
+		return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: errors.New("object lacks ringbuf_wakeup_bytes")}
+	} else if err := v.Set(uint64(b.opts.RingBufferBytes / 2)); err != nil {
+		return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("set ringbuf_wakeup_bytes: %w", err)}
+	}
 	// KernelTypes stays nil so CO-RE searches vmlinux and module BTF (overlay as a module).
 	var closers []io.Closer
 	cleanup := func() {
@@ -197,7 +209,7 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 			cleanup()
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("ring buffer reader: %w", err)}
 		}
-		rd = ringbufReader{r: r, flush: b.opts.FlushInterval}
+		rd = &ringbufReader{r: r, flush: b.opts.FlushInterval}
 	case v1alpha1.DriverEBPF:
 		var objs legacyObjects
 		if err := spec.LoadAndAssign(&objs, nil); err != nil {
@@ -210,12 +222,16 @@ func (b *Builtin) Start(driver v1alpha1.Driver) error {
 			return &Error{Reason: ReasonSensorAttachFailed, Driver: driver, Err: fmt.Errorf("attach raw_tp/sched_process_exec: %w", err)}
 		}
 		closers = append(closers, l)
-		r, err := perf.NewReaderWithOptions(objs.Events, b.opts.PerfBufferBytes, perf.ReaderOptions{WakeupEvents: b.opts.PerfWakeupEvents})
+		popts := perf.ReaderOptions{WakeupEvents: b.opts.PerfWakeupEvents}
+		if popts.WakeupEvents <= 0 {
+			popts.Watermark = max(1, b.opts.PerfBufferBytes/2)
+		}
+		r, err := perf.NewReaderWithOptions(objs.Events, b.opts.PerfBufferBytes, popts)
 		if err != nil {
 			cleanup()
 			return &Error{Reason: ReasonSensorLoadFailed, Driver: driver, Err: fmt.Errorf("perf reader: %w", err)}
 		}
-		rd = perfReader{r: r, flush: b.opts.FlushInterval}
+		rd = &perfReader{r: r, flush: b.opts.FlushInterval}
 	}
 	// Detach first, then drain: the link closes before the reader and the maps.
 	b.closers = append([]io.Closer{l}, closers[:len(closers)-1]...)
@@ -328,9 +344,48 @@ func (b *Builtin) Health() error {
 	return nil
 }
 
+// ReaderStats is what reading events has cost so far.
+type ReaderStats struct {
+	// Records the reader took from the kernel buffer (events, and perf's lost-sample notes).
+	Records uint64
+	// CPU is the CPU time, user and system, of the reader's thread: waiting for the kernel
+	// buffer, reading, decoding and handing each event to the subscribers (and writing its alert,
+	// where alerts are on). What subscribers then do with an event is theirs.
+	CPU time.Duration
+}
+
+// ReaderStats reports the reader's cost so far, from the kernel's account of its thread
+// (/proc/self/task/<tid>/schedstat). It fails before Start and once the reader has stopped.
+func (b *Builtin) ReaderStats() (ReaderStats, error) {
+	tid := b.readerTID.Load()
+	if tid == 0 {
+		return ReaderStats{}, errors.New("the event reader is not running")
+	}
+	data, err := os.ReadFile(filepath.Join("/proc/self/task", strconv.FormatInt(tid, 10), "schedstat"))
+	if err != nil {
+		return ReaderStats{}, fmt.Errorf("reader thread CPU time: %w", err)
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return ReaderStats{}, errors.New("reader thread CPU time: empty schedstat")
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return ReaderStats{}, fmt.Errorf("reader thread CPU time: %w", err)
+	}
+	return ReaderStats{Records: b.records.Load(), CPU: time.Duration(ns)}, nil
+}
+
 // readLoop decodes records until the reader is closed. A panic (in an alert writer, say) stops it
 // with an error instead of the agent: Health reports it.
+//
+// It keeps its thread to itself (the thread mostly sleeps in epoll_wait, where Go would park an
+// OS thread for it anyway), so that thread's CPU time is the reader's cost (ReaderStats); the
+// thread ends with the loop.
 func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
+	runtime.LockOSThread()
+	b.readerTID.Store(int64(unix.Gettid()))
+	defer b.readerTID.Store(0)
 	defer close(b.readDone)
 	defer func() {
 		if p := recover(); p != nil {
@@ -339,13 +394,40 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			b.mu.Unlock()
 		}
 	}()
+	// Records come in batches (the kernel wakes the reader once per many events, or the flush
+	// interval does): the reader decodes every pending record, then hands the batch on, so a
+	// subscriber is woken about once per batch rather than once per event.
+	batch := make([]Event, 0, readBatch)
 	for {
-		raw, lost, err := rd.read()
-		b.lastRead.Store(time.Now().UnixNano())
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			continue // a flush interval passed; every pending record was read
+		raw, lost, err := rd.read(false)
+		// The batch's records were in the kernel buffer when the reader came back: one clock
+		// read stamps them all (Event.Received).
+		now := time.Now()
+		b.lastRead.Store(now.UnixNano())
+		var records uint64
+		for {
+			if err != nil {
+				break
+			}
+			records++
+			if lost > 0 {
+				b.lost.Add(lost)
+			} else if ev, err := dec.decodeAt(raw, now); err != nil {
+				b.dropped.Add(1)
+			} else {
+				batch = append(batch, ev)
+			}
+			if len(batch) == cap(batch) {
+				break
+			}
+			raw, lost, err = rd.read(true)
 		}
-		if err != nil {
+		b.records.Add(records)
+		b.deliver(batch)
+		clear(batch) // no strings kept alive until the next batch
+		batch = batch[:0]
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// os.ErrDeadlineExceeded: every pending record was read. Anything else ends the reader.
 			if !errors.Is(err, os.ErrClosed) {
 				b.mu.Lock()
 				b.readErr = fmt.Errorf("read events: %w", err)
@@ -353,42 +435,46 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			}
 			return
 		}
-		if lost > 0 {
-			b.lost.Add(lost)
-			continue
-		}
-		ev, err := dec.Decode(raw)
-		if err != nil {
-			b.dropped.Add(1)
-			continue
-		}
-		b.deliver(ev)
 	}
 }
 
-// deliver hands ev to every subscriber, then writes its alert. The alert is written without b.mu:
-// a blocked output (a full stdout pipe) must not block Subscribe, Close or Health, which need it.
-// It still holds up this reader, which Health then reports as stalled, and the kernel counts
-// what it cannot buffer meanwhile as drops.
-func (b *Builtin) deliver(ev Event) {
+// readBatch is the most records the reader decodes before it hands them on.
+const readBatch = 1024
+
+// deliver hands the events to every subscriber, then writes their alerts. Alerts are written
+// without b.mu: a blocked output (a full stdout pipe) must not block Subscribe, Close or Health,
+// which need it. It still holds up this reader, which Health then reports as stalled, and the
+// kernel counts what it cannot buffer meanwhile as drops.
+func (b *Builtin) deliver(events []Event) {
+	if len(events) == 0 {
+		return
+	}
 	b.mu.Lock()
 	for _, ch := range b.subs {
-		select {
-		case ch <- ev:
-		default:
-			b.dropped.Add(1)
+		for i := range events {
+			select {
+			case ch <- events[i]:
+			default:
+				b.dropped.Add(1)
+			}
 		}
 	}
 	writeAlert := b.opts.Alerts != nil && b.alertErr == nil
 	b.mu.Unlock()
-	if !writeAlert || !ev.UpperLayer() {
+	if !writeAlert {
 		return
 	}
-	ev.Container = ContainerOfEvent(b.opts.ProcRoot, ev)
-	if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
-		b.mu.Lock()
-		b.alertErr = err
-		b.mu.Unlock()
+	for _, ev := range events {
+		if !ev.UpperLayer() {
+			continue
+		}
+		ev.Container = ContainerOfEvent(b.opts.ProcRoot, ev)
+		if err := WriteAlert(b.opts.Alerts, ev, b.opts.Hostname); err != nil {
+			b.mu.Lock()
+			b.alertErr = err
+			b.mu.Unlock()
+			return
+		}
 	}
 }
 
@@ -467,38 +553,62 @@ const closeWait = 5 * time.Second
 
 // recordReader hides the difference between the ring buffer and the perf event array.
 type recordReader interface {
-	// read blocks for the next record; lost > 0 reports samples the kernel dropped instead.
-	read() (raw []byte, lost uint64, err error)
+	// read returns the next record, waiting up to a flush interval for it, or with drain not at
+	// all; os.ErrDeadlineExceeded says there was none. lost > 0 reports samples the kernel
+	// dropped instead. raw is valid until the next read.
+	read(drain bool) (raw []byte, lost uint64, err error)
 	close() error
 }
 
 // ringbufReader reads with a deadline of one flush interval: the program writes without waking
 // the reader, so after the deadline it takes whatever is pending, then returns
-// os.ErrDeadlineExceeded.
+// os.ErrDeadlineExceeded. Its record is reused: a record's bytes are valid until the next read.
 type ringbufReader struct {
 	r     *ringbuf.Reader
 	flush time.Duration
+	rec   ringbuf.Record
+	dl    deadline
 }
 
-func (r ringbufReader) read() ([]byte, uint64, error) {
-	r.r.SetDeadline(time.Now().Add(r.flush))
-	rec, err := r.r.Read()
-	return rec.RawSample, 0, err
+func (r *ringbufReader) read(drain bool) ([]byte, uint64, error) {
+	r.dl.set(r.r.SetDeadline, drain, r.flush)
+	err := r.r.ReadInto(&r.rec)
+	return r.rec.RawSample, 0, err
 }
 
-func (r ringbufReader) close() error { return r.r.Close() }
+func (r *ringbufReader) close() error { return r.r.Close() }
 
 // perfReader reads like ringbufReader: the perf buffers wake it every PerfWakeupEvents events,
 // the deadline takes the rest.
 type perfReader struct {
 	r     *perf.Reader
 	flush time.Duration
+	rec   perf.Record
+	dl    deadline
 }
 
-func (r perfReader) read() ([]byte, uint64, error) {
-	r.r.SetDeadline(time.Now().Add(r.flush))
-	rec, err := r.r.Read()
-	return rec.RawSample, rec.LostSamples, err
+func (r *perfReader) read(drain bool) ([]byte, uint64, error) {
+	r.dl.set(r.r.SetDeadline, drain, r.flush)
+	err := r.r.ReadInto(&r.rec)
+	return r.rec.RawSample, r.rec.LostSamples, err
 }
 
-func (r perfReader) close() error { return r.r.Close() }
+func (r *perfReader) close() error { return r.r.Close() }
+
+// deadline sets a reader's deadline: a flush interval from now to wait for records, or one
+// already past to take what is pending without waiting (draining). A drain sets it once for all
+// the records it takes.
+type deadline struct{ draining bool }
+
+// drained is a deadline already past.
+var drained = time.Unix(1, 0)
+
+func (d *deadline) set(setDeadline func(time.Time), drain bool, flush time.Duration) {
+	switch {
+	case !drain:
+		setDeadline(time.Now().Add(flush))
+	case !d.draining:
+		setDeadline(drained)
+	}
+	d.draining = drain
+}

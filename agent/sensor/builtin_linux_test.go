@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -268,33 +269,47 @@ func TestBatchedEventsArriveWithinTheFlushInterval(t *testing.T) {
 }
 
 // TestEventNamesItsCgroup: the kernel reads the exec'ing task's cgroup name (the memory
-// controller's on cgroup v1, the unified one on v2) into the event, so the container of a process
-// that exits at once can still be named. The exec runs in a cgroup made for the test.
+// controller's on cgroup v1, the unified one on v2) and its parent's into the event, so the
+// container of a process that exits at once can still be named. The execs run in cgroups made for
+// the test, one CPU for all: the kernel keeps a CPU's last cgroup names to reuse while its execs
+// come from that cgroup, so a container, another container, then the first again must each come
+// with their own names.
 func TestEventNamesItsCgroup(t *testing.T) {
 	requireKernel(t)
 	root := "/sys/fs/cgroup/memory"
 	if _, err := os.Stat(root); err != nil {
 		root = "/sys/fs/cgroup" // cgroup v2
 	}
+	taskset, err := exec.LookPath("taskset")
+	if err != nil {
+		t.Fatalf("taskset (util-linux) runs the execs on one CPU: %v", err)
+	}
 	for _, d := range drivers {
 		t.Run(string(d), func(t *testing.T) {
 			_, events := startSensor(t, d)
-			group := randomName(t, "dp-cgroup-")
-			dir := filepath.Join(root, group)
-			if err := os.Mkdir(dir, 0o755); err != nil {
-				t.Fatalf("make a cgroup to exec in: %v", err)
+			// A pod's cgroup and two containers' in it.
+			pod := randomName(t, "dp-pod-")
+			groups := []string{randomName(t, "dp-cgroup-"), randomName(t, "dp-cgroup-")}
+			for _, g := range groups {
+				dir := filepath.Join(root, pod, g)
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatalf("make a cgroup to exec in: %v", err)
+				}
+				t.Cleanup(func() { _ = os.Remove(dir); _ = os.Remove(filepath.Dir(dir)) })
 			}
-			t.Cleanup(func() { _ = os.Remove(dir) })
-			name := randomName(t, "dp-cg-")
-			path := filepath.Join(filepath.Dir(mountOverlay(t, randomName(t, "dp-lower-"))), name)
-			copyFile(t, "/bin/true", path) // through the merged dir: upper layer, always sent
-			script := "echo $$ > " + filepath.Join(dir, "cgroup.procs") + " && exec " + path
-			if out, err := exec.Command("/bin/sh", "-c", script).CombinedOutput(); err != nil {
-				t.Fatalf("exec in the cgroup: %v %s", err, out)
-			}
-			ev := expectOnly(t, events, name, nil)
-			if ev.Cgroup.Leaf != group {
-				t.Errorf("event cgroup %+v, want leaf %q", ev.Cgroup, group)
+			dir := filepath.Dir(mountOverlay(t, randomName(t, "dp-lower-")))
+			for i, g := range []string{groups[0], groups[1], groups[0], groups[0]} {
+				name := fmt.Sprintf("dp-cg%d-%s", i, randomName(t, ""))
+				path := filepath.Join(dir, name)
+				copyFile(t, "/bin/true", path) // through the merged dir: upper layer, always sent
+				script := "echo $$ > " + filepath.Join(root, pod, g, "cgroup.procs") + " && exec " + path
+				if out, err := exec.Command(taskset, "-c", "0", "/bin/sh", "-c", script).CombinedOutput(); err != nil {
+					t.Fatalf("exec in the cgroup: %v %s", err, out)
+				}
+				ev := expectOnly(t, events, name, nil)
+				if ev.Cgroup.Leaf != g || ev.Cgroup.Parent != pod || ev.Filename != name {
+					t.Errorf("exec %d: cgroup %+v, filename %q; want leaf %q, parent %q, filename %q", i, ev.Cgroup, ev.Filename, g, pod, name)
+				}
 			}
 		})
 	}

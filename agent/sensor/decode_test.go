@@ -12,8 +12,10 @@ import (
 	"github.com/driverpilot/driverpilot/bpf"
 )
 
-// rawEvent builds a record the way the kernel program writes it, placing each field at the
-// offset the compiled object's BTF gives for struct exec_event (not the Go struct's offsets).
+// rawEvent builds a record the way the kernel program writes it, placing each member at the
+// offset the compiled object's BTF gives for struct exec_event (not the Go struct's offsets). The
+// names "cgroup", "cgroup_parent" and "filename" are packed into names in that order, their
+// lengths set, and the record ends after them, as the kernel sends it.
 func rawEvent(t *testing.T, set map[string][]byte) []byte {
 	t.Helper()
 	spec, err := bpf.LoadExec()
@@ -24,8 +26,21 @@ func rawEvent(t *testing.T, set map[string][]byte) []byte {
 	if err := spec.Types.TypeByName("exec_event", &s); err != nil {
 		t.Fatal(err)
 	}
+	var names []byte
+	for _, n := range []string{"cgroup", "cgroup_parent", "filename"} {
+		if v, ok := set[n]; ok {
+			names = append(names, v...)
+			set[n+"_len"] = []byte{byte(len(v))}
+			delete(set, n)
+		}
+	}
+	set["names"] = names
 	raw := make([]byte, s.Size)
+	end := 0
 	for _, m := range s.Members {
+		if m.Name == "names" {
+			end = int(m.Offset.Bytes()) + len(names)
+		}
 		if v, ok := set[m.Name]; ok {
 			copy(raw[m.Offset.Bytes():], v)
 			delete(set, m.Name)
@@ -34,7 +49,7 @@ func rawEvent(t *testing.T, set map[string][]byte) []byte {
 	if len(set) != 0 {
 		t.Fatalf("members not in struct exec_event: %v", set)
 	}
-	return raw
+	return raw[:end]
 }
 
 func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
@@ -42,14 +57,16 @@ func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
 
 func TestDecode(t *testing.T) {
 	raw := rawEvent(t, map[string][]byte{
-		"ktime_ns":  le64(5_000_000_000),
-		"pid":       le32(4242),
-		"tgid":      le32(4241),
-		"flags":     le32(uint32(FlagWritable | FlagUpperLayer | FlagOverlay)),
-		"method":    {byte(MethodCORE)},
-		"agreement": {byte(AgreementAgree)},
-		"comm":      []byte("my_echo\x00garbage"),
-		"filename":  []byte("my_echo\x00"),
+		"ktime_ns":      le64(5_000_000_000),
+		"pid":           le32(4242),
+		"tgid":          le32(4241),
+		"flags":         le32(uint32(FlagWritable | FlagUpperLayer | FlagOverlay)),
+		"method":        {byte(MethodCORE)},
+		"agreement":     {byte(AgreementAgree)},
+		"comm":          []byte("my_echo\x00garbage"),
+		"filename":      []byte("my_echo\x00"),
+		"cgroup":        []byte("0123abcd\x00"),
+		"cgroup_parent": []byte("pod-x\x00"),
 	})
 	received := time.Unix(1_800_000_000, 0)
 	d := &Decoder{wallOffset: time.Duration(1_700_000_000) * time.Second, driver: v1alpha1.DriverEBPF, now: func() time.Time { return received }}
@@ -70,6 +87,7 @@ func TestDecode(t *testing.T) {
 		Method:    MethodCORE,
 		Agreement: AgreementAgree,
 		Driver:    v1alpha1.DriverEBPF,
+		Cgroup:    CgroupNames{Leaf: "0123abcd", Parent: "pod-x"},
 	}
 	if !ev.Time.Equal(want.Time) {
 		t.Errorf("time %v, want %v", ev.Time, want.Time)
@@ -82,19 +100,30 @@ func TestDecode(t *testing.T) {
 		t.Errorf("helpers disagree with flags %s", ev.Flags)
 	}
 
-	// A full-length name has no NUL inside the array; the C side always writes one, but the
-	// decoder must not read past the array either way.
+	// A name without its NUL: the C side always writes one, but the decoder must not read past
+	// the name's bytes either way, into the next name.
 	long := strings.Repeat("x", 64)
-	ev, err = d.Decode(rawEvent(t, map[string][]byte{"filename": []byte(long)}))
+	ev, err = d.Decode(rawEvent(t, map[string][]byte{"filename": []byte(long), "cgroup": []byte("c\x00")}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.Filename != long {
-		t.Errorf("filename %q, want 64 x", ev.Filename)
+	if ev.Filename != long || ev.Cgroup.Leaf != "c" || ev.Cgroup.Parent != "" {
+		t.Errorf("filename %q and cgroup %+v, want 64 x and leaf c", ev.Filename, ev.Cgroup)
 	}
 
+	// A record ends after its names; one shorter than its names say is an error, as are names
+	// longer than the array.
 	if _, err := d.Decode(raw[:len(raw)-1]); err == nil {
 		t.Error("a short record decoded without error")
+	}
+	bad := rawEvent(t, map[string][]byte{"filename_len": {200}, "cgroup_len": {200}})
+	if _, err := d.Decode(append(bad, make([]byte, 400)...)); err == nil {
+		t.Error("names longer than the array decoded without error")
+	}
+	// Interned cgroup names are equal strings, whatever record they came from.
+	ev2, err := d.Decode(append([]byte(nil), raw...))
+	if err != nil || ev2.Cgroup != want.Cgroup {
+		t.Errorf("second decode: %+v, %v", ev2.Cgroup, err)
 	}
 }
 
@@ -155,5 +184,39 @@ func TestFlagsString(t *testing.T) {
 	}
 	if MethodCORE.String() != "CORE" || MethodInodeOffset.String() != "InodeOffset" || MethodNone.String() != "" {
 		t.Errorf("method names: %q %q %q", MethodCORE, MethodInodeOffset, MethodNone)
+	}
+}
+
+// A record may leave its cgroup names out (cgroup_cached): they are those of the last record
+// from the same CPU that carried them; a CPU that sent none yet has none, and a record that
+// does not decode forgets them all (it may have carried names).
+func TestDecodeCachedCgroupNames(t *testing.T) {
+	d, err := NewDecoder(v1alpha1.DriverModernEBPF)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decode := func(set map[string][]byte) Event {
+		t.Helper()
+		ev, err := d.Decode(rawEvent(t, set))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	a := CgroupNames{Leaf: "ctr-a", Parent: "pod-a"}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup": []byte("ctr-a\x00"), "cgroup_parent": []byte("pod-a\x00"), "filename": []byte("x\x00")}); ev.Cgroup != a {
+		t.Fatalf("names sent: %+v", ev.Cgroup)
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup_cached": {1}, "filename": []byte("y\x00")}); ev.Cgroup != a || ev.Filename != "y" {
+		t.Errorf("names left out on CPU 1: %+v %q, want %+v and y", ev.Cgroup, ev.Filename, a)
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(0), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+		t.Errorf("names left out on CPU 0, which sent none: %+v", ev.Cgroup)
+	}
+	if _, err := d.Decode(rawEvent(t, map[string][]byte{"cpu": le32(1), "filename_len": {250}})); err == nil {
+		t.Fatal("a record shorter than its names decoded")
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+		t.Errorf("names kept past a record that did not decode: %+v", ev.Cgroup)
 	}
 }

@@ -246,7 +246,7 @@ func (a Agreement) String() string {
 type Event struct {
 	// Time is when the kernel saw the exec (wall clock).
 	Time time.Time
-	// Received is when user space decoded the event.
+	// Received is when user space took the event from the kernel buffer (the batch it came in).
 	Received time.Time
 	// PID is the thread id, TGID the process id.
 	PID, TGID uint32

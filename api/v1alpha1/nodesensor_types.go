@@ -59,7 +59,7 @@ type NodeSensorSpec struct {
 }
 
 // ReasonSource says which kind of knowledge excluded a driver.
-// +kubebuilder:validation:Enum=Rule;KnownIssue;FailedAttempt;Profile;Override;Sensor
+// +kubebuilder:validation:Enum=Rule;KnownIssue;FailedAttempt;Profile;Override;Sensor;Fleet
 type ReasonSource string
 
 const (
@@ -75,6 +75,10 @@ const (
 	ReasonSourceOverride ReasonSource = "Override"
 	// ReasonSourceSensor is the sensor, which does not offer the driver (for example Falco 0.44 and ebpf).
 	ReasonSourceSensor ReasonSource = "Sensor"
+	// ReasonSourceFleet is a verdict learned on other nodes of the same group (kernel release,
+	// architecture, distro and sensor): a driver that failed there for a reason that belongs to
+	// the kernel, or that passed there.
+	ReasonSourceFleet ReasonSource = "Fleet"
 )
 
 // DriverReason explains why a driver was not chosen.
@@ -113,6 +117,11 @@ type FailedAttempt struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=256
 	KernelRelease string `json:"kernelRelease,omitempty"`
+	// sensor is the sensor and version the self-test ran, as a FleetGroup names it (for example
+	// "Falco 0.38.1"): the failure is shared only with the nodes of the same kernel and sensor.
+	// +optional
+	// +kubebuilder:validation:MaxLength=600
+	Sensor string `json:"sensor,omitempty"`
 }
 
 // Answer is a three-valued probe answer.

@@ -50,7 +50,50 @@ type SecurityProfileSpec struct {
 	// enforcement says what DriverPilot does to nodes that are not verified.
 	// +optional
 	Enforcement EnforcementSpec `json:"enforcement,omitempty"`
+
+	// fleet says whether the nodes learn from each other: grouped by what decides a driver's
+	// behaviour (kernel release, architecture, distro, sensor), each group's first node verifies
+	// before the rest of the group, and a group's verdicts on a driver are shared by its nodes.
+	// +optional
+	// +kubebuilder:default={}
+	Fleet FleetSpec `json:"fleet,omitempty"`
 }
+
+// FleetLearning says whether a profile's nodes share what their self-tests proved.
+// +kubebuilder:validation:Enum=Shared;Off
+type FleetLearning string
+
+const (
+	// FleetLearningShared groups the nodes (kernel release, architecture, distro, sensor): each
+	// group's first node verifies before the rest of the group starts; a driver that failed on a
+	// node of the group for a reason that belongs to the kernel is skipped by the group's other
+	// nodes (in a group of more than FleetLargeGroup nodes only once two nodes agree), and a
+	// driver that passed there is ranked as proven on them.
+	FleetLearningShared FleetLearning = "Shared"
+	// FleetLearningOff makes each node learn alone: no group canaries, no shared verdicts.
+	FleetLearningOff FleetLearning = "Off"
+)
+
+// FleetLargeGroup is the size above which a learned failure needs two agreeing nodes.
+const FleetLargeGroup = 10
+
+// FleetForgetBeforeAnnotation on a SecurityProfile makes its node groups forget every failure
+// recorded before the time it holds (RFC 3339, for example 2026-11-30T14:00:00Z): a reset of
+// the shared verdicts. Each node's own failed attempts still count on that node, and passes that
+// stand now are never forgotten.
+const FleetForgetBeforeAnnotation = "security.driverpilot.io/fleet-forget-before"
+
+// FleetSpec says how a profile's nodes learn from each other.
+type FleetSpec struct {
+	// learning is Shared (the default: group canaries and shared verdicts) or Off (each node
+	// learns alone).
+	// +optional
+	// +kubebuilder:default=Shared
+	Learning FleetLearning `json:"learning,omitempty"`
+}
+
+// LearningOn reports whether fleet learning is on (Shared, or unset).
+func (f FleetSpec) LearningOn() bool { return f.Learning != FleetLearningOff }
 
 // SensorSpec describes the sensor.
 //
@@ -254,6 +297,23 @@ type SecurityProfileStatus struct {
 	// +listType=map
 	// +listMapKey=driver
 	Drivers []DriverCount `json:"drivers,omitempty"`
+
+	// fleet counts the groups of nodes (kernel release, architecture, distro, sensor) and the
+	// drivers they learned to skip; the matrix itself is one FleetGroup object per group
+	// (kubectl get fleetgroups -l security.driverpilot.io/profile=<name>).
+	// +optional
+	Fleet *FleetCounts `json:"fleet,omitempty"`
+}
+
+// FleetCounts summarise what a profile's nodes learned from each other.
+type FleetCounts struct {
+	// groups is the number of groups of nodes with known facts.
+	Groups int32 `json:"groups"`
+	// learnedFailures is the number of (group, driver) pairs whose failure is a rule for the group.
+	LearnedFailures int32 `json:"learnedFailures"`
+	// awaitingAgreement is the number of (group, driver) pairs that failed on one node of a large
+	// group and wait for a second node to agree.
+	AwaitingAgreement int32 `json:"awaitingAgreement"`
 }
 
 // NodeCounts counts nodes by verification state.
@@ -290,6 +350,8 @@ type DriverCount struct {
 // +kubebuilder:printcolumn:name="Verified",type=integer,JSONPath=`.status.nodes.verified`
 // +kubebuilder:printcolumn:name="Up-to-date",type=integer,JSONPath=`.status.nodes.upToDate`
 // +kubebuilder:printcolumn:name="Failed",type=integer,JSONPath=`.status.nodes.failed`
+// +kubebuilder:printcolumn:name="Groups",type=integer,JSONPath=`.status.fleet.groups`,priority=1
+// +kubebuilder:printcolumn:name="Learned",type=integer,JSONPath=`.status.fleet.learnedFailures`,priority=1
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`

@@ -113,6 +113,9 @@ func TestDefaults(t *testing.T) {
 	if s.Rollout.MaxUnavailable == nil || s.Rollout.MaxUnavailable.IntValue() != 1 {
 		t.Errorf("rollout.maxUnavailable = %v, want 1", s.Rollout.MaxUnavailable)
 	}
+	if s.Fleet.Learning != v1alpha1.FleetLearningShared {
+		t.Errorf("fleet.learning = %q, want Shared", s.Fleet.Learning)
+	}
 }
 
 func equal[T comparable](a, b []T) bool {
@@ -153,6 +156,7 @@ func TestInvalidObjectsAreRefused(t *testing.T) {
 		{name: "pauseOnFailures negative", spec: "rollout:\n  pauseOnFailures: -1", field: "spec.rollout.pauseOnFailures", hint: "greater than or equal to 0"},
 		{name: "canary choosing nothing", spec: "rollout:\n  canary: {}", field: "spec.rollout.canary", hint: "nodeSelector or count"},
 		{name: "canary count zero", spec: "rollout:\n  canary: {count: 0}", field: "spec.rollout.canary.count", hint: "greater than or equal to 1"},
+		{name: "unknown fleet learning", spec: "fleet:\n  learning: Sometimes", field: "spec.fleet.learning", hint: `"Shared", "Off"`},
 		{name: "timeout zero", spec: "selfTest:\n  timeout: 0s", field: "spec.selfTest.timeout", hint: "positive duration"},
 		{name: "timeout negative", spec: "selfTest:\n  timeout: -5s", field: "spec.selfTest.timeout", hint: "should match"},
 		{name: "timeout not a duration", spec: "selfTest:\n  timeout: soon", field: "spec.selfTest.timeout", hint: "should match"},

@@ -65,7 +65,7 @@ func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code)
 
 func printUsage() {
 	fmt.Fprintf(os.Stderr, "usage: driverpilot <command> [flags]\n\ncommands:\n")
-	for _, name := range []string{"manager", "agent", "probe", "selftest", "falco-config"} {
+	for _, name := range []string{"manager", "agent", "probe", "selftest", "falco-config", "fleet-export"} {
 		if c, ok := subcommands[name]; ok {
 			fmt.Fprintf(os.Stderr, "  %-12s %s\n", name, c.usage)
 		}

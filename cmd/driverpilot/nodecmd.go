@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/driverpilot/driverpilot/agent"
 	"github.com/driverpilot/driverpilot/agent/probe"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 )
@@ -35,7 +36,7 @@ func (f *nodeFlags) bind(fs *flag.FlagSet, heartbeatHelp string) {
 	fs.StringVar(&f.profile, "profile", "", "the SecurityProfile whose DaemonSet runs this pod; it stays idle on a node another profile governs (empty: any)")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or the in-cluster service account)")
 	fs.StringVar(&f.hostRoot, "host-root", "/", "where the host's root filesystem is visible (/host in a pod)")
-	fs.DurationVar(&f.heartbeat, "heartbeat", 30*time.Second, heartbeatHelp)
+	fs.DurationVar(&f.heartbeat, "heartbeat", agent.DefaultHeartbeat, heartbeatHelp)
 	fs.StringVar(&f.leaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the node's heartbeat Lease (default $POD_NAMESPACE; empty: heartbeats go to the NodeSensor status)")
 	fs.StringVar(&f.holder, "holder", os.Getenv("POD_NAME"), "who holds the heartbeat Lease (default $POD_NAME, else the node name)")
 	fs.BoolVar(&f.mountSecurityfs, "mount-securityfs", true, "mount securityfs below the host root when it is not mounted, to read the lockdown mode")

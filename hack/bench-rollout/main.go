@@ -61,6 +61,8 @@ import (
 	crlog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/driverpilot/driverpilot/agent"
+	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/testenv"
 )
@@ -112,7 +114,7 @@ func main() {
 	flag.IntVar(&o.nodes, "nodes", 1000, "number of simulated nodes")
 	flag.StringVar(&o.maxUnavailable, "max-unavailable", "10%", "the profile's spec.rollout.maxUnavailable (a count or a percentage)")
 	flag.DurationVar(&o.selfTestDelay, "selftest-delay", 200*time.Millisecond, "how long a simulated agent's self-test takes")
-	flag.DurationVar(&o.heartbeat, "heartbeat", 30*time.Second, "simulated agents' heartbeat period")
+	flag.DurationVar(&o.heartbeat, "heartbeat", agent.DefaultHeartbeat, "simulated agents' heartbeat period (the real agent's default)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "overall time limit (setup, rollout and teardown)")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long to keep counting manager writes after convergence")
 	flag.Float64Var(&o.agentQPS, "agent-qps", 0, "client QPS of the simulated agents (all share one client; 0: no client-side limit, as N real agents with a client each)")
@@ -310,7 +312,7 @@ func run(ctx context.Context, o options) (err error) {
 	cl.add(func() { simCancel(); sim.Wait() })
 
 	// Go.
-	profiles := newProfiles(o.profiles, o.maxUnavailable)
+	profiles := newProfiles(o.profiles, o.maxUnavailable, v1alpha1.FleetLearning(*learning))
 	t0 := time.Now()
 	sim.obs.start(t0)
 	for _, profile := range profiles {
@@ -403,6 +405,7 @@ wait:
 		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: commit,
 	}
 	r.print(os.Stdout)
+	printMixed(os.Stdout)
 	r.printRow(os.Stdout)
 	if upErr != nil {
 		return upErr

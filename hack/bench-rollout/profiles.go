@@ -25,7 +25,7 @@ func groupName(g int) string { return fmt.Sprintf("g%03d", g) }
 
 // newProfiles are the bench's k profiles with the same rollout settings: one selecting every
 // bench node, or one per label group.
-func newProfiles(k int, maxUnavailable string) []*v1alpha1.SecurityProfile {
+func newProfiles(k int, maxUnavailable string, learning v1alpha1.FleetLearning) []*v1alpha1.SecurityProfile {
 	mu := intstr.Parse(maxUnavailable)
 	out := make([]*v1alpha1.SecurityProfile, k)
 	for g := range out {
@@ -40,6 +40,7 @@ func newProfiles(k int, maxUnavailable string) []*v1alpha1.SecurityProfile {
 				NodeSelector: &metav1.LabelSelector{MatchLabels: sel},
 				Sensor:       v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
 				Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: &mu},
+				Fleet:        v1alpha1.FleetSpec{Learning: learning},
 			},
 		}
 	}

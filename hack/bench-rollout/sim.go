@@ -27,10 +27,12 @@ type sim struct {
 
 func startSim(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names []string, o options) (*sim, error) {
 	obs := newObserver(len(names))
-	fleet, err := simagent.Start(ctx, cfg, sch, names, simagent.Options{
+	opts := simagent.Options{
 		SelfTestDelay: o.selfTestDelay, Heartbeat: o.heartbeat, Workers: o.agentWorkers,
 		AgentVersion: version.Version, OnSensor: obs.sensor, LeaseNamespace: namespace,
-	})
+	}
+	mixedKernels(&opts, names)
+	fleet, err := simagent.Start(ctx, cfg, sch, names, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -18,22 +18,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// Label and Value label every agent Lease, so the manager caches those and no other Lease (the
-// leader-election Lease lives in the same namespace).
-const (
-	Label = "app.kubernetes.io/name"
-	Value = "driverpilot-agent"
-)
-
 // LeaseName is the name of a node's agent Lease: the node's name, as the kubelet names its own
 // Lease in kube-node-lease. The admission policy lets an agent write only the Lease of the node
 // its token was issued on.
 func LeaseName(node string) string { return node }
 
 // Renew renews the node's Lease at now, creating it on the first renewal. holder names the
-// agent (its pod, or the node outside a pod) and timeout is how long the manager waits for the
-// next renewal; both are shown by `kubectl get lease`. Steady state is one small merge patch.
-func Renew(ctx context.Context, c client.Client, namespace, node, holder string, timeout time.Duration, now time.Time) error {
+// agent (its pod, or the node outside a pod), as `kubectl get lease` shows. Steady state is one
+// small merge patch. The Lease carries nothing else (no labels, no duration): every byte of it
+// is written on every renewal of every node.
+func Renew(ctx context.Context, c client.Client, namespace, node, holder string, now time.Time) error {
 	renew := metav1.NewMicroTime(now)
 	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: LeaseName(node)}}
 	patch := fmt.Sprintf(`{"spec":{"holderIdentity":%q,"renewTime":%q}}`, holder, renew.UTC().Format(metav1.RFC3339Micro))
@@ -42,13 +36,8 @@ func Renew(ctx context.Context, c client.Client, namespace, node, holder string,
 		return err
 	}
 	lease = &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: LeaseName(node), Labels: map[string]string{Label: Value}},
-		Spec: coordinationv1.LeaseSpec{
-			HolderIdentity:       ptr.To(holder),
-			LeaseDurationSeconds: ptr.To(int32(timeout / time.Second)),
-			AcquireTime:          &renew,
-			RenewTime:            &renew,
-		},
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: LeaseName(node)},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), RenewTime: &renew},
 	}
 	if err := c.Create(ctx, lease); err != nil {
 		return fmt.Errorf("create heartbeat lease %s/%s: %w", namespace, lease.Name, err)

@@ -22,6 +22,8 @@ type Input struct {
 	MaxUnavailable int
 	// PauseOnFailures pauses the rollout once this many nodes have no supported driver; 0 never.
 	PauseOnFailures int
+	// Groups gate each group of nodes behind its first node (empty: no groups).
+	Groups Groups
 }
 
 // Plan is the rollout's answer.
@@ -113,12 +115,12 @@ func Decide(in Input) Plan {
 	case len(failedCanaries) > 0:
 		p.Paused, p.Reason = true, ReasonCanaryFailed
 		p.Blocked = fmt.Sprintf("rollout paused: canary %s has no supported driver (see `kubectl get nodesensor %s -o yaml` for every reason); "+
-			"fix the node or allow another driver and it is decided again", names(failedCanaries), failedCanaries[0]) + resume
+			"fix the node or allow another driver and it is decided again", Names(failedCanaries, 3), failedCanaries[0]) + resume
 		return p
 	case len(silentCanaries) > 0:
 		p.Paused, p.Reason = true, ReasonCanarySilent
 		p.Blocked = fmt.Sprintf("rollout paused: the agent of canary %s does not report (no heartbeat within the timeout); "+
-			"check the agent pod on that node (kubectl -n <namespace> get pods -o wide --field-selector spec.nodeName=%s)", names(silentCanaries), silentCanaries[0]) + resume
+			"check the agent pod on that node (kubectl -n <namespace> get pods -o wide --field-selector spec.nodeName=%s)", Names(silentCanaries, 3), silentCanaries[0]) + resume
 		return p
 	case in.PauseOnFailures > 0 && failed >= in.PauseOnFailures:
 		p.Paused, p.Reason = true, ReasonTooManyFailures
@@ -138,6 +140,10 @@ func Decide(in Input) Plan {
 	}
 	sort.Strings(candidates[len(waitingCanaries):])
 	sort.Strings(candidates[:len(waitingCanaries)])
+	candidates, held := in.Groups.gate(in.Nodes, candidates)
+	if p.Blocked == "" {
+		p.Blocked = held
+	}
 	slots := max(in.MaxUnavailable, 1) - p.InFlight
 	for _, name := range candidates {
 		if slots <= 0 {
@@ -153,11 +159,12 @@ func Decide(in Input) Plan {
 	return p
 }
 
-func names(n []string) string {
-	if len(n) > 3 {
-		return fmt.Sprintf("%s and %d more", strings.Join(n[:3], ", "), len(n)-3)
+// Names lists up to n names, then how many more: messages name a few nodes, not a fleet.
+func Names(all []string, n int) string {
+	if len(all) > n {
+		return fmt.Sprintf("%s and %d more", strings.Join(all[:n], ", "), len(all)-n)
 	}
-	return strings.Join(n, ", ")
+	return strings.Join(all, ", ")
 }
 
 // ChooseCanaries returns the canary nodes, sorted: every governed node the canary selector

@@ -13,4 +13,10 @@
 // is the safety net that turns a wrong guess into a failed attempt. An override whose match needs
 // an unknown fact does not match (an unproven match must not change the policy); Decision.Notes
 // says so.
+//
+// Fleet learning (learned.go): nodes with the same GroupKey (kernel release, architecture,
+// distro, sensor and version) share verdicts. ClassifyFailure says which self-test failures
+// belong to the kernel; Learn turns a group's evidence into a verdict per driver (two agreeing
+// nodes in a group of more than v1alpha1.FleetLargeGroup, a standing pass overturns);
+// ApplyLearned applies them to one node's decision.
 package selection

@@ -45,6 +45,9 @@ type Decision struct {
 	Driver v1alpha1.Driver `json:"driver,omitempty"`
 	// Candidates are the eligible drivers, best first.
 	Candidates []v1alpha1.Driver `json:"candidates"`
+	// Unsure are the candidates ranked lower for a doubt (an unknown fact, a known issue that may
+	// apply); they follow the others.
+	Unsure []v1alpha1.Driver `json:"unsure,omitempty"`
 	// Reasons explain each skipped driver, and each candidate ranked lower for an unknown fact.
 	Reasons []v1alpha1.DriverReason `json:"reasons"`
 	// Override is the index of the override that set the preference, -1 for the profile's own.
@@ -187,6 +190,11 @@ func Decide(in Input) (Decision, error) {
 	}
 	if len(d.Candidates) > 0 {
 		d.Driver = d.Candidates[0]
+	}
+	for _, drv := range d.Preference {
+		if slices.Contains(unsure, drv) {
+			d.Unsure = append(d.Unsure, drv)
+		}
 	}
 	d.Reasons = capReasons(perDriver)
 	return d, nil

@@ -54,6 +54,13 @@ type Options struct {
 	// OnWrite, when set, sees every NodeSensor as an agent's write left it (with its new
 	// resourceVersion): an observer whose watch re-lists misses versions, the writer never does.
 	OnWrite func(*v1alpha1.NodeSensor)
+	// NoHeartbeat makes the agents write no heartbeat at all (the manager then never expires
+	// them): for tests of the rollout's decisions on a machine too busy for hundreds of agents
+	// to beat within a short heartbeat timeout.
+	NoHeartbeat bool
+	// Facts, when set, gives each node its own facts (a fleet of several kernels); nil gives
+	// every node TypicalFacts.
+	Facts func(node, bootID string) *v1alpha1.ProbeFacts
 }
 
 // Fleet is a running set of simulated agents.
@@ -102,7 +109,7 @@ func Start(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names []s
 		o.Workers = 8
 	}
 	if o.Heartbeat <= 0 {
-		o.Heartbeat = 30 * time.Second
+		o.Heartbeat = 40 * time.Second // the real agent's default
 	}
 	c, err := client.New(cfg, client.Options{Scheme: sch})
 	if err != nil {
@@ -166,7 +173,11 @@ func (f *Fleet) Client() client.Client { return f.c }
 // Add starts an agent on a node (a new node, or a node that came back with a new boot).
 func (f *Fleet) Add(name, bootID string) {
 	f.mu.Lock()
-	f.agents[name] = &agent{name: name, bootID: bootID, facts: TypicalFacts}
+	facts := TypicalFacts
+	if f.o.Facts != nil {
+		facts = func(bootID string) *v1alpha1.ProbeFacts { return f.o.Facts(name, bootID) }
+	}
+	f.agents[name] = &agent{name: name, bootID: bootID, facts: facts}
 	f.mu.Unlock()
 	f.q.Add(name)
 }
@@ -277,13 +288,13 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 		return 0 // SilenceNode(false) enqueues it again
 	}
 	again := f.act(ctx, a, ns)
-	if a.probed && time.Since(a.lastBeat) >= f.o.Heartbeat {
+	if a.probed && !f.o.NoHeartbeat && time.Since(a.lastBeat) >= f.o.Heartbeat {
 		if err := f.beat(ctx, ns); err == nil {
 			a.lastBeat = time.Now()
 			f.beats.Add(1)
 		}
 	}
-	if a.probed {
+	if a.probed && !f.o.NoHeartbeat {
 		// Look again when the next heartbeat is due, so agents renew one period apart.
 		if next := max(f.o.Heartbeat-time.Since(a.lastBeat), 200*time.Millisecond); again == 0 || next < again {
 			again = next
@@ -366,8 +377,10 @@ func Honest(spec v1alpha1.NodeSensorSpec, bootID, agentVersion string, start tim
 func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func(*v1alpha1.NodeSensorStatus)) error {
 	base := ns.DeepCopy()
 	change(&ns.Status)
-	now := metav1.Now()
-	ns.Status.HeartbeatTime = &now
+	if !f.o.NoHeartbeat {
+		now := metav1.Now()
+		ns.Status.HeartbeatTime = &now
+	}
 	ns.Status.AgentVersion = f.agentVersion()
 	f.writes.Add(1)
 	if err := f.c.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
@@ -386,7 +399,7 @@ func (f *Fleet) beat(ctx context.Context, ns *v1alpha1.NodeSensor) error {
 		return f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {})
 	}
 	f.writes.Add(1)
-	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, 2*time.Minute, time.Now())
+	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, time.Now())
 	if err != nil {
 		f.writeErrors.Add(1)
 	}

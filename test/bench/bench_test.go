@@ -30,12 +30,12 @@ func TestTinyExeRuns(t *testing.T) {
 	if err := writeTinyExe(path); err != nil {
 		t.Fatal(err)
 	}
-	cpu, err := execN(path, 3)
+	r, err := execLoop(path, 3)
 	if err != nil {
 		t.Fatalf("exec: %v", err)
 	}
-	if cpu < 0 {
-		t.Fatalf("negative child CPU time %v", cpu)
+	if r.childCPU < 0 || r.elapsed <= 0 {
+		t.Fatalf("child CPU time %v, elapsed %v", r.childCPU, r.elapsed)
 	}
 }
 

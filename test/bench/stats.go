@@ -41,7 +41,7 @@ func statsOn(useSysctl bool) (restore func() error, how string, err error) {
 }
 
 // ownPrograms returns the loaded BPF programs that this process holds a file descriptor for and
-// whose name is one of names. Other processes on the machine may run the same sensor; matching on
+// whose name is one of names (every one of them without names). Other processes on the machine may run the same sensor; matching on
 // our own descriptors keeps their programs out of the figures.
 func ownPrograms(names ...string) ([]*ebpf.Program, error) {
 	entries, err := os.ReadDir("/proc/self/fd")
@@ -70,13 +70,16 @@ func ownPrograms(names ...string) ([]*ebpf.Program, error) {
 			continue
 		}
 		info, err := p.Info()
-		if err != nil || !contains(names, info.Name) {
+		if err != nil || len(names) > 0 && !contains(names, info.Name) {
 			p.Close()
 			continue
 		}
 		out = append(out, p)
 	}
 	if len(out) == 0 {
+		if len(names) == 0 {
+			return nil, errors.New("no BPF program held by this process")
+		}
 		return nil, fmt.Errorf("no BPF program named %s held by this process", strings.Join(names, " or "))
 	}
 	return out, nil
@@ -103,12 +106,22 @@ type progStats struct {
 	runs    uint64
 }
 
-func snapshot(p *ebpf.Program) (progStats, error) {
-	s, err := p.Stats()
-	if err != nil {
-		return progStats{}, fmt.Errorf("program stats: %w", err)
+// snapshot sums the run time of progs, every program this process loaded (all of them the
+// sensor's, and every one that runs for an exec counts in its cost), and takes the run count of
+// counted, the program that runs once per exec.
+func snapshot(progs []*ebpf.Program, counted *ebpf.Program) (progStats, error) {
+	var sum progStats
+	for _, p := range progs {
+		s, err := p.Stats()
+		if err != nil {
+			return progStats{}, fmt.Errorf("program stats: %w", err)
+		}
+		sum.runtime += s.Runtime
+		if p == counted {
+			sum.runs = s.RunCount
+		}
 	}
-	return progStats{s.Runtime, s.RunCount}, nil
+	return sum, nil
 }
 
 func (s progStats) sub(o progStats) progStats {

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
+	"github.com/driverpilot/driverpilot/internal/heartbeat"
 	"github.com/driverpilot/driverpilot/internal/localcluster"
 	"github.com/driverpilot/driverpilot/internal/scheme"
 	"github.com/driverpilot/driverpilot/internal/testutil"
@@ -36,6 +37,7 @@ func TestRealCluster(t *testing.T) {
 		{"DropAndExecuteAlertsNamingTheContainer", testDropAndExecute},
 		{"AgentTokenWritesOnlyItsOwnNode", testAdmissionWithRealTokens},
 		{"AgentPodRecreatedAndVerifiedAgain", testAgentPodRestart},
+		{"AgentPodRenewsItsLease", testAgentRenewsItsLease},
 		{"UpgradeReverifiesWithoutLeavingTrue", testUpgrade},
 		{"DeletingTheProfileCleansTheNode", testDeleteProfile},
 		{"UninstallLeavesNothingOnTheHost", testUninstall},
@@ -239,11 +241,46 @@ func testAdmissionWithRealTokens(t *testing.T, e *env) {
 	}
 	foreign := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: other.Name}}
 	err = agent.Status().Patch(t.Context(), foreign, patch)
-	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "may write only the NodeSensor of its own node") {
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "may write only the NodeSensor and the heartbeat Lease of its own node") {
 		t.Errorf("writing another node's NodeSensor with the agent's token: %v, want the admission policy's refusal", err)
 	} else {
 		t.Logf("refused as expected: %v", err)
 	}
+	// The same for heartbeat Leases: its own node's, not another's.
+	if err := heartbeat.Renew(t.Context(), agent, namespace, e.cluster.NodeName(), "cluster-test", time.Now()); err != nil {
+		t.Errorf("the agent's token may not renew its own node's heartbeat Lease: %v", err)
+	}
+	err = heartbeat.Renew(t.Context(), agent, namespace, other.Name, "cluster-test", time.Now())
+	if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), other.Name) {
+		t.Errorf("renewing another node's heartbeat Lease with the agent's token: %v, want the admission policy's refusal", err)
+	}
+}
+
+// testAgentRenewsItsLease: the agent pod, as shipped (its env, RBAC and admission policy),
+// heartbeats through its node's Lease.
+func testAgentRenewsItsLease(t *testing.T, e *env) {
+	pod, err := e.agentPod(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first renewal comes one heartbeat period (30s) after the agent started.
+	eventually(t, 90*time.Second, "the agent pod renews its Lease", func() error {
+		lease, err := e.cs.CoordinationV1().Leases(namespace).Get(t.Context(), e.cluster.NodeName(), metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		holder := ""
+		if lease.Spec.HolderIdentity != nil {
+			holder = *lease.Spec.HolderIdentity
+		}
+		if holder != pod.Name {
+			return fmt.Errorf("Lease held by %q, not by the agent pod %s", holder, pod.Name)
+		}
+		if age := time.Since(heartbeat.RenewTime(lease)); age > 45*time.Second {
+			return fmt.Errorf("Lease renewed %s ago", age.Round(time.Second))
+		}
+		return nil
+	})
 }
 
 // testAgentPodRestart is proof 4: a deleted agent pod is recreated, verifies again, and the node

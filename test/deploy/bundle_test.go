@@ -83,7 +83,7 @@ func TestBundleValidates(t *testing.T) {
 		t.Errorf("AllNamespaces install mode not supported: %v", csv.Spec.InstallModes)
 	}
 
-	// Both CRDs are owned, with descriptors.
+	// Every CRD is owned, with descriptors.
 	owned := map[string]bool{}
 	for _, o := range csv.Spec.CustomResourceDefinitions.Owned {
 		owned[o.Name] = true
@@ -91,8 +91,8 @@ func TestBundleValidates(t *testing.T) {
 			t.Errorf("owned CRD %s lacks a description or spec/status descriptors", o.Name)
 		}
 	}
-	if len(b.V1CRDs) != 2 || len(owned) != 2 {
-		t.Errorf("%d CRDs in the bundle, %d owned; want SecurityProfile and NodeSensor", len(b.V1CRDs), len(owned))
+	if len(b.V1CRDs) != 3 || len(owned) != 3 {
+		t.Errorf("%d CRDs in the bundle, %d owned; want SecurityProfile, NodeSensor and FleetGroup", len(b.V1CRDs), len(owned))
 	}
 	for _, crd := range b.V1CRDs {
 		if !owned[crd.Name] {
@@ -131,7 +131,7 @@ func TestBundleValidates(t *testing.T) {
 		t.Errorf("permissions %v lack the manager's leader-election lease", strategy.Permissions)
 	}
 
-	// alm-examples are the samples, and the console's NodeSensor example.
+	// alm-examples are the samples, and the console's NodeSensor and FleetGroup examples.
 	var examples []map[string]any
 	if err := json.Unmarshal([]byte(csv.Annotations["alm-examples"]), &examples); err != nil {
 		t.Fatalf("alm-examples: %v", err)
@@ -146,7 +146,7 @@ func TestBundleValidates(t *testing.T) {
 			t.Errorf("sample %s is not in alm-examples", id(s))
 		}
 	}
-	if len(samples) == 0 || len(examples) != len(samples)+1 || !names["NodeSensor/worker-1"] {
+	if len(samples) == 0 || len(examples) != len(samples)+2 || !names["NodeSensor/worker-1"] || !names["FleetGroup/default-3f0c2a9d1e"] {
 		t.Errorf("alm-examples %v for %d samples", names, len(samples))
 	}
 }

@@ -194,8 +194,8 @@ func TestDefaultConfigApplies(t *testing.T) {
 			t.Errorf("config/default renders %s of group %s, which a fresh cluster does not serve", id(obj), g)
 		}
 	}
-	if kinds["CustomResourceDefinition"] != 2 {
-		t.Errorf("config/default renders %d CRDs, want SecurityProfile and NodeSensor", kinds["CustomResourceDefinition"])
+	if kinds["CustomResourceDefinition"] != 3 {
+		t.Errorf("config/default renders %d CRDs, want SecurityProfile, NodeSensor and FleetGroup", kinds["CustomResourceDefinition"])
 	}
 	t.Logf("applied %d objects: %v", len(objs), kinds)
 }

@@ -196,7 +196,7 @@ func TestAgentRenewsOnlyItsOwnLease(t *testing.T) {
 	agentA := impersonate(t, sa, groups, map[string][]string{"authentication.kubernetes.io/node-name": {"lease-a"}})
 	agentB := impersonate(t, sa, groups, map[string][]string{"authentication.kubernetes.io/node-name": {"lease-b"}})
 	renew := func(c client.Client, node string) error {
-		return heartbeat.Renew(ctx, c, namespace, node, "agent-"+node, time.Minute, time.Now())
+		return heartbeat.Renew(ctx, c, namespace, node, "agent-"+node, time.Now())
 	}
 	// The policy takes a moment to load after it is created: wait until it refuses lease B.
 	var err error
@@ -221,8 +221,8 @@ func TestAgentRenewsOnlyItsOwnLease(t *testing.T) {
 	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "lease-b"}, lease); err != nil {
 		t.Fatal(err)
 	}
-	if h := lease.Spec.HolderIdentity; h == nil || *h != "agent-lease-b" || lease.Labels[heartbeat.Label] != heartbeat.Value {
-		t.Errorf("lease-b is not node B's agent Lease: holder %v, labels %v", h, lease.Labels)
+	if h := lease.Spec.HolderIdentity; h == nil || *h != "agent-lease-b" || lease.Spec.RenewTime == nil {
+		t.Errorf("lease-b is not node B's agent Lease: %+v", lease.Spec)
 	}
 	if err := agentA.List(ctx, &coordinationv1.LeaseList{}, client.InNamespace("kube-system")); !apierrors.IsForbidden(err) {
 		t.Errorf("the agent listed Leases outside its namespace (err %v), want Forbidden", err)
