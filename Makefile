@@ -67,7 +67,7 @@ kernel-matrix: ## Debian 5.10, 6.1, 6.12 (amd64, cloud-amd64) and 6.12 arm64 und
 bench-sensor: ## In-kernel cost per exec and exec throughput with and without the sensor.
 	hack/bench-sensor.sh
 
-bench-rollout: ## N simulated nodes and agents: time to converge, manager API writes per node, peak memory.
+bench-rollout: ## Growth table (1000, 5000, 20000 nodes; 5000 in 10 profiles): converge time, manager writes and RSS per node, rollout vs raw API write rate, steady-state bytes per node.
 	hack/bench-rollout.sh
 
 IMG ?= ghcr.io/driverpilot/driverpilot:$(VERSION)

@@ -39,6 +39,54 @@ type auditCounts struct {
 	peakPerSecond            int
 	agentWrites, agentFailed int
 	events                   int // all audit events read
+	// writes are every write of the manager and the agents, in the order logged, for the
+	// figures of other windows (rollout rate, steady state, upgrade).
+	writes []auditWrite
+}
+
+// auditWrite is one write the apiserver completed.
+type auditWrite struct {
+	at       time.Time
+	agent    bool // the agents' user; else the manager's
+	resource string
+	code     int
+}
+
+// windowCounts are the successful writes of one window by resource, manager and agents apart,
+// and the refused ones (they store nothing).
+type windowCounts struct {
+	manager, agents map[string]int
+	failed          int
+}
+
+func (w windowCounts) total() (manager, agents int) {
+	for _, k := range w.manager {
+		manager += k
+	}
+	for _, k := range w.agents {
+		agents += k
+	}
+	return manager, agents
+}
+
+// window counts the writes received in [from, to].
+func (a auditCounts) window(from, to time.Time) windowCounts {
+	w := windowCounts{manager: map[string]int{}, agents: map[string]int{}}
+	for _, e := range a.writes {
+		if e.at.Before(from) || e.at.After(to) {
+			continue
+		}
+		if e.code >= 400 {
+			w.failed++
+			continue
+		}
+		if e.agent {
+			w.agents[e.resource]++
+		} else {
+			w.manager[e.resource]++
+		}
+	}
+	return w
 }
 
 func readAudit(path string, t0, tReady, tEnd time.Time) (auditCounts, error) {
@@ -69,31 +117,31 @@ func readAudit(path string, t0, tReady, tEnd time.Time) (auditCounts, error) {
 		if e.ResponseStatus != nil {
 			code = e.ResponseStatus.Code
 		}
-		switch e.User.Username {
-		case agentsUser:
-			a.agentWrites++
-			if code >= 400 {
-				a.agentFailed++
-			}
-			continue
-		case managerUser:
-		default:
+		if e.User.Username != agentsUser && e.User.Username != managerUser {
 			continue
 		}
 		at := e.RequestReceivedTimestamp
-		if at.Before(t0) {
-			a.beforeT0++
-			continue
-		}
-		if at.After(tEnd) {
-			continue
-		}
 		res := "?"
 		if e.ObjectRef != nil {
 			res = e.ObjectRef.Resource
 			if e.ObjectRef.Subresource != "" {
 				res += "/" + e.ObjectRef.Subresource
 			}
+		}
+		a.writes = append(a.writes, auditWrite{at: at, agent: e.User.Username == agentsUser, resource: res, code: code})
+		if e.User.Username == agentsUser {
+			a.agentWrites++
+			if code >= 400 {
+				a.agentFailed++
+			}
+			continue
+		}
+		if at.Before(t0) {
+			a.beforeT0++
+			continue
+		}
+		if at.After(tEnd) {
+			continue
 		}
 		a.total++
 		a.byResource[res]++

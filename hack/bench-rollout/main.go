@@ -1,17 +1,40 @@
 // Command bench-rollout measures DriverPilot's rollout loop at scale against a real control
-// plane (envtest's kube-apiserver and etcd): N Node objects, one SecurityProfile selecting them,
-// N simulated agents, and the real manager binary running as a separate process so its peak
-// memory and its API writes can be measured on their own.
+// plane (envtest's kube-apiserver and etcd): N Node objects, one SecurityProfile selecting them
+// (or -profiles K, one per label group of N/K nodes, with the same rollout settings), N
+// simulated agents (internal/simagent: probe and verdict status patches, heartbeats through a
+// Lease per node), and the real manager binary running as a separate process so its peak memory
+// and its API writes can be measured on their own. An audit log of the manager's and the agents'
+// users counts every write.
 //
-// It prints the time from the profile's creation until every node carries
-// RuntimeSecurityReady=True (reason Verified), the manager's API writes per node split by
-// resource (counted from the apiserver's audit log), the manager's peak RSS (VmHWM) and the
-// machine it ran on.
+// One run measures, in this order:
+//   - the API server's raw write rate, before the manager starts: the five writes a rollout makes
+//     per node (NodeSensor create, probe status patch, driver spec patch with the selection
+//     engine's candidates and reasons, verdict status patch, node condition strategic-merge
+//     patch) on scratch NodeSensors and a scratch condition, with 16, 32 and 64 concurrent
+//     writers (-raw-workers) on one unthrottled client, the best level kept; cleaned up untimed;
+//   - the rollout: the time from the profiles' creation until every node carries
+//     RuntimeSecurityReady=True (reason Verified), the manager's API writes per node by resource,
+//     the rollout's write rate (manager and agent writes until convergence over that time) as a
+//     share of the raw rate, the manager's peak RSS (VmHWM) and CPU;
+//   - the steady state (-steady, 90s): the agents' and the manager's successful writes in a
+//     window that starts after convergence once every agent renewed its heartbeat Lease once (so
+//     the Leases' one-time creation is not in it), per node per minute, and bytes per node per
+//     minute (each resource's writes times the mean JSON size, managed fields included, of up to
+//     20 of its objects read back at the window's end; also shown without managed fields); the
+//     manager's reconcile passes and CPU in the window;
+//   - with -upgrade: the manager is replaced by a second build of a newer version and every
+//     simulated agent reports that version (as if the new DaemonSet template replaced every
+//     agent pod at once); the time until every node is verified again by the new version, and
+//     how often a node left Verified meanwhile.
+//
+// Each run ends with one machine-readable line (bench-rollout-row: JSON); -table prints the
+// growth table from such lines (hack/bench-rollout.sh without arguments runs it).
 //
 //	go run ./hack/bench-rollout -nodes 1000
 //
 // It is a benchmark, not a test: it reports against the targets and never fails on them. It
-// exits non-zero only when the rollout did not converge before -timeout, or on a setup error.
+// exits non-zero only when the rollout (or the upgrade) did not converge before -timeout, or on a
+// setup error.
 package main
 
 import (
@@ -32,7 +55,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -52,10 +74,18 @@ const (
 	profileName  = "bench-rollout"
 	nodeLabelKey = "bench-rollout.driverpilot.io/node"
 
-	// Targets the figures are reported against.
+	// Targets the figures are reported against (issue 13).
 	targetConverge      = 30 * time.Second
-	targetConvergeNodes = 1000
-	targetWritesPerNode = 4.0
+	targetConvergeNodes = 5000
+	targetWritesPerNode = 3.0
+	targetRSSMiB        = 150.0 // at targetConvergeNodes
+	targetRawRatio      = 0.5
+	targetSteadyBytes   = 1024.0 // per node per minute, agents and manager together
+	// Ten profiles converge "as fast as" one: within this factor of one profile's time.
+	targetProfilesFactor = 1.1
+	// An upgrade of every agent finishes "in the same order of time" as a first rollout: within
+	// this factor of its time.
+	targetUpgradeFactor = 3
 )
 
 type options struct {
@@ -71,6 +101,12 @@ type options struct {
 	managerBin     string
 	managerArgs    string
 	keep           bool
+	profiles       int
+	rawItems       int
+	rawWorkers     string
+	steady         time.Duration
+	upgrade        bool
+	table          bool
 }
 
 func main() {
@@ -81,16 +117,32 @@ func main() {
 	flag.DurationVar(&o.heartbeat, "heartbeat", agent.DefaultHeartbeat, "simulated agents' heartbeat period (the real agent's default)")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "overall time limit (setup, rollout and teardown)")
 	flag.DurationVar(&o.settle, "settle", 3*time.Second, "how long to keep counting manager writes after convergence")
-	flag.Float64Var(&o.agentQPS, "agent-qps", 500, "client QPS of the simulated agents (all share one client)")
+	flag.Float64Var(&o.agentQPS, "agent-qps", 0, "client QPS of the simulated agents (all share one client; 0: no client-side limit, as N real agents with a client each)")
 	flag.IntVar(&o.agentBurst, "agent-burst", 1000, "client burst of the simulated agents")
-	flag.IntVar(&o.agentWorkers, "agent-workers", 32, "concurrent writers of the simulated agents")
+	flag.IntVar(&o.agentWorkers, "agent-workers", 0, "concurrent writers of the simulated agents (0: one per 250 nodes, at least 32)")
 	flag.StringVar(&o.managerBin, "manager-bin", "", "prebuilt driverpilot binary (default: go build ./cmd/driverpilot into the temp dir)")
 	flag.StringVar(&o.managerArgs, "manager-args", "", "extra arguments for `driverpilot manager`, space separated")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (audit log, manager log) and print its path")
+	flag.IntVar(&o.profiles, "profiles", 1, "split the nodes into this many label groups, one profile each (same rollout settings)")
+	flag.IntVar(&o.rawItems, "raw-items", 1000, "raw API write rate: scratch nodes per level, 5 writes each (0: skip the measurement)")
+	flag.StringVar(&o.rawWorkers, "raw-workers", "16,32,64", "raw API write rate: the levels of concurrent writers, comma separated; the best counts")
+	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted (0: skip)")
+	flag.BoolVar(&o.upgrade, "upgrade", false, "after the steady window, replace the manager and every agent with a new version and time the re-verification")
+	flag.BoolVar(&o.table, "table", false, "read the report lines of earlier runs (files named as arguments, or stdin) and print the growth table")
 	flag.Parse()
-	if o.nodes < 1 {
-		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1")
+	if o.table {
+		if err := printTable(os.Stdout, flag.Args()); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-rollout:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if o.nodes < 1 || o.profiles < 1 || o.profiles > o.nodes {
+		fmt.Fprintln(os.Stderr, "bench-rollout: -nodes must be at least 1 and -profiles between 1 and -nodes")
 		os.Exit(2)
+	}
+	if o.agentWorkers <= 0 {
+		o.agentWorkers = max(32, o.nodes/250)
 	}
 
 	// The benchmark's own controller-runtime clients log errors only.
@@ -151,6 +203,7 @@ func run(ctx context.Context, o options) (err error) {
 
 	mach := readMachine()
 	load0 := loadAvg()
+	commit := gitCommit(root)
 
 	// Build the manager while the control plane starts.
 	bin := o.managerBin
@@ -160,6 +213,14 @@ func run(ctx context.Context, o options) (err error) {
 		go func() { buildErr <- buildManager(ctx, root, bin) }()
 	} else {
 		buildErr <- nil
+	}
+
+	upgradeBin := filepath.Join(tmp, "driverpilot-upgrade")
+	upgradeErr := make(chan error, 1)
+	if o.upgrade {
+		go func() { upgradeErr <- buildUpgradeManager(ctx, root, upgradeBin) }()
+	} else {
+		upgradeErr <- nil
 	}
 
 	auditLog := filepath.Join(tmp, "audit.log")
@@ -175,6 +236,9 @@ func run(ctx context.Context, o options) (err error) {
 	})
 	if err := <-buildErr; err != nil {
 		return fmt.Errorf("build manager: %w", err)
+	}
+	if err := <-upgradeErr; err != nil {
+		return fmt.Errorf("build the upgraded manager: %w", err)
 	}
 
 	admin := rest.CopyConfig(env.Config)
@@ -204,11 +268,23 @@ func run(ctx context.Context, o options) (err error) {
 	if err := adminClient.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace: %w", err)
 	}
-	names, err := createNodes(ctx, adminClient, o.nodes)
+	names, err := createNodes(ctx, adminClient, o.nodes, o.profiles)
 	if err != nil {
 		return err
 	}
 	logf("created %d nodes", len(names))
+
+	// The API server's own write rate, before anything else writes.
+	var raw rawResult
+	if o.rawItems > 0 {
+		levels, err := parseLevels(o.rawWorkers)
+		if err != nil {
+			return err
+		}
+		if raw, err = measureRaw(ctx, admin, s, names, o.rawItems, levels); err != nil {
+			return fmt.Errorf("raw write rate: %w", err)
+		}
+	}
 
 	// The manager, as the product runs it.
 	mgr, err := startManager(ctx, bin, kubeconfigPath, tmp, o.managerArgs)
@@ -224,6 +300,9 @@ func run(ctx context.Context, o options) (err error) {
 	// Simulated agents and the observer share one informer cache.
 	agentCfg := agUser.Config()
 	agentCfg.QPS, agentCfg.Burst = float32(o.agentQPS), o.agentBurst
+	if o.agentQPS <= 0 {
+		agentCfg.QPS = -1 // the workers bound the agents' concurrency
+	}
 	simCtx, simCancel := context.WithCancel(ctx)
 	sim, err := startSim(simCtx, agentCfg, s, names, o)
 	if err != nil {
@@ -233,22 +312,15 @@ func run(ctx context.Context, o options) (err error) {
 	cl.add(func() { simCancel(); sim.Wait() })
 
 	// Go.
-	mu := intstr.Parse(o.maxUnavailable)
-	profile := &v1alpha1.SecurityProfile{
-		ObjectMeta: metav1.ObjectMeta{Name: profileName},
-		Spec: v1alpha1.SecurityProfileSpec{
-			NodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{nodeLabelKey: "true"}},
-			Sensor:       v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
-			Rollout:      v1alpha1.RolloutSpec{MaxUnavailable: &mu},
-			Fleet:        v1alpha1.FleetSpec{Learning: v1alpha1.FleetLearning(*learning)},
-		},
-	}
+	profiles := newProfiles(o.profiles, o.maxUnavailable, v1alpha1.FleetLearning(*learning))
 	t0 := time.Now()
 	sim.obs.start(t0)
-	if err := adminClient.Create(ctx, profile); err != nil {
-		return fmt.Errorf("create profile: %w", err)
+	for _, profile := range profiles {
+		if err := adminClient.Create(ctx, profile); err != nil {
+			return fmt.Errorf("create profile: %w", err)
+		}
 	}
-	logf("profile created; waiting for %d nodes to be Verified (timeout %s)", o.nodes, o.timeout)
+	logf("%d profile(s) created; waiting for %d nodes to be Verified (timeout %s)", len(profiles), o.nodes, o.timeout)
 
 	converged := false
 	progressTick := time.NewTicker(5 * time.Second)
@@ -283,6 +355,36 @@ wait:
 	metrics := mgr.scrapeMetrics()
 	mgrCPU := mgr.cpuSeconds()
 	hwm := mgr.mem.final()
+	mgrLog := mgr.logSummary()
+	loadRollout := loadAvg()
+
+	// Steady state: the converged fleet left alone.
+	var steady *steadyWindow
+	if converged && o.steady > 0 {
+		waitLeases(ctx, sim, o)
+		logf("steady state: counting writes for %s", o.steady)
+		steady = &steadyWindow{from: time.Now(), cpu0: mgr.cpuSeconds(), reconciles0: mgr.metricSum("controller_runtime_reconcile_total")}
+		select {
+		case <-time.After(o.steady):
+		case <-ctx.Done():
+		}
+		steady.to = time.Now()
+		steady.cpu1, steady.reconciles1 = mgr.cpuSeconds(), mgr.metricSum("controller_runtime_reconcile_total")
+		steady.left = sim.obs.snapshot().left - prog.left
+		steady.sizes = sampleSizes(ctx, adminClient)
+	}
+
+	// Upgrade: a new manager and new agents re-verify the fleet.
+	var up *upgradeResult
+	var upErr error
+	if converged && o.upgrade && ctx.Err() == nil {
+		res, mgr2, err := runUpgrade(ctx, o, mgr, upgradeBin, kubeconfigPath, tmp, sim)
+		up, upErr = &res, err
+		if mgr2 != nil {
+			cl.add(mgr2.stop)
+			mgr2.stop()
+		}
+	}
 	simCancel()
 	sim.Wait()
 	mgr.stop()
@@ -299,10 +401,15 @@ wait:
 	r := report{
 		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
 		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
-		simStats: sim.Stats(), metrics: metrics, mgrLog: mgr.logSummary(),
+		simStats: sim.Stats(), metrics: metrics, mgrLog: mgrLog,
+		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: commit,
 	}
 	r.print(os.Stdout)
 	printMixed(os.Stdout)
+	r.printRow(os.Stdout)
+	if upErr != nil {
+		return upErr
+	}
 	if !converged {
 		if errors.Is(ctx.Err(), context.Canceled) {
 			return errors.New("interrupted before the rollout converged")
@@ -367,7 +474,8 @@ func startControlPlane(root, tmp, auditLog string) (*envtest.Environment, error)
 		Set("audit-policy-file", policy).
 		Set("audit-log-path", auditLog).
 		Set("audit-log-format", "json").
-		Set("audit-log-mode", "blocking")
+		Set("audit-log-mode", "blocking").
+		Set("audit-log-maxsize", "1000000") // MiB: never rotate (the default rotates at 100 MiB and loses the figures)
 	start := time.Now()
 	if _, err := e.Start(); err != nil {
 		_ = e.Stop()
@@ -377,29 +485,30 @@ func startControlPlane(root, tmp, auditLog string) (*envtest.Environment, error)
 	return e, nil
 }
 
-func createNodes(ctx context.Context, c client.Client, n int) ([]string, error) {
+func createNodes(ctx context.Context, c client.Client, n, groups int) ([]string, error) {
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("bench-node-%05d", i)
 	}
-	work := make(chan string)
+	work := make(chan int)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for name := range work {
-				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{nodeLabelKey: "true"}}}
+			for i := range work {
+				name := names[i]
+				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: nodeLabels(i, groups)}}
 				if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
 					errs <- fmt.Errorf("create node %s: %w", name, err)
 				}
 			}
 		}()
 	}
-	for _, name := range names {
+	for i := range names {
 		select {
-		case work <- name:
+		case work <- i:
 		case <-ctx.Done():
 		}
 	}

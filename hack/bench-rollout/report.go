@@ -80,6 +80,11 @@ type report struct {
 	simStats         simagent.Stats
 	metrics          []string
 	mgrLog           logSummary
+	loadRollout      string // load average at the end of the rollout (and -settle)
+	raw              rawResult
+	steady           *steadyWindow  // nil: not measured
+	up               *upgradeResult // nil: no -upgrade
+	commit           string
 }
 
 // resources lists the resources the brief asks for first, then any other one seen.
@@ -91,22 +96,28 @@ func (r report) print(w io.Writer) {
 	p("")
 	p("== bench-rollout ==")
 	p("machine:          %s, %d cores, kernel %s, %s RAM (cores shared with other work; load avg before %s, after %s)", r.mach.cpu, r.mach.cores, r.mach.kernel, r.mach.memory, r.load0, r.load1)
-	p("nodes:            %d", n)
-	p("maxUnavailable:   %s  (self-test delay %s, agent heartbeat %s, agent client QPS %.0f/burst %d)", r.o.maxUnavailable, r.o.selfTestDelay, r.o.heartbeat, r.o.agentQPS, r.o.agentBurst)
+	p("commit:           %s", r.commit)
+	p("nodes:            %d in %d profile(s)", n, r.o.profiles)
+	qps := "no client-side limit"
+	if r.o.agentQPS > 0 {
+		qps = fmt.Sprintf("client QPS %.0f/burst %d", r.o.agentQPS, r.o.agentBurst)
+	}
+	p("maxUnavailable:   %s  (self-test delay %s, agent heartbeat %s; simulated agents: %d writers, %s)", r.o.maxUnavailable, r.o.selfTestDelay, r.o.heartbeat, r.o.agentWorkers, qps)
 	if r.converged {
 		conv := r.tReady.Sub(r.t0)
 		p("converged:        %.2fs from profile creation to %d/%d nodes RuntimeSecurityReady=True (Verified)", conv.Seconds(), n, n)
-		if n >= targetConvergeNodes {
-			p("  target:         %d nodes in < %s: %s", targetConvergeNodes, targetConverge, verdict(conv < targetConverge))
+		if n == targetConvergeNodes && r.o.profiles == 1 {
+			p("  target:         %d nodes in <= %s: %s", targetConvergeNodes, targetConverge, verdict(conv <= targetConverge))
 		} else {
-			p("  target:         (the %s target is for %d nodes)", targetConverge, targetConvergeNodes)
+			p("  target:         (the %s target is for %d nodes in one profile)", targetConverge, targetConvergeNodes)
 		}
 	} else {
 		p("converged:        NO — %d/%d nodes Verified after %.1fs (timeout %s)", r.prog.ready, n, r.tEnd.Sub(r.t0).Seconds(), r.o.timeout)
 	}
 	p("milestones:       first NodeSensor %s, first driver assigned %s, first node Verified %s; %d/%d NodeSensors, %d assigned",
 		dur(r.prog.firstSensor), dur(r.prog.firstAssign), dur(r.prog.firstReady), r.prog.sensors, n, r.prog.assigned)
-	p("pacing:           at most %d nodes verifying at once as the agents' informer saw it; highest spec.attempt %d", r.prog.maxInFlight, r.prog.maxAttempt)
+	p("pacing:           at most %d nodes verifying at once as the agents' informer saw it; highest spec.attempt %d; %d time(s) a Verified node left Verified",
+		r.prog.maxInFlight, r.prog.maxAttempt, r.prog.left)
 
 	a := r.audit
 	window := r.tEnd.Sub(r.t0)
@@ -138,9 +149,14 @@ func (r report) print(w io.Writer) {
 		p("  failed writes:  %s (HTTP code: count)", kv(failed))
 	}
 	p("  peak rate:      %d manager writes in one second; mean %.1f/s until convergence", a.peakPerSecond, rate(a.toReady, r.tReady.Sub(r.t0)))
-	p("agent writes:     %d (audit; %d failed) — %d probes, %d verdicts, %d heartbeats, %d client errors",
-		a.agentWrites, a.agentFailed, r.simStats.Probes, r.simStats.Verdicts, r.simStats.Beats, r.simStats.WriteErrors)
-	p("manager memory:   peak RSS (VmHWM) %s; highest sampled VmRSS %s", mib(r.hwm), mib(r.peakRSS))
+	_, agentsToReady := a.window(r.t0, r.tReady).total()
+	p("agent writes:     %d until convergence; %d in the whole run (audit; %d failed) — %d probes, %d verdicts, %d heartbeats, %d client errors in the whole run",
+		agentsToReady, a.agentWrites, a.agentFailed, r.simStats.Probes, r.simStats.Verdicts, r.simStats.Beats, r.simStats.WriteErrors)
+	p("manager memory:   peak RSS (VmHWM) %s (%.1f KiB per node); highest sampled VmRSS %s", mib(r.hwm), float64(r.hwm)/1024/float64(n), mib(r.peakRSS))
+	if n == targetConvergeNodes {
+		p("  target:         <= %.0f MiB at %d nodes: %s", targetRSSMiB, targetConvergeNodes, verdict(float64(r.hwm)/(1<<20) <= targetRSSMiB))
+	}
+	r.printRates(p)
 	if r.converged && r.mgrCPU >= 0 {
 		p("manager CPU:      %.1f s user+sys over its life (%.0f%% of one core over the rollout window incl. startup)", r.mgrCPU, 100*r.mgrCPU/window.Seconds())
 	} else {
@@ -154,11 +170,113 @@ func (r report) print(w io.Writer) {
 		p("  error:          %s", l)
 	}
 	if len(r.metrics) > 0 {
-		p("manager metrics (non-zero, at the end):")
+		p("manager metrics (non-zero, at convergence + settle):")
 		for _, l := range r.metrics {
 			p("  %s", l)
 		}
 	}
+	r.printSteady(p)
+	r.printUpgrade(p)
+}
+
+// rolloutRate is the manager's and agents' writes per second from the profiles' creation to
+// convergence, and the raw rate's share of it (0 when either is unknown).
+func (r report) rolloutRate() (writes int, perSecond, ratio float64) {
+	if !r.converged {
+		return 0, 0, 0
+	}
+	m, a := r.audit.window(r.t0, r.tReady).total()
+	writes = m + a
+	perSecond = rate(writes, r.tReady.Sub(r.t0))
+	if raw := r.raw.best.rate(); raw > 0 {
+		ratio = perSecond / raw
+	}
+	return writes, perSecond, ratio
+}
+
+func (r report) printRates(p func(string, ...any)) {
+	if len(r.raw.levels) == 0 {
+		p("raw write rate:   not measured (-raw-items 0)")
+		return
+	}
+	var lv []string
+	for _, l := range r.raw.levels {
+		lv = append(lv, fmt.Sprintf("%d workers %.0f/s", l.workers, l.rate()))
+	}
+	p("raw write rate:   %.0f writes/s at best (%s): before the manager started, %d scratch nodes per level x %d writes "+
+		"(NodeSensor create, probe status patch, driver spec patch, verdict status patch, node condition patch), one unthrottled client",
+		r.raw.best.rate(), strings.Join(lv, ", "), r.raw.items, rawWritesPerItem)
+	writes, perSecond, ratio := r.rolloutRate()
+	if !r.converged {
+		return
+	}
+	p("rollout rate:     %.0f writes/s (%d manager and agent writes until convergence / %.2fs) = %.2f of the raw rate",
+		perSecond, writes, r.tReady.Sub(r.t0).Seconds(), ratio)
+	p("  target:         >= %.1f of the raw rate: %s", targetRawRatio, verdict(ratio >= targetRawRatio))
+}
+
+func (r report) printSteady(p func(string, ...any)) {
+	if r.steady == nil {
+		return
+	}
+	n := r.o.nodes
+	f := r.steady.figures(r.audit, n)
+	p("steady state:     %.0fs from %.1fs after convergence (once every agent had renewed its Lease once; agent heartbeat %s): %d agent and %d manager writes = %.2f writes and %.0f bytes per node per minute (%.0f without managed fields); %d refused writes not counted",
+		f.minutes*60, r.steady.from.Sub(r.tReady).Seconds(), r.o.heartbeat, f.agentWrites, f.managerWrites, f.writesPerNodeMin, f.bytesPerNodeMin, f.bareBytesPerNodeMin, f.window.failed)
+	p("  target:         <= %.0f bytes per node per minute: %s", targetSteadyBytes, verdict(f.bytesPerNodeMin <= targetSteadyBytes))
+	// Every agent renews once per heartbeat period: fewer Lease writes mean the simulated agents
+	// (or the API server) fell behind, and the figure understates the steady load.
+	want := float64(n) * f.minutes * 60 / r.o.heartbeat.Seconds()
+	p("  heartbeats:     %d Lease writes = %.0f%% of one per agent per %s%s", f.window.agents["leases"], 100*float64(f.window.agents["leases"])/want, r.o.heartbeat,
+		map[bool]string{true: "", false: " — BEHIND: the agents could not renew on time, so this window understates the steady load"}[float64(f.window.agents["leases"]) >= 0.9*want])
+	p("  bytes measure:  successful writes x the mean JSON size (managed fields included) of up to 20 objects of the resource read back at the window's end")
+	for _, who := range []struct {
+		name string
+		m    map[string]int
+	}{{"agents", f.window.agents}, {"manager", f.window.manager}} {
+		keys := make([]string, 0, len(who.m))
+		for k := range who.m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, res := range keys {
+			sz := r.steady.sizes[res]
+			p("  %-8s        %-24s %7d writes  %6.3f per node per minute  x %5d bytes (%5d without managed fields) = %7.0f bytes per node per minute",
+				who.name, res, who.m[res], float64(who.m[res])/float64(n)/f.minutes, sz.bytes, sz.bare, float64(who.m[res]*sz.bytes)/float64(n)/f.minutes)
+		}
+	}
+	if len(f.unsized) > 0 {
+		p("  unsized:        %s (no object read back: their bytes are not counted)", strings.Join(f.unsized, ", "))
+	}
+	if f.reconciles >= 0 && r.steady.reconciles0 >= 0 {
+		p("  manager:        %.0f reconcile passes, %.2f s CPU (%.1f%% of one core) in the window", f.reconciles, f.cpu, 100*f.cpu/(f.minutes*60))
+	}
+	p("  nodes:          %d time(s) a node left Verified between convergence + settle and the window's end", r.steady.left)
+}
+
+func (r report) printUpgrade(p func(string, ...any)) {
+	u := r.up
+	if u == nil {
+		return
+	}
+	n := r.o.nodes
+	if u.to.IsZero() {
+		p("upgrade:          NOT finished: %d/%d nodes verified again by %s; %d time(s) a node left Verified, for %s", u.proven, n, u.version, u.left, kv(u.leftWhy))
+		return
+	}
+	d := u.to.Sub(u.from)
+	p("upgrade:          every node verified again by agent %s %.2fs after the old manager's stop (new manager running after %.1fs); %d time(s) a node left Verified on the way",
+		u.version, d.Seconds(), u.started.Seconds(), u.left)
+	if u.left > 0 {
+		p("  left Verified:  for %s (condition status/reason: count); first: %s", kv(u.leftWhy), strings.Join(u.leftAt, "; "))
+	}
+	if r.converged {
+		first := r.tReady.Sub(r.t0)
+		p("  target:         within %dx the first rollout's time (%.2fs: %.1fx) and no node leaves True: %s", targetUpgradeFactor,
+			first.Seconds(), d.Seconds()/first.Seconds(), verdict(d <= targetUpgradeFactor*first && u.left == 0))
+	}
+	m, a := r.audit.window(u.from, u.to).total()
+	p("  writes:         %d manager (%.2f per node) and %d agent writes; new manager peak RSS %s, %.1f s CPU", m, per(m, n), a, mib(u.hwm), u.cpu)
 }
 
 func verdict(ok bool) string {

@@ -7,8 +7,10 @@
 // Like the real agent, a simulated agent reports its facts again to a NodeSensor that was
 // deleted and created anew, and tests again after a restart. Faults are injected from outside:
 // Silence stops every agent (a brownout), Restart makes one agent start over, and a Verdict hook
-// decides a node's self-test results; SilenceNode stops one agent. The rollout benchmark (hack/bench-rollout) and the fault
-// suite (test/fault) use it.
+// decides a node's self-test results; SilenceNode stops one agent. SetAgentVersion plays an
+// upgrade of every agent: like the real agent, a new agent keeps an older agent's proof of the
+// current attempt and tests again only when the manager asks for a new attempt. The rollout
+// benchmark (hack/bench-rollout) and the fault suite (test/fault) use it.
 package simagent
 
 import (
@@ -74,6 +76,9 @@ type Fleet struct {
 	agents map[string]*agent
 
 	writes, writeErrors, verdicts, probes, beats atomic.Int64
+
+	// version is what the agents report: Options.AgentVersion, then SetAgentVersion's.
+	version atomic.Pointer[string]
 }
 
 type agent struct {
@@ -115,6 +120,7 @@ func Start(ctx context.Context, cfg *rest.Config, sch *runtime.Scheme, names []s
 		return nil, err
 	}
 	f := &Fleet{o: o, c: c, cache: ca, q: workqueue.NewTypedDelayingQueue[string](), agents: map[string]*agent{}}
+	f.version.Store(&o.AgentVersion)
 	for _, n := range names {
 		f.Add(n, "boot-"+n)
 	}
@@ -202,6 +208,24 @@ func (f *Fleet) Restart(name string) {
 	}
 }
 
+// SetAgentVersion plays the replacement of every agent's pod by one of a new agent version: each
+// agent starts over (probes again and reports the new version), keeps the older agent's passed
+// proof of the current attempt, as agent.keepProof does, and tests again only when the manager
+// assigns a new attempt.
+func (f *Fleet) SetAgentVersion(v string) {
+	f.version.Store(&v)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for name, a := range f.agents {
+		a.mu.Lock()
+		a.probed, a.reported, a.testing = false, 0, 0
+		a.mu.Unlock()
+		f.q.Add(name)
+	}
+}
+
+func (f *Fleet) agentVersion() string { return *f.version.Load() }
+
 // Silence stops (true) or resumes (false) every agent's writes: a brownout between the agents
 // and the API. Resumed agents report at once.
 func (f *Fleet) Silence(on bool) {
@@ -270,6 +294,12 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 			f.beats.Add(1)
 		}
 	}
+	if a.probed && !f.o.NoHeartbeat {
+		// Look again when the next heartbeat is due, so agents renew one period apart.
+		if next := max(f.o.Heartbeat-time.Since(a.lastBeat), 200*time.Millisecond); again == 0 || next < again {
+			again = next
+		}
+	}
 	return again
 }
 
@@ -292,13 +322,18 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 	if spec.Driver == "" || spec.Attempt == a.reported {
 		return 0
 	}
+	if a.reported == 0 && a.testing == 0 && provenByOtherAgent(ns, a.bootID, f.agentVersion()) {
+		// A new agent version: the older agent's proof stands until the manager asks again.
+		a.reported = spec.Attempt
+		return 0
+	}
 	if a.testing != spec.Attempt {
 		a.testing, a.testStart = spec.Attempt, time.Now()
 	}
 	if left := f.o.SelfTestDelay - time.Since(a.testStart); left > 0 {
 		return left
 	}
-	verdict := Honest(spec, a.bootID, f.o.AgentVersion, a.testStart)
+	verdict := Honest(spec, a.bootID, f.agentVersion(), a.testStart)
 	if f.o.Verdict != nil {
 		if v := f.o.Verdict(a.name, spec, verdict); v != nil {
 			verdict = v
@@ -310,6 +345,14 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 	a.reported, a.lastBeat = spec.Attempt, time.Now()
 	f.verdicts.Add(1)
 	return 0
+}
+
+// provenByOtherAgent reports whether the current attempt passed its self-test in this boot under
+// another agent version (agent/agent.go provenByOtherAgent).
+func provenByOtherAgent(ns *v1alpha1.NodeSensor, bootID, version string) bool {
+	t := ns.Status.SelfTest
+	return t != nil && t.Result == v1alpha1.SelfTestPassed && t.Attempt == ns.Spec.Attempt &&
+		t.Driver == ns.Spec.Driver && t.BootID == bootID && t.AgentVersion != version
 }
 
 // Honest is the verdict of a self-test that passed every check the spec asks for (every check
@@ -338,7 +381,7 @@ func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 		now := metav1.Now()
 		ns.Status.HeartbeatTime = &now
 	}
-	ns.Status.AgentVersion = f.o.AgentVersion
+	ns.Status.AgentVersion = f.agentVersion()
 	f.writes.Add(1)
 	if err := f.c.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
 		f.writeErrors.Add(1)
