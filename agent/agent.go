@@ -333,6 +333,7 @@ func (a *Agent) heartbeats(ctx context.Context) {
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	useLease := a.opts.LeaseNamespace != ""
+	lease := &heartbeat.Renewer{Client: a.opts.Client, Namespace: a.opts.LeaseNamespace, Node: a.opts.NodeName, Holder: a.opts.Holder}
 	for {
 		select {
 		case <-ctx.Done():
@@ -345,7 +346,7 @@ func (a *Agent) heartbeats(ctx context.Context) {
 		}
 		var err error
 		if useLease {
-			err = heartbeat.Renew(ctx, a.opts.Client, a.opts.LeaseNamespace, a.opts.NodeName, a.opts.Holder, time.Now())
+			err = lease.Renew(ctx, time.Now())
 			if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
 				a.opts.Log.Error(err, "Heartbeat Lease refused; heartbeats go to the NodeSensor status from now on", "namespace", a.opts.LeaseNamespace)
 				useLease = false

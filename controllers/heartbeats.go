@@ -49,10 +49,15 @@ func withLeaseHeartbeats(sensors map[string]*v1alpha1.NodeSensor, renewed map[st
 }
 
 // profileOfLease maps an agent's Lease to the profile governing its node (through the node's
-// NodeSensor in the cache).
+// NodeSensor in the cache), when the Lease can change what the manager makes of the node: not
+// while the agent's last status report is itself a live heartbeat (a fleet's first renewals,
+// which create the Leases, would each wake a pass for nothing).
 func (r *SecurityProfileReconciler) profileOfLease(ctx context.Context, o client.Object) []reconcile.Request {
 	ns := &v1alpha1.NodeSensor{}
 	if err := r.Get(ctx, types.NamespacedName{Name: o.GetName()}, ns); err != nil || ns.Spec.Profile == "" {
+		return nil
+	}
+	if hb := ns.Status.HeartbeatTime; hb != nil && time.Since(hb.Time) <= r.HeartbeatTimeout {
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: ns.Spec.Profile}}}

@@ -23,26 +23,58 @@ import (
 // its token was issued on.
 func LeaseName(node string) string { return node }
 
-// Renew renews the node's Lease at now, creating it on the first renewal. holder names the
-// agent (its pod, or the node outside a pod), as `kubectl get lease` shows. Steady state is one
-// small merge patch. The Lease carries nothing else (no labels, no duration): every byte of it
-// is written on every renewal of every node.
-func Renew(ctx context.Context, c client.Client, namespace, node, holder string, now time.Time) error {
+// Renewer renews one node's Lease. It remembers that the Lease exists, so a renewal is one small
+// merge patch; its first renewal reads the Lease (a read, not a write) and creates it when it is
+// not there, and a Lease deleted meanwhile is created again. holder names the agent (its pod, or
+// the node outside a pod), as `kubectl get lease` shows. The Lease carries nothing else (no
+// labels, no duration): every byte of it is written on every renewal of every node.
+type Renewer struct {
+	Client                  client.Client
+	Namespace, Node, Holder string
+
+	exists bool
+}
+
+// Renew renews the Lease at now.
+func (r *Renewer) Renew(ctx context.Context, now time.Time) error {
+	key := client.ObjectKey{Namespace: r.Namespace, Name: LeaseName(r.Node)}
+	if !r.exists {
+		err := r.Client.Get(ctx, key, &coordinationv1.Lease{})
+		if apierrors.IsNotFound(err) {
+			return r.create(ctx, now)
+		}
+		if err != nil {
+			return fmt.Errorf("read heartbeat lease %s: %w", key, err)
+		}
+		r.exists = true
+	}
 	renew := metav1.NewMicroTime(now)
-	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: LeaseName(node)}}
-	patch := fmt.Sprintf(`{"spec":{"holderIdentity":%q,"renewTime":%q}}`, holder, renew.UTC().Format(metav1.RFC3339Micro))
-	err := c.Patch(ctx, lease, client.RawPatch(types.MergePatchType, []byte(patch)))
-	if !apierrors.IsNotFound(err) {
-		return err
+	patch := fmt.Sprintf(`{"spec":{"holderIdentity":%q,"renewTime":%q}}`, r.Holder, renew.UTC().Format(metav1.RFC3339Micro))
+	lease := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}
+	err := r.Client.Patch(ctx, lease, client.RawPatch(types.MergePatchType, []byte(patch)))
+	if apierrors.IsNotFound(err) {
+		return r.create(ctx, now)
 	}
-	lease = &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: LeaseName(node)},
-		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(holder), RenewTime: &renew},
+	return err
+}
+
+func (r *Renewer) create(ctx context.Context, now time.Time) error {
+	renew := metav1.NewMicroTime(now)
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Namespace: r.Namespace, Name: LeaseName(r.Node)},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(r.Holder), RenewTime: &renew},
 	}
-	if err := c.Create(ctx, lease); err != nil {
-		return fmt.Errorf("create heartbeat lease %s/%s: %w", namespace, lease.Name, err)
+	if err := r.Client.Create(ctx, lease); err != nil {
+		return fmt.Errorf("create heartbeat lease %s/%s: %w", r.Namespace, lease.Name, err)
 	}
+	r.exists = true
 	return nil
+}
+
+// Renew renews a node's Lease once, as a Renewer's first renewal does.
+func Renew(ctx context.Context, c client.Client, namespace, node, holder string, now time.Time) error {
+	r := &Renewer{Client: c, Namespace: namespace, Node: node, Holder: holder}
+	return r.Renew(ctx, now)
 }
 
 // RenewTime is when the Lease was last renewed, zero when never.

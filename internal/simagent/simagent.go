@@ -83,6 +83,7 @@ type Fleet struct {
 
 type agent struct {
 	mu        sync.Mutex
+	lease     *heartbeat.Renewer // its heartbeat Lease, as the real agent keeps it
 	name      string
 	bootID    string
 	facts     func(bootID string) *v1alpha1.ProbeFacts
@@ -289,7 +290,7 @@ func (f *Fleet) step(ctx context.Context, name string) time.Duration {
 	}
 	again := f.act(ctx, a, ns)
 	if a.probed && !f.o.NoHeartbeat && time.Since(a.lastBeat) >= f.o.Heartbeat {
-		if err := f.beat(ctx, ns); err == nil {
+		if err := f.beat(ctx, a, ns); err == nil {
 			a.lastBeat = time.Now()
 			f.beats.Add(1)
 		}
@@ -394,12 +395,15 @@ func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 }
 
 // beat renews a node's heartbeat: its Lease, or its NodeSensor status without a Lease namespace.
-func (f *Fleet) beat(ctx context.Context, ns *v1alpha1.NodeSensor) error {
+func (f *Fleet) beat(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) error {
 	if f.o.LeaseNamespace == "" {
 		return f.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {})
 	}
+	if a.lease == nil {
+		a.lease = &heartbeat.Renewer{Client: f.c, Namespace: f.o.LeaseNamespace, Node: ns.Name, Holder: "simagent-" + ns.Name}
+	}
 	f.writes.Add(1)
-	err := heartbeat.Renew(ctx, f.c, f.o.LeaseNamespace, ns.Name, "simagent-"+ns.Name, time.Now())
+	err := a.lease.Renew(ctx, time.Now())
 	if err != nil {
 		f.writeErrors.Add(1)
 	}
