@@ -352,7 +352,7 @@ func (r *SecurityProfileReconciler) fallback(ctx context.Context, profile *v1alp
 	reason = v1alpha1.Truncate(reason, 1024)
 	failed := append(append([]v1alpha1.FailedAttempt(nil), ns.Spec.FailedAttempts...), v1alpha1.FailedAttempt{
 		Driver: ns.Spec.Driver, Attempt: ns.Spec.Attempt, Reason: reason, Time: metav1.NewTime(now),
-		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256), Sensor: r.testedSensor(ns),
+		KernelRelease: v1alpha1.Truncate(ns.Status.Probe.Kernel.Release.Value, 256), Sensor: testedSensor(ns, r.AgentVersion),
 	})
 	if len(failed) > 16 {
 		failed = failed[len(failed)-16:]

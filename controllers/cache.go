@@ -12,7 +12,8 @@ import (
 // CacheOptions is what the manager's cache holds: every object without its managed fields (the
 // manager never reads them, and they are often the larger part of an object), Nodes trimmed to
 // what the reconciler reads (TrimNode), NodeSensors without their checks' details
-// (TrimNodeSensor), and only the agent pods and agent heartbeat Leases of its namespace. At fleet scale the Node cache dominates the manager's memory.
+// (TrimNodeSensor), and only the agent pods and agent heartbeat Leases of its namespace. At fleet
+// scale the Node and NodeSensor caches dominate the manager's memory.
 func CacheOptions(namespace string) cache.Options {
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
@@ -20,6 +21,7 @@ func CacheOptions(namespace string) cache.Options {
 			&corev1.Pod{}:           AgentPodCache(namespace),
 			&coordinationv1.Lease{}: AgentLeaseCache(namespace),
 			&corev1.Node{}:          {Transform: TrimNode},
+			&v1alpha1.NodeSensor{}:  {Transform: TrimNodeSensor},
 		},
 	}
 }

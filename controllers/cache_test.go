@@ -5,6 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	toolscache "k8s.io/client-go/tools/cache"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
@@ -53,7 +54,17 @@ func TestTrimNodeSensorKeepsWhatTheManagerReads(t *testing.T) {
 				Expected: "exe_upper_layer", Observed: "exe_upper_layer", Method: "CORE", Message: "long"}},
 		}},
 	}
-	out, err := TrimNodeSensor(ns)
+	// The manager's cache trims NodeSensors with it.
+	var trim toolscache.TransformFunc
+	for obj, by := range CacheOptions("x").ByObject {
+		if _, ok := obj.(*v1alpha1.NodeSensor); ok {
+			trim = by.Transform
+		}
+	}
+	if trim == nil {
+		t.Fatal("the manager's cache does not trim NodeSensors")
+	}
+	out, err := trim(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +78,7 @@ func TestTrimNodeSensorKeepsWhatTheManagerReads(t *testing.T) {
 		t.Errorf("trimmed what the manager reads: %+v", got)
 	}
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}}}
-	if other, _ := TrimNodeSensor(node); other != node || node.ManagedFields == nil {
+	if other, _ := trim(node); other != node || node.ManagedFields == nil {
 		t.Error("another object is not passed through unchanged")
 	}
 }

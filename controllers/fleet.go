@@ -122,10 +122,6 @@ func nodeEvidence(ns *v1alpha1.NodeSensor, profile *v1alpha1.SecurityProfile, se
 
 // testedSensor names the sensor a node's last self-test ran, as its group's key names it: the
 // spec's sensor, and for the built-in sensor the version of the agent that ran it.
-func (r *SecurityProfileReconciler) testedSensor(ns *v1alpha1.NodeSensor) string {
-	return testedSensor(ns, r.AgentVersion)
-}
-
 func testedSensor(ns *v1alpha1.NodeSensor, agentVersion string) string {
 	if t := ns.Status.SelfTest; agentVersion != "" && t != nil && t.AgentVersion != "" {
 		agentVersion = t.AgentVersion
@@ -247,6 +243,13 @@ func (r *SecurityProfileReconciler) released(nodes []nodestate.Node, sensors map
 		}
 	}
 	return out
+}
+
+// forget drops a node that left the profile.
+func (c *verifyClock) forget(node string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.since, node)
 }
 
 // counts are the profile's status.fleet.

@@ -237,6 +237,7 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 	if err := r.Delete(ctx, ds); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("delete agent daemonset: %w", err)
 	}
+	r.statusWritten.Delete(profile.UID)
 	controllerutil.RemoveFinalizer(profile, Finalizer)
 	if err := r.Update(ctx, profile); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("remove finalizer: %w", err)

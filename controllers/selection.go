@@ -211,6 +211,7 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 	r.expect.forget(ns.Name)
 	r.replaced.forget(ns.Name)
 	r.recent.forget(ns.Name)
+	r.verifying.forget(ns.Name)
 	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
 }

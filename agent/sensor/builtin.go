@@ -83,9 +83,8 @@ type Builtin struct {
 	// lastRead is when the reader last came back from the kernel buffer (unix nanoseconds); it
 	// comes back at least every FlushInterval while it is alive and not stuck on a record.
 	lastRead atomic.Int64
-	// records counts the records the reader took from the kernel buffer; readerTID is the thread
-	// the reader runs on (locked to it), whose CPU time ReaderStats reports.
-	records   atomic.Uint64
+	// readerTID is the thread the reader runs on (locked to it), whose CPU time ReaderStats
+	// reports.
 	readerTID atomic.Int64
 }
 
@@ -346,8 +345,6 @@ func (b *Builtin) Health() error {
 
 // ReaderStats is what reading events has cost so far.
 type ReaderStats struct {
-	// Records the reader took from the kernel buffer (events, and perf's lost-sample notes).
-	Records uint64
 	// CPU is the CPU time, user and system, of the reader's thread: waiting for the kernel
 	// buffer, reading, decoding and handing each event to the subscribers (and writing its alert,
 	// where alerts are on). What subscribers then do with an event is theirs.
@@ -373,7 +370,7 @@ func (b *Builtin) ReaderStats() (ReaderStats, error) {
 	if err != nil {
 		return ReaderStats{}, fmt.Errorf("reader thread CPU time: %w", err)
 	}
-	return ReaderStats{Records: b.records.Load(), CPU: time.Duration(ns)}, nil
+	return ReaderStats{CPU: time.Duration(ns)}, nil
 }
 
 // readLoop decodes records until the reader is closed. A panic (in an alert writer, say) stops it
@@ -404,12 +401,10 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 		// read stamps them all (Event.Received).
 		now := time.Now()
 		b.lastRead.Store(now.UnixNano())
-		var records uint64
 		for {
 			if err != nil {
 				break
 			}
-			records++
 			if lost > 0 {
 				b.lost.Add(lost)
 			} else if ev, err := dec.decodeAt(raw, now); err != nil {
@@ -422,7 +417,6 @@ func (b *Builtin) readLoop(rd recordReader, dec *Decoder) {
 			}
 			raw, lost, err = rd.read(true)
 		}
-		b.records.Add(records)
 		b.deliver(batch)
 		clear(batch) // no strings kept alive until the next batch
 		batch = batch[:0]

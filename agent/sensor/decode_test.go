@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/btf"
 
@@ -120,10 +121,14 @@ func TestDecode(t *testing.T) {
 	if _, err := d.Decode(append(bad, make([]byte, 400)...)); err == nil {
 		t.Error("names longer than the array decoded without error")
 	}
-	// Interned cgroup names are equal strings, whatever record they came from.
+	// Interned cgroup names are the same strings (one allocation), whatever record they came from.
 	ev2, err := d.Decode(append([]byte(nil), raw...))
 	if err != nil || ev2.Cgroup != want.Cgroup {
 		t.Errorf("second decode: %+v, %v", ev2.Cgroup, err)
+	}
+	ev3, err := d.Decode(append([]byte(nil), raw...))
+	if err != nil || unsafe.StringData(ev3.Cgroup.Leaf) != unsafe.StringData(ev2.Cgroup.Leaf) {
+		t.Errorf("the same cgroup name decoded twice is two strings, not one interned: %v", err)
 	}
 }
 

@@ -223,12 +223,17 @@ func (r report) printSteady(p func(string, ...any)) {
 	f := r.steady.figures(r.audit, n)
 	p("steady state:     %.0fs from %.1fs after convergence (once every agent had renewed its Lease once; agent heartbeat %s): %d agent and %d manager writes = %.2f writes and %.0f bytes per node per minute (%.0f without managed fields); %d refused writes not counted",
 		f.minutes*60, r.steady.from.Sub(r.tReady).Seconds(), r.o.heartbeat, f.agentWrites, f.managerWrites, f.writesPerNodeMin, f.bytesPerNodeMin, f.bareBytesPerNodeMin, f.window.failed)
-	p("  target:         <= %.0f bytes per node per minute: %s", targetSteadyBytes, verdict(f.bytesPerNodeMin <= targetSteadyBytes))
 	// Every agent renews once per heartbeat period: fewer Lease writes mean the simulated agents
 	// (or the API server) fell behind, and the figure understates the steady load.
 	want := float64(n) * f.minutes * 60 / r.o.heartbeat.Seconds()
+	onTime := float64(f.window.agents["leases"]) >= 0.9*want
+	steadyVerdict := verdict(f.bytesPerNodeMin <= targetSteadyBytes)
+	if !onTime {
+		steadyVerdict = "UNRELIABLE (the agents fell behind on their heartbeats)"
+	}
+	p("  target:         <= %.0f bytes per node per minute: %s", targetSteadyBytes, steadyVerdict)
 	p("  heartbeats:     %d Lease writes = %.0f%% of one per agent per %s%s", f.window.agents["leases"], 100*float64(f.window.agents["leases"])/want, r.o.heartbeat,
-		map[bool]string{true: "", false: " — BEHIND: the agents could not renew on time, so this window understates the steady load"}[float64(f.window.agents["leases"]) >= 0.9*want])
+		map[bool]string{true: "", false: " — BEHIND: the agents could not renew on time, so this window understates the steady load"}[onTime])
 	p("  bytes measure:  successful writes x the mean JSON size (managed fields included) of up to 20 objects of the resource read back at the window's end")
 	for _, who := range []struct {
 		name string

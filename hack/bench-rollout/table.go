@@ -180,7 +180,7 @@ func rowVerdicts(x row, single map[int]float64) string {
 		add("ratio", x.RateRatio >= targetRawRatio)
 	}
 	switch {
-	case x.SteadyBytesPNM >= 0 && x.SteadyBeatShare > 0 && x.SteadyBeatShare < 0.9:
+	case x.SteadyBytesPNM >= 0 && x.SteadyBeatShare < 0.9:
 		out = append(out, fmt.Sprintf("steady UNRELIABLE (agents renewed %.0f%% of heartbeats)", 100*x.SteadyBeatShare))
 	case x.SteadyBytesPNM >= 0:
 		add("steady", x.SteadyBytesPNM <= targetSteadyBytes)

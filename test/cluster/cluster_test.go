@@ -263,7 +263,8 @@ func testAgentRenewsItsLease(t *testing.T, e *env) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The first renewal comes one heartbeat period (30s) after the agent started.
+	// The first renewal comes one heartbeat period (agent.DefaultHeartbeat, 40s) after the agent
+	// started, and every period after; 45s allows for the API's latency.
 	eventually(t, 90*time.Second, "the agent pod renews its Lease", func() error {
 		lease, err := e.cs.CoordinationV1().Leases(namespace).Get(t.Context(), e.cluster.NodeName(), metav1.GetOptions{})
 		if err != nil {
