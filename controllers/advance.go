@@ -41,13 +41,17 @@ type progress struct {
 	errs map[string]error
 	// fleet is what the profile's node groups learned (fleet.go).
 	fleet *fleetView
+	// create are the governed nodes without a NodeSensor that get one, without a driver, at the
+	// end of the pass (createNodeSensors); deferred counts those that wait for a like node.
+	create   []string
+	deferred int
 }
 
 // advance moves each node on: a failed attempt falls back to the next driver, verified nodes
 // whose proof no longer answers the profile re-verify, and queued nodes get their driver as the
 // rollout allows. A failure on one node is recorded on that node and the others move on; the
 // joined error is returned after the pass.
-func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, now time.Time) (progress, error) {
+func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, missing []string, now time.Time) (progress, error) {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
 		names = append(names, name)
@@ -81,6 +85,8 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	decisions := map[string]selection.Decision{}
 	reprove := map[string]string{}
+	// current are the verified nodes proven under the current spec and agent (predictions' samples).
+	current := map[string]bool{}
 	for _, name := range names {
 		ns := sensors[name]
 		phase := nodestate.Classify(ns, now, r.HeartbeatTimeout)
@@ -132,6 +138,13 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				if !ok {
 					break
 				}
+				if ns.Spec.PredictedFrom != "" && d.Driver != ns.Spec.Driver {
+					// The proof answers a prediction this node's own facts do not make.
+					decisions[name], reprove[name] = d, fmt.Sprintf("its driver %s was predicted from node %s, but its own facts choose %s",
+						ns.Spec.Driver, ns.Spec.PredictedFrom, orNone(d.Driver))
+					phase = nodestate.Reverify
+					break
+				}
 				if why := nodestate.Reprove(ns.Spec, profile.Spec.Sensor, profile.Spec.SelfTest.Checks, d.Candidates); why != "" {
 					// The proof answers an older spec: it stands until the rollout re-verifies.
 					decisions[name], reprove[name] = d, why
@@ -145,6 +158,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 					break
 				}
 				p.upToDate++
+				current[name] = true
 				if err := r.refreshSettings(ctx, profile, ns); err != nil {
 					fail(ns, err)
 				}
@@ -191,14 +205,30 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	for _, n := range p.canaries {
 		isCanary[n] = true
 	}
+	released := r.released(nodes, sensors, now)
+	// The nodes without a NodeSensor are nodes of the rollout too: queued with a predicted
+	// driver, or waiting for one to be created (now, or once a like node settled).
+	predicted := r.predict(profile, governed, sensors, missing, p.phases, current, released, isCanary, now)
+	for _, name := range missing {
+		phase, driver := nodestate.AwaitingProbe, v1alpha1.Driver("")
+		if s, ok := predicted.Predicted[name]; ok {
+			phase, driver = nodestate.Queued, s.Driver
+		}
+		p.phases[name] = phase
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Driver: driver})
+	}
+	p.create, p.deferred = predicted.Create, len(predicted.Deferred)
 	p.plan = rollout.Decide(rollout.Input{
 		Nodes:           nodes,
 		Canaries:        isCanary,
 		MaxUnavailable:  maxUnavailable,
 		PauseOnFailures: int(profile.Spec.Rollout.PauseOnFailures),
-		Groups:          p.fleet.gates(nodes, decisions, r.released(nodes, sensors, now)),
+		Groups:          p.fleet.gates(nodes, decisions, released),
 	})
-	var startErrs sync.Map
+	if p.plan.Blocked == "" && p.deferred > 0 {
+		p.plan.Blocked = fmt.Sprintf("%d nodes wait for the first node like them (kernel, OS image, architecture, cloud) to settle", p.deferred)
+	}
+	var startErrs, created sync.Map
 	// Outdated agent pods go first: a node whose pod is replaced and also starts gets its new
 	// attempt from the new pod.
 	errs = append(errs, forEach(ctx, p.plan.Replace, func(name string) error {
@@ -213,6 +243,17 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}))
 	errs = append(errs, forEach(ctx, p.plan.Start, func(name string) error {
 		ns := sensors[name]
+		if ns == nil {
+			ns, err := r.createPredicted(ctx, profile, governed[name], predicted.Predicted[name], sensors)
+			if err != nil {
+				startErrs.Store(name, err)
+				return err
+			}
+			if ns != nil {
+				created.Store(name, ns)
+			}
+			return nil
+		}
 		if _, ok := decisions[name]; !ok {
 			return nil // its decision failed above, and was recorded there
 		}
@@ -227,17 +268,27 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		return err
 	}))
 	startErrs.Range(func(k, v any) bool {
-		r.nodeFailed(&p, profile, sensors[k.(string)], v.(error))
+		var regarding client.Object = governed[k.(string)]
+		if ns := sensors[k.(string)]; ns != nil {
+			regarding = ns
+		}
+		r.nodeFailed(&p, profile, regarding, v.(error))
+		return true
+	})
+	created.Range(func(k, v any) bool {
+		sensors[k.(string)] = v.(*v1alpha1.NodeSensor)
 		return true
 	})
 	for _, name := range p.plan.Start {
-		if _, failed := startErrs.Load(name); !failed {
+		if _, failed := startErrs.Load(name); !failed && sensors[name] != nil {
 			p.phases[name] = nodestate.Classify(sensors[name], now, r.HeartbeatTimeout)
 		}
 	}
 	for i := range nodes {
 		nodes[i].Phase = p.phases[nodes[i].Name]
-		nodes[i].Driver = sensors[nodes[i].Name].Spec.Driver
+		if ns := sensors[nodes[i].Name]; ns != nil {
+			nodes[i].Driver = ns.Spec.Driver
+		}
 	}
 	p.nodes = nodes
 	p.expired, p.brownout = nodestate.Brownout(nodes)
@@ -248,12 +299,12 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 
 // nodeFailed records a per-node failure on its node: an event now, the condition reason
 // DecisionFailed when the node is not proven. A conflict is no failure: the pass is retried.
-func (r *SecurityProfileReconciler) nodeFailed(p *progress, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, err error) {
+func (r *SecurityProfileReconciler) nodeFailed(p *progress, profile *v1alpha1.SecurityProfile, regarding client.Object, err error) {
 	if apierrors.IsConflict(err) {
 		return
 	}
-	p.errs[ns.Name] = err
-	r.nodeEvent(profile, ns, err)
+	p.errs[regarding.GetName()] = err
+	r.nodeEvent(profile, regarding, err)
 }
 
 // nodeEvent records a per-node failure as an event about the node's object (its NodeSensor, or
@@ -312,7 +363,7 @@ func onKernel(failed []v1alpha1.FailedAttempt, release string) []v1alpha1.Failed
 func (r *SecurityProfileReconciler) assign(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor, d selection.Decision, failed []v1alpha1.FailedAttempt, proven bool) error {
 	ownCopy(ns)
 	base := ns.DeepCopy()
-	ns.Spec.ProvenAttempt = 0
+	ns.Spec.ProvenAttempt, ns.Spec.PredictedFrom = 0, ""
 	if proven && d.Driver == ns.Spec.Driver {
 		ns.Spec.ProvenAttempt = ns.Spec.Attempt
 	}

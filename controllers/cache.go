@@ -27,8 +27,10 @@ func CacheOptions(namespace string) cache.Options {
 }
 
 // TrimNode keeps of a Node what the reconciler uses: its metadata (labels for selectors, the
-// resourceVersion for optimistic locks), its spec (taints, providerID) and its conditions. The
-// kubelet's image list, volumes, addresses, capacity and node info go: nothing here reads them,
+// resourceVersion for optimistic locks), its spec (taints, providerID), its conditions, and of
+// its node info the kernel, OS image and architecture (what makes nodes alike for a predicted
+// driver). The kubelet's image list, volumes, addresses, capacity and the rest of its node info
+// go: nothing here reads them,
 // and the taint patch is computed between two copies of the trimmed object, so it never writes
 // them back.
 func TrimNode(obj any) (any, error) {
@@ -37,7 +39,10 @@ func TrimNode(obj any) (any, error) {
 		return obj, nil
 	}
 	node.ManagedFields = nil
-	node.Status = corev1.NodeStatus{Conditions: node.Status.Conditions}
+	info := node.Status.NodeInfo
+	node.Status = corev1.NodeStatus{Conditions: node.Status.Conditions, NodeInfo: corev1.NodeSystemInfo{
+		KernelVersion: info.KernelVersion, OSImage: info.OSImage, Architecture: info.Architecture,
+	}}
 	return node, nil
 }
 

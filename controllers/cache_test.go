@@ -20,7 +20,7 @@ func TestTrimNodeKeepsWhatTheReconcilerReads(t *testing.T) {
 		Status: corev1.NodeStatus{
 			Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}},
 			Images:     []corev1.ContainerImage{{Names: []string{"a-big-image"}, SizeBytes: 1 << 30}},
-			NodeInfo:   corev1.NodeSystemInfo{KernelVersion: "6.18"},
+			NodeInfo:   corev1.NodeSystemInfo{KernelVersion: "6.18", OSImage: "Debian GNU/Linux 12 (bookworm)", Architecture: "amd64", BootID: "b", MachineID: "m"},
 			Addresses:  []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "10.0.0.1"}},
 		},
 	}
@@ -29,11 +29,12 @@ func TestTrimNodeKeepsWhatTheReconcilerReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := out.(*corev1.Node)
-	if got.ManagedFields != nil || got.Status.Images != nil || got.Status.NodeInfo.KernelVersion != "" || got.Status.Addresses != nil {
+	if got.ManagedFields != nil || got.Status.Images != nil || got.Status.NodeInfo.BootID != "" || got.Status.NodeInfo.MachineID != "" || got.Status.Addresses != nil {
 		t.Errorf("not trimmed: %+v", got)
 	}
 	if got.ResourceVersion != "42" || got.Labels["kubernetes.io/os"] != "linux" || got.Spec.ProviderID == "" ||
-		len(got.Spec.Taints) != 1 || len(got.Status.Conditions) != 1 {
+		len(got.Spec.Taints) != 1 || len(got.Status.Conditions) != 1 ||
+		got.Status.NodeInfo.KernelVersion != "6.18" || got.Status.NodeInfo.OSImage == "" || got.Status.NodeInfo.Architecture != "amd64" {
 		t.Errorf("trimmed what the reconciler reads: %+v", got)
 	}
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}}}

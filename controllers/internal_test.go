@@ -282,16 +282,20 @@ func TestRecentWritesSkipOnlyWhatTheCacheHasNotSeen(t *testing.T) {
 		t.Error("another condition is taken for the one written")
 	}
 	now := time.Now()
-	w.created("n2", now)
-	if !w.createPending("n2", now.Add(time.Second)) {
-		t.Error("a creation the cache has not shown is not pending")
+	w.created("n2", now, false)
+	if pending, assigned := w.createPending("n2", now.Add(time.Second)); !pending || assigned {
+		t.Errorf("a creation without a driver the cache has not shown: pending %v (want true), assigned %v", pending, assigned)
 	}
-	if w.createPending("n2", now.Add(createGrace+time.Second)) {
+	if pending, _ := w.createPending("n2", now.Add(createGrace+time.Second)); pending {
 		t.Error("a creation never seen stays pending past its grace")
 	}
-	w.created("n3", now)
+	w.created("n4", now, true)
+	if pending, assigned := w.createPending("n4", now); !pending || !assigned {
+		t.Error("a creation with a driver is not pending with its slot")
+	}
+	w.created("n3", now, false)
 	w.seen("n3")
-	if w.createPending("n3", now) {
+	if pending, _ := w.createPending("n3", now); pending {
 		t.Error("a creation the cache showed is still pending")
 	}
 }

@@ -12,13 +12,22 @@ import (
 type recentWrites struct {
 	mu         sync.Mutex
 	conditions map[string]conditionWrite
-	creates    map[string]time.Time
+	creates    map[string]createWrite
+}
+
+// createWrite is when a NodeSensor was created, and whether with a driver (it holds a rollout
+// slot the cache does not show yet).
+type createWrite struct {
+	at       time.Time
+	assigned bool
 }
 
 type conditionWrite struct{ overVersion, status, reason string }
 
-// createGrace is how long a creation is trusted to reach the cache before it is tried again.
-const createGrace = 5 * time.Second
+// createGrace is how long a creation is trusted to reach the cache before it is tried again. An
+// API server busy with a fleet's first writes can take seconds to show them; a creation tried
+// again too early only costs it a refused write.
+const createGrace = 30 * time.Second
 
 // conditionWritten records that the node's condition was set to status/reason over the node at
 // resourceVersion over.
@@ -40,26 +49,27 @@ func (w *recentWrites) conditionPending(node, version, status, reason string) bo
 	return ok && c.overVersion == version && c.status == status && c.reason == reason
 }
 
-func (w *recentWrites) created(name string, now time.Time) {
+func (w *recentWrites) created(name string, now time.Time, assigned bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.creates == nil {
-		w.creates = map[string]time.Time{}
+		w.creates = map[string]createWrite{}
 	}
-	w.creates[name] = now
+	w.creates[name] = createWrite{at: now, assigned: assigned}
 }
 
 // createPending reports whether name was created within createGrace and the cache has not
-// shown it yet; seen says the cache shows it now, which ends the memory.
-func (w *recentWrites) createPending(name string, now time.Time) bool {
+// shown it yet, and whether with a driver; seen says the cache shows it now, which ends the
+// memory.
+func (w *recentWrites) createPending(name string, now time.Time) (pending, assigned bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	at, ok := w.creates[name]
-	if ok && now.Sub(at) > createGrace {
+	c, ok := w.creates[name]
+	if ok && now.Sub(c.at) > createGrace {
 		delete(w.creates, name)
-		return false
+		return false, false
 	}
-	return ok
+	return ok, c.assigned
 }
 
 func (w *recentWrites) seen(name string) {

@@ -98,6 +98,9 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		errs = append(errs, err)
 	}
 	sensors, missing, err := r.syncNodeSensors(ctx, profile, selected)
+	if errors.Is(err, errStaleCache) {
+		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+	}
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {
@@ -106,14 +109,14 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	withLeaseHeartbeats(sensors, renewed)
 	now := r.now()
-	progress, err := r.advance(ctx, profile, selected, sensors, now)
+	progress, err := r.advance(ctx, profile, selected, sensors, missing, now)
 	if errors.Is(err, errStaleCache) {
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
 	errs = append(errs, err)
 	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
 	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
-	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, missing)
+	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, progress.create)
 	errs = append(errs, err)
 	statusWait, err := r.writeStatus(ctx, profile, buildStatus(profile, progress, lost))
 	errs = append(errs, err)

@@ -162,12 +162,23 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		}
 	}
 	now := time.Now()
+	stale := false
 	for name := range governed {
-		// (Created by the last pass, not in the cache yet: creating it again would only conflict.)
-		if sensors[name] == nil && !r.recent.createPending(name, now) {
+		if sensors[name] != nil {
+			continue
+		}
+		// (Created by the last pass, not in the cache yet: creating it again would only conflict.
+		// One created with a driver holds a rollout slot the cache does not show: wait for it.)
+		pending, assigned := r.recent.createPending(name, now)
+		stale = stale || assigned
+		if !pending {
 			missing = append(missing, name)
 		}
 	}
+	if stale {
+		errs = append(errs, errStaleCache)
+	}
+	sort.Strings(missing)
 	return sensors, missing, errors.Join(errs...)
 }
 
@@ -194,7 +205,7 @@ func (r *SecurityProfileReconciler) createNodeSensors(ctx context.Context, profi
 			r.nodeEvent(profile, governed[ns.Name], err)
 			return err
 		}
-		r.recent.created(ns.Name, time.Now())
+		r.recent.created(ns.Name, time.Now(), false)
 		return nil
 	})
 }

@@ -31,6 +31,14 @@ type NodeSensorSpec struct {
 	// +kubebuilder:validation:Minimum=0
 	ProvenAttempt int32 `json:"provenAttempt,omitempty"`
 
+	// predictedFrom names the node whose proof this node's driver was taken from, before this
+	// node's own probe: nodes that look alike to the kubelet (kernel, OS image, architecture,
+	// cloud) start with the driver the first of them proved, which saves a decision per node.
+	// The manager counts the proof only once this node's own facts choose the same driver.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	PredictedFrom string `json:"predictedFrom,omitempty"`
+
 	// candidates is the ordered list of drivers still eligible on this node, driver first.
 	// +optional
 	// +listType=atomic

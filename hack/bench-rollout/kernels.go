@@ -27,6 +27,14 @@ var (
 // kernelRelease is the kernel of kernel group i.
 func kernelRelease(i int) string { return fmt.Sprintf("6.1.0-%d-cloud-amd64", 20+i) }
 
+// nodeKernel is the kernel node i runs (simagent.TypicalFacts' unless in mixed-kernel mode).
+func nodeKernel(i int) string {
+	if *kernelGroups <= 0 {
+		return simagent.TypicalFacts("").Kernel.Release.Value
+	}
+	return kernelRelease(i % *kernelGroups)
+}
+
 // mixed counts what the mixed-kernel mode did.
 type mixed struct {
 	mu     sync.Mutex
@@ -43,9 +51,8 @@ func mixedKernels(o *simagent.Options, names []string) {
 	}
 	kernel := map[string]string{}
 	for i, n := range names {
-		g := i % *kernelGroups
-		kernel[n] = kernelRelease(g)
-		if g < *badKernels {
+		kernel[n] = nodeKernel(i)
+		if i%*kernelGroups < *badKernels {
 			mixedRun.bad[n] = true
 		}
 	}

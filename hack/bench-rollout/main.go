@@ -500,6 +500,10 @@ func createNodes(ctx context.Context, c client.Client, n, groups int) ([]string,
 			for i := range work {
 				name := names[i]
 				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: nodeLabels(i, groups)}}
+				// What a kubelet reports, matching the simulated agent's facts (nodes alike to
+				// the kubelet can start with a driver their first node proved).
+				node.Spec.ProviderID = fmt.Sprintf("aws:///bench/i-%05d", i)
+				node.Status.NodeInfo = corev1.NodeSystemInfo{KernelVersion: nodeKernel(i), OSImage: "Debian GNU/Linux 12 (bookworm)", Architecture: "amd64"}
 				if err := c.Create(ctx, node); err != nil && !apierrors.IsAlreadyExists(err) {
 					errs <- fmt.Errorf("create node %s: %w", name, err)
 				}

@@ -61,6 +61,12 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 		return HeartbeatExpired
 	}
 	if st.Probe == nil {
+		// A driver predicted before the probe (internal/prediction) is tested at once, and its
+		// agent reports facts and verdict together; it holds a slot until then, unless no agent
+		// ever answered for it (it then waits like any node without a probe).
+		if ns.Spec.Driver != "" && (st.HeartbeatTime != nil || now.Sub(ns.CreationTimestamp.Time) <= heartbeatTimeout) {
+			return Verifying
+		}
 		return AwaitingProbe
 	}
 	if ns.Spec.Driver == "" {

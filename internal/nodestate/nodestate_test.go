@@ -110,6 +110,29 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
 	}
+	// A driver predicted before the probe (internal/prediction): verifying, a slot held, until
+	// its agent reports facts and verdict; an agent that never answers leaves it awaiting its
+	// probe after the heartbeat timeout, and a verdict without facts proves nothing.
+	predicted := v1alpha1.NodeSensorSpec{Driver: "modern_ebpf", Attempt: 1, PredictedFrom: "like-node"}
+	for _, tc := range []struct {
+		name    string
+		created time.Time
+		st      v1alpha1.NodeSensorStatus
+		want    Phase
+	}{
+		{"predicted, just created", now.Add(-time.Second), v1alpha1.NodeSensorStatus{}, Verifying},
+		{"predicted, no agent within the timeout", now.Add(-3 * time.Minute), v1alpha1.NodeSensorStatus{}, AwaitingProbe},
+		{"predicted, agent alive without a report yet", now.Add(-3 * time.Minute), v1alpha1.NodeSensorStatus{HeartbeatTime: &fresh}, Verifying},
+		{"predicted, a pass without facts", now.Add(-time.Second),
+			v1alpha1.NodeSensorStatus{SelfTest: verdict(1, "modern_ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
+		{"predicted, facts and pass together", now.Add(-time.Second),
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "modern_ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verified},
+	} {
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.NewTime(tc.created)}, Spec: predicted, Status: tc.st}
+		if got := Classify(ns, now, 2*time.Minute); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+		}
+	}
 }
 
 func TestRollup(t *testing.T) {

@@ -310,7 +310,8 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 		// A new NodeSensor (the first, or one created again): report the facts to it.
 		a.uid, a.probed, a.reported, a.testing = ns.UID, false, 0, 0
 	}
-	if !a.probed {
+	spec := ns.Spec
+	if !a.probed && spec.Driver == "" {
 		facts := a.facts(a.bootID)
 		if err := f.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = facts }); err != nil {
 			return 200 * time.Millisecond
@@ -319,7 +320,8 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 		f.probes.Add(1)
 		return 0
 	}
-	spec := ns.Spec
+	// (A NodeSensor created with a predicted driver is tested at once: the facts go with the
+	// verdict, as the real agent sends them.)
 	if spec.Driver == "" || spec.Attempt == a.reported {
 		return 0
 	}
@@ -340,8 +342,21 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 			verdict = v
 		}
 	}
-	if err := f.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.SelfTest = verdict }); err != nil {
+	var facts *v1alpha1.ProbeFacts
+	if !a.probed {
+		facts = a.facts(a.bootID)
+	}
+	if err := f.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) {
+		st.SelfTest = verdict
+		if facts != nil {
+			st.Probe = facts
+		}
+	}); err != nil {
 		return 200 * time.Millisecond
+	}
+	if facts != nil {
+		a.probed = true
+		f.probes.Add(1)
 	}
 	a.reported, a.lastBeat = spec.Attempt, time.Now()
 	f.verdicts.Add(1)
