@@ -85,8 +85,13 @@ type Agent struct {
 	// tested is the attempt last tested, and when.
 	tested   int32
 	testedAt time.Time
-	// reportedUID is the NodeSensor the facts were last reported to.
-	reportedUID types.UID
+	// reportedUID is the NodeSensor the facts were last reported to; seenUID the one the
+	// decisions were last tested for (a recreated NodeSensor is tested afresh).
+	reportedUID, seenUID types.UID
+	// epoch and reportedAt (nanoseconds since epoch, monotonic) say when the last status
+	// report was written: it is a heartbeat, so the Lease renewal waits an interval after it.
+	epoch      time.Time
+	reportedAt atomic.Int64
 	// active says this agent's profile governs the node, so it heartbeats.
 	active atomic.Bool
 	// restartWaits counts wakes spent waiting for Falco to restart, per attempt.
@@ -131,7 +136,7 @@ func New(o Options) *Agent {
 	if o.MaxRetryBackoff <= 0 {
 		o.MaxRetryBackoff = 5 * time.Minute
 	}
-	return &Agent{opts: o}
+	return &Agent{opts: o, epoch: time.Now()}
 }
 
 // Run runs until ctx ends; it stops the sensor before returning.
@@ -150,7 +155,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopHeartbeats()
 	go a.heartbeats(hbCtx)
 
-	// Re-checks the self-test interval even when the NodeSensor does not change.
+	// Re-checks the self-test interval even when the NodeSensor does not change, and reports
+	// facts that a failed write left due.
 	tick := time.NewTicker(a.opts.HeartbeatInterval)
 	defer tick.Stop()
 	health := time.NewTicker(a.opts.HealthInterval)
@@ -201,19 +207,15 @@ func (a *Agent) follow(ctx context.Context, w watch.Interface, ns *v1alpha1.Node
 				}
 				continue
 			}
-			if err := a.ensureFacts(ctx, ns); err != nil {
-				a.opts.Log.Error(err, "Report probe failed")
-				continue
-			}
-			a.step(ctx, ns)
+			a.wake(ctx, ns)
 		case <-tick:
-			if a.mine(ns) && ns.Status.Probe != nil {
-				a.step(ctx, ns)
+			if a.mine(ns) {
+				a.wake(ctx, ns)
 			}
 		case <-a.retryC():
 			a.retry = nil
-			if a.mine(ns) && ns.Status.Probe != nil {
-				a.step(ctx, ns)
+			if a.mine(ns) {
+				a.wake(ctx, ns)
 			}
 		case <-health:
 			if a.mine(ns) {
@@ -248,20 +250,41 @@ func memlockValue(f *v1alpha1.StringFact) string {
 	return f.Value
 }
 
-// ensureFacts reports the facts to a NodeSensor that lacks them: a new object (recreated under
-// the same name) gets them again, and its decisions are tested afresh.
+// wake handles one wake for this agent's NodeSensor: it reports the facts when they are due and
+// tests the decision when it is new or its interval has passed.
+func (a *Agent) wake(ctx context.Context, ns *v1alpha1.NodeSensor) {
+	if ns.UID != a.seenUID {
+		a.seenUID, a.tested = ns.UID, 0 // a new object (recreated under the same name) is tested afresh
+	}
+	if ns.Spec.Driver == "" {
+		// Nothing to test: the facts go at once, the manager decides on them.
+		if err := a.ensureFacts(ctx, ns); err != nil {
+			a.opts.Log.Error(err, "Report probe failed")
+			return
+		}
+	}
+	// A driver decided before the probe (predicted from similar nodes): the facts ride with the
+	// verdict, one status write instead of two (report attaches them).
+	a.step(ctx, ns)
+	// step wrote nothing (kept a proof, Falco restarting, tested already) or its write failed:
+	// the facts must not wait for another wake.
+	if err := a.ensureFacts(ctx, ns); err != nil {
+		a.opts.Log.Error(err, "Report probe failed")
+	}
+}
+
+// factsDue reports whether ns lacks this agent's facts: a NodeSensor they were not reported to
+// (new, or recreated under the same name), or one without a probe.
+func (a *Agent) factsDue(ns *v1alpha1.NodeSensor) bool {
+	return ns.UID != a.reportedUID || ns.Status.Probe == nil
+}
+
+// ensureFacts reports the facts alone to a NodeSensor that lacks them.
 func (a *Agent) ensureFacts(ctx context.Context, ns *v1alpha1.NodeSensor) error {
-	if ns.UID == a.reportedUID && ns.Status.Probe != nil {
+	if !a.factsDue(ns) {
 		return nil
 	}
-	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = &a.facts }); err != nil {
-		return err
-	}
-	if ns.UID != a.reportedUID {
-		a.tested = 0
-	}
-	a.reportedUID = ns.UID
-	return nil
+	return a.report(ctx, ns, func(*v1alpha1.NodeSensorStatus) {})
 }
 
 // WaitForDecision reports the node's facts and heartbeats until this agent's profile has decided
@@ -323,13 +346,15 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 	}
 }
 
-// heartbeats renews the node's Lease every interval while this agent serves the node; a failed
+// heartbeats renews the node's Lease an interval after the last heartbeat, its own renewal or a
+// status report (the manager takes the later of both), while this agent serves the node; a failed
 // renewal is tried again after heartbeatRetry, so one lost write does not cost a whole interval
 // of the manager's timeout. Where there is no Lease namespace, or the API refuses the Lease
 // (manifests older than this agent), it patches status.heartbeatTime instead: a larger write,
 // but the node is never left to expire.
 func (a *Agent) heartbeats(ctx context.Context) {
 	interval := a.opts.HeartbeatInterval
+	last := time.Now()
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	useLease := a.opts.LeaseNamespace != ""
@@ -340,13 +365,18 @@ func (a *Agent) heartbeats(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if wait := time.Until(a.lastBeat(last).Add(interval)); wait > 0 {
+			t.Reset(wait) // a status report since was a heartbeat: saves a write
+			continue
+		}
 		t.Reset(interval)
 		if !a.active.Load() {
 			continue
 		}
+		now := time.Now()
 		var err error
 		if useLease {
-			err = lease.Renew(ctx, time.Now())
+			err = lease.Renew(ctx, now)
 			if apierrors.IsForbidden(err) || apierrors.IsNotFound(err) || meta.IsNoMatchError(err) {
 				a.opts.Log.Error(err, "Heartbeat Lease refused; heartbeats go to the NodeSensor status from now on", "namespace", a.opts.LeaseNamespace)
 				useLease = false
@@ -358,11 +388,23 @@ func (a *Agent) heartbeats(ctx context.Context) {
 			ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: a.opts.NodeName}}
 			err = a.opts.Client.Status().Patch(ctx, ns, client.RawPatch(types.MergePatchType, []byte(patch)))
 		}
-		if err != nil && ctx.Err() == nil {
-			a.opts.Log.Error(err, "Heartbeat failed; trying again", "in", min(heartbeatRetry, interval))
-			t.Reset(min(heartbeatRetry, interval))
+		if err != nil {
+			if ctx.Err() == nil {
+				a.opts.Log.Error(err, "Heartbeat failed; trying again", "in", min(heartbeatRetry, interval))
+				t.Reset(min(heartbeatRetry, interval))
+			}
+			continue
 		}
+		last = now
 	}
+}
+
+// lastBeat is the later of the agent's last heartbeat renewal and its last status report.
+func (a *Agent) lastBeat(renewed time.Time) time.Time {
+	if reported := a.epoch.Add(time.Duration(a.reportedAt.Load())); reported.After(renewed) {
+		return reported
+	}
+	return renewed
 }
 
 // heartbeatRetry is how soon a failed heartbeat is tried again.
@@ -517,8 +559,8 @@ func (a *Agent) watchSensor(ctx context.Context, ns *v1alpha1.NodeSensor) {
 // reportHealth patches the SensorHealthy condition, keeping it for the next health check when
 // the patch fails.
 func (a *Agent) reportHealth(ctx context.Context, ns *v1alpha1.NodeSensor, cond metav1.Condition) {
-	// A failed patch already changed the local copy: without the condition in the base, the
-	// patch carries it again.
+	// Without the condition in the base, the patch carries it whatever the local copy says (a
+	// failed patch may have landed).
 	meta.RemoveStatusCondition(&ns.Status.Conditions, cond.Type)
 	if err := a.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { meta.SetStatusCondition(&st.Conditions, cond) }); err != nil {
 		a.opts.Log.Error(err, "Report sensor health failed; retrying at the next health check")
@@ -636,17 +678,29 @@ func (a *Agent) reportFailure(ctx context.Context, ns *v1alpha1.NodeSensor, reas
 	}
 }
 
-// report patches the NodeSensor status with a change and a fresh heartbeat.
+// report patches the NodeSensor status with a change and a fresh heartbeat, and with the facts
+// when they are due, so they ride with whatever is reported first.
 func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func(*v1alpha1.NodeSensorStatus)) error {
 	base := ns.DeepCopy()
+	facts := a.factsDue(ns)
 	change(&ns.Status)
+	if facts {
+		ns.Status.Probe = &a.facts
+	}
 	now := metav1.Now()
 	ns.Status.HeartbeatTime = &now
 	ns.Status.AgentVersion = version.Version
 	ns.Status.Clamp()
 	if err := a.opts.Client.Status().Patch(ctx, ns, client.MergeFrom(base)); err != nil {
+		// Back to the last known state: a change left in the local copy would be missing from
+		// the next patch (the facts above all).
+		*ns = *base
 		return fmt.Errorf("patch node sensor status: %w", err)
 	}
+	if facts {
+		a.reportedUID = ns.UID
+	}
+	a.reportedAt.Store(int64(now.Sub(a.epoch)))
 	return nil
 }
 

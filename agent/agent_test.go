@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -10,7 +11,9 @@ import (
 	"github.com/go-logr/logr"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -280,4 +283,155 @@ func TestHeartbeatsRenewTheLease(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPredictedDriverReportsFactsWithTheVerdict: a NodeSensor created with a driver already
+// decided (predicted from similar nodes) gets the node's facts with the first verdict, in one
+// status write, not a write of the facts alone before it.
+func TestPredictedDriverReportsFactsWithTheVerdict(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const node = "predicted"
+	ns := &v1alpha1.NodeSensor{
+		ObjectMeta: metav1.ObjectMeta{Name: node},
+		Spec: v1alpha1.NodeSensorSpec{Profile: "predicted", Driver: v1alpha1.DriverModernEBPF, Attempt: 1,
+			Sensor:   v1alpha1.SensorSpec{Kind: v1alpha1.SensorBuiltin},
+			SelfTest: v1alpha1.SelfTestSpec{Checks: []v1alpha1.CheckName{v1alpha1.CheckExeUpperLayer}, Timeout: &metav1.Duration{Duration: time.Second}}},
+	}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Watching from before the agent starts sees every write it makes.
+	w, err := c.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	// A long heartbeat interval: no status heartbeat (there is no Lease) among the writes counted.
+	runAgent(t, node, fixture, &stubSensor{}, func(o *agent.Options) { o.HeartbeatInterval = time.Minute })
+
+	writes := 0
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				t.Fatalf("watch closed after %d writes", writes)
+			}
+			got, isNS := ev.Object.(*v1alpha1.NodeSensor)
+			if !isNS || ev.Type != watch.Modified {
+				continue
+			}
+			writes++
+			if got.Status.SelfTest == nil {
+				continue
+			}
+			if writes != 1 {
+				t.Errorf("%d status writes up to the verdict, want 1 (the facts with the verdict)", writes)
+			}
+			if p := got.Status.Probe; p == nil || p.Kernel.BootID.Value != fixtureBoot {
+				t.Errorf("the verdict came without the node's facts: probe %+v", p)
+			}
+			if st := got.Status.SelfTest; st.Attempt != 1 || st.Driver != v1alpha1.DriverModernEBPF || st.AgentVersion != version.Version {
+				t.Errorf("self-test %+v, want attempt 1 of %s", st, v1alpha1.DriverModernEBPF)
+			}
+			return
+		case <-timeout:
+			t.Fatalf("no verdict within 30s (%d status writes)", writes)
+		}
+	}
+}
+
+// TestStatusReportDefersTheLeaseRenewal: a status report is a heartbeat (the manager takes the
+// later of it and the Lease), so the agent renews its Lease an interval after the report, not on
+// the Lease's own schedule.
+func TestStatusReportDefersTheLeaseRenewal(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const (
+		leaseNS  = "agent-report-beats"
+		node     = "report-beats"
+		interval = 1500 * time.Millisecond
+	)
+	// Namespaces outlive envtest runs of this test (-count): no namespace controller deletes them.
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: node}, Spec: v1alpha1.NodeSensorSpec{Profile: "report-beats"}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	// No sensor can be built: a decision gets its (failed) verdict reported at once.
+	runAgent(t, node, fixture, &stubSensor{}, func(o *agent.Options) {
+		o.LeaseNamespace, o.HeartbeatInterval = leaseNS, interval
+		o.NewSensor = func(v1alpha1.NodeSensorSpec) (sensor.Sensor, error) { return nil, errors.New("no sensor in this test") }
+	})
+	renewed := func() (time.Time, error) {
+		lease := &coordinationv1.Lease{}
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: leaseNS, Name: node}, lease); err != nil {
+			return time.Time{}, err
+		}
+		return heartbeat.RenewTime(lease), nil
+	}
+	after := func(what string, t0 time.Time) time.Time {
+		t.Helper()
+		var r time.Time
+		waitFor(t, what, func() error {
+			var err error
+			if r, err = renewed(); err != nil {
+				return err
+			}
+			if !r.After(t0) {
+				return fmt.Errorf("renewed at %v", r)
+			}
+			return nil
+		})
+		return r
+	}
+
+	// Decide right after a renewal: on the Lease's own schedule the next one would come an
+	// interval after that renewal, so before an interval after the report.
+	first := after("the Lease created", time.Time{})
+	last := after("the Lease renewed", first)
+	decided := time.Now()
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		got := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ns), got); err != nil {
+			return err
+		}
+		got.Spec.Driver, got.Spec.Attempt = v1alpha1.DriverModernEBPF, 1
+		return env.Client.Update(ctx, got)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var reported *metav1.Time
+	waitFor(t, "the verdict reported", func() error {
+		got := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ns), got); err != nil {
+			return err
+		}
+		if st := got.Status.SelfTest; st == nil || st.Attempt != 1 {
+			return fmt.Errorf("self-test %+v", st)
+		}
+		reported = got.Status.HeartbeatTime
+		return nil
+	})
+	seen := time.Now()
+	// A renewal that had begun before the report landed may show after it; one that starts after
+	// the report was seen must wait an interval from the report, made after decided.
+	next := after("the Lease renewed after the report", seen)
+	t.Logf("renewed %v, decided %v later, report (heartbeatTime %v) seen %v after the decision, next renewal %v after the decision",
+		last.Format(time.StampMicro), decided.Sub(last), reported.Format(time.RFC3339), seen.Sub(decided), next.Sub(decided))
+	if next.Before(decided.Add(interval)) {
+		t.Errorf("Lease renewed %v after the decision, before an interval (%v) had passed since the verdict report", next.Sub(decided), interval)
+	}
+	if next.Before(reported.Add(interval)) {
+		t.Errorf("Lease renewed at %v, before an interval after the report's heartbeatTime %v", next, reported)
+	}
 }
