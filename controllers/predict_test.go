@@ -205,3 +205,43 @@ func waitVerified(t *testing.T, profile string, n int, timeout time.Duration) {
 		return nil
 	})
 }
+
+// TestPredictionDoesNotWaitOnASilentFirstNode: the first node of a kind, probed alone, has no
+// agent. Its kind waits uncreated for at most a heartbeat timeout; then its nodes are probed and
+// decided alone, and all but the silent one are verified.
+func TestPredictionDoesNotWaitOnASilentFirstNode(t *testing.T) {
+	names := []string{"silent-first-0", "silent-first-1", "silent-first-2", "silent-first-3"}
+	createNodesFast(t, "silent-first", names, func(string) corev1.NodeSystemInfo {
+		return corev1.NodeSystemInfo{KernelVersion: "6.1.0-28-cloud-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", Architecture: "amd64"}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	// No agent on the first node (in name order, the one probed alone).
+	fleet, err := simagent.Start(ctx, env.Config, env.Scheme, names[1:], simagent.Options{SelfTestDelay: 100 * time.Millisecond, NoHeartbeat: true, AgentVersion: agentVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); fleet.Wait() })
+	createProfile(t, &v1alpha1.SecurityProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "silent-first"},
+		Spec:       v1alpha1.SecurityProfileSpec{NodeSelector: selectorFor("silent-first")},
+	})
+	// While the first node may still answer, its kind waits without NodeSensors.
+	time.Sleep(heartbeatTimeout / 2)
+	var list v1alpha1.NodeSensorList
+	if err := env.Client.List(context.Background(), &list, client.MatchingLabels{controllers.ProfileLabel: "silent-first"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != 1 || list.Items[0].Name != names[0] {
+		t.Errorf("%d NodeSensors within the first node's grace, want only %s's", len(list.Items), names[0])
+	}
+	eventually(t, 30*time.Second, "the silent node's kind verified without it", func() error {
+		p := &v1alpha1.SecurityProfile{}
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: "silent-first"}, p); err != nil {
+			return err
+		}
+		if s := p.Status.Nodes; s.Selected != 4 || s.Verified != 3 {
+			return fmt.Errorf("nodes %+v", s)
+		}
+		return nil
+	})
+}

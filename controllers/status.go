@@ -189,7 +189,7 @@ func onlyProgress(a, b v1alpha1.SecurityProfileStatus) bool {
 var digits = regexp.MustCompile(`[0-9]+`)
 
 // parallelWrites bounds the API writes one reconcile has in flight at once.
-const parallelWrites = 32
+const parallelWrites = 64
 
 // forEach runs fn for each item with up to parallelWrites at once and joins the errors: one
 // node's failure neither stops nor hides the others'.
