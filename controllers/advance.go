@@ -85,11 +85,34 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	}
 	decisions := map[string]selection.Decision{}
 	reprove := map[string]string{}
-	// current are the verified nodes proven under the current spec and agent (predictions' samples).
-	current := map[string]bool{}
+	// current are the verified nodes proven under the current spec and agent on their own
+	// choice (predictions' samples); mispredicted those whose predicted driver their facts refused.
+	current, mispredicted := map[string]bool{}, map[string]bool{}
 	for _, name := range names {
 		ns := sensors[name]
 		phase := nodestate.Classify(ns, now, r.HeartbeatTimeout)
+		switch {
+		case r.predictedUnanswered(ns, now):
+			if err := r.withdrawPrediction(ctx, profile, ns); err != nil {
+				fail(ns, err)
+			}
+			phase = nodestate.Classify(ns, now, r.HeartbeatTimeout)
+		case unconfirmedPrediction(ns, governed[name]):
+			// The facts are in: the prediction stands only if they choose the same driver. If
+			// not, the node's own decision goes out at once, in the slot the prediction held, and
+			// a verdict on the prediction counts neither as proof nor as a failure.
+			d, ok := decide(ns)
+			if !ok || d.Driver == ns.Spec.Driver {
+				break
+			}
+			mispredicted[name] = true
+			r.eventf(ns, profile, corev1.EventTypeNormal, "Reverify", "Verify", "Node %s re-verifies: its driver %s was predicted from node %s, but its own facts choose %s",
+				name, ns.Spec.Driver, ns.Spec.PredictedFrom, orNone(d.Driver))
+			if err := r.assign(ctx, profile, ns, d, ns.Spec.FailedAttempts, false); err != nil {
+				fail(ns, err)
+			}
+			phase = nodestate.Classify(ns, now, r.HeartbeatTimeout)
+		}
 		switch phase {
 		case nodestate.AttemptFailed:
 			// Fallback does not wait for a slot: the node is already verifying.
@@ -138,13 +161,6 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 				if !ok {
 					break
 				}
-				if ns.Spec.PredictedFrom != "" && d.Driver != ns.Spec.Driver {
-					// The proof answers a prediction this node's own facts do not make.
-					decisions[name], reprove[name] = d, fmt.Sprintf("its driver %s was predicted from node %s, but its own facts choose %s",
-						ns.Spec.Driver, ns.Spec.PredictedFrom, orNone(d.Driver))
-					phase = nodestate.Reverify
-					break
-				}
 				if why := nodestate.Reprove(ns.Spec, profile.Spec.Sensor, profile.Spec.SelfTest.Checks, d.Candidates); why != "" {
 					// The proof answers an older spec: it stands until the rollout re-verifies.
 					decisions[name], reprove[name] = d, why
@@ -158,7 +174,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 					break
 				}
 				p.upToDate++
-				current[name] = true
+				current[name] = d.Driver == ns.Spec.Driver
 				if err := r.refreshSettings(ctx, profile, ns); err != nil {
 					fail(ns, err)
 				}
@@ -208,14 +224,14 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	released := r.released(nodes, sensors, now)
 	// The nodes without a NodeSensor are nodes of the rollout too: queued with a predicted
 	// driver, or waiting for one to be created (now, or once a like node settled).
-	predicted := r.predict(profile, governed, sensors, missing, p.phases, current, released, isCanary, now)
+	predicted := r.predict(profile, governed, sensors, missing, &p, decisions, current, mispredicted, released, isCanary, now)
 	for _, name := range missing {
 		phase, driver := nodestate.AwaitingProbe, v1alpha1.Driver("")
 		if s, ok := predicted.Predicted[name]; ok {
 			phase, driver = nodestate.Queued, s.Driver
 		}
 		p.phases[name] = phase
-		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Driver: driver})
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Driver: driver, Uncreated: true})
 	}
 	p.create, p.deferred = predicted.Create, len(predicted.Deferred)
 	p.plan = rollout.Decide(rollout.Input{
@@ -287,7 +303,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	for i := range nodes {
 		nodes[i].Phase = p.phases[nodes[i].Name]
 		if ns := sensors[nodes[i].Name]; ns != nil {
-			nodes[i].Driver = ns.Spec.Driver
+			nodes[i].Driver, nodes[i].Uncreated = ns.Spec.Driver, false
 		}
 	}
 	p.nodes = nodes

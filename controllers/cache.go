@@ -30,9 +30,8 @@ func CacheOptions(namespace string) cache.Options {
 // resourceVersion for optimistic locks), its spec (taints, providerID), its conditions, and of
 // its node info the kernel, OS image and architecture (what makes nodes alike for a predicted
 // driver). The kubelet's image list, volumes, addresses, capacity and the rest of its node info
-// go: nothing here reads them,
-// and the taint patch is computed between two copies of the trimmed object, so it never writes
-// them back.
+// go: nothing here reads them, and the taint patch is computed between two copies of the
+// trimmed object, so it never writes them back.
 func TrimNode(obj any) (any, error) {
 	node, ok := obj.(*corev1.Node)
 	if !ok {

@@ -4,15 +4,18 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 	"github.com/driverpilot/driverpilot/internal/nodestate"
 	"github.com/driverpilot/driverpilot/internal/prediction"
+	"github.com/driverpilot/driverpilot/internal/selection"
 )
 
 // predict plans the governed nodes without a NodeSensor (internal/prediction): which start with
@@ -21,36 +24,98 @@ import (
 // every node learns alone; with the taint enforced every node gets its NodeSensor at once (the
 // manager taints only nodes with one).
 func (r *SecurityProfileReconciler) predict(profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor,
-	missing []string, phases map[string]nodestate.Phase, current, released, canary map[string]bool, now time.Time) prediction.Plan {
+	missing []string, p *progress, decisions map[string]selection.Decision, current, mispredicted, released, canary map[string]bool, now time.Time) prediction.Plan {
 	if !profile.Spec.Fleet.LearningOn() || profile.Spec.Enforcement.Taint {
 		return prediction.Plan{Create: missing}
 	}
-	known := make([]prediction.Known, 0, len(sensors))
+	known := make([]prediction.Known, 0, len(governed))
 	for name, ns := range sensors {
-		phase := phases[name]
-		busy := phase == nodestate.Queued || phase == nodestate.Reverify ||
-			(phase == nodestate.AwaitingProbe && now.Sub(ns.CreationTimestamp.Time) <= r.HeartbeatTimeout) ||
-			(phase.InFlight() && !released[name])
 		k := prediction.Known{Name: name, Key: prediction.KeyOf(governed[name]), Driver: ns.Spec.Driver, Proven: current[name],
-			FirstChoice: len(ns.Spec.FailedAttempts) == 0, Busy: busy}
+			FirstChoice: len(ns.Spec.FailedAttempts) == 0, Mispredicted: mispredicted[name], Busy: r.holdsKind(ns, p.phases[name], decisions, released, now)}
 		for _, f := range ns.Spec.FailedAttempts {
 			k.Failed = append(k.Failed, f.Driver)
 		}
 		known = append(known, k)
 	}
-	slices.SortFunc(known, func(a, b prediction.Known) int { return strings.Compare(a.Name, b.Name) })
-	var first []string
-	likes := make([]prediction.Missing, 0, len(missing))
+	waiting := make(map[string]bool, len(missing))
 	for _, name := range missing {
-		if canary[name] {
-			first = append(first, name)
-			continue
-		}
-		likes = append(likes, prediction.Missing{Name: name, Key: prediction.KeyOf(governed[name])})
+		waiting[name] = true
 	}
-	plan := prediction.Decide(known, likes, true)
+	likes := make([]prediction.Missing, 0, len(missing))
+	var first []string
+	for name, node := range governed {
+		switch {
+		case sensors[name] == nil && !waiting[name]:
+			// Created by an earlier pass, not in the cache yet: the first of its kind, maybe.
+			known = append(known, prediction.Known{Name: name, Key: prediction.KeyOf(node), Busy: true})
+		case waiting[name] && canary[name]:
+			first = append(first, name)
+			known = append(known, prediction.Known{Name: name, Key: prediction.KeyOf(node), Busy: true})
+		}
+	}
+	for _, name := range missing {
+		if !canary[name] {
+			likes = append(likes, prediction.Missing{Name: name, Key: prediction.KeyOf(governed[name])})
+		}
+	}
+	slices.SortFunc(known, func(a, b prediction.Known) int { return strings.Compare(a.Name, b.Name) })
+	sort.Strings(first)
+	plan := prediction.Decide(known, likes)
 	plan.Create = append(first, plan.Create...)
 	return plan
+}
+
+// holdsKind reports whether a node holds back the nodes like it: a node never proven that is on
+// its way (awaiting its probe, queued with a decision, or verifying), for a bounded time. A
+// proven node re-verifying does not: new nodes of its kind go on as they did before.
+func (r *SecurityProfileReconciler) holdsKind(ns *v1alpha1.NodeSensor, phase nodestate.Phase, decisions map[string]selection.Decision,
+	released map[string]bool, now time.Time) bool {
+	age := now.Sub(ns.CreationTimestamp.Time)
+	switch {
+	case phase == nodestate.AwaitingProbe:
+		return age <= r.HeartbeatTimeout
+	case phase == nodestate.Queued:
+		_, decided := decisions[ns.Name]
+		return decided && age <= r.groupPatience()
+	case phase.InFlight() && phase != nodestate.Reverifying:
+		return !released[ns.Name]
+	}
+	return false
+}
+
+// predictedUnanswered reports whether a node created with a predicted driver has heard nothing
+// from its agent within the heartbeat timeout: no facts, no heartbeat.
+func (r *SecurityProfileReconciler) predictedUnanswered(ns *v1alpha1.NodeSensor, now time.Time) bool {
+	return ns.Spec.PredictedFrom != "" && ns.Spec.Driver != "" && ns.Status.Probe == nil && ns.Status.HeartbeatTime == nil &&
+		now.Sub(ns.CreationTimestamp.Time) > r.HeartbeatTimeout
+}
+
+// withdrawPrediction takes back the driver of a node whose agent never answered, which frees
+// its rollout slot: an agent that comes later only probes (its attempt stays, so a late verdict
+// for the prediction matches nothing) and the node is decided on its own facts.
+func (r *SecurityProfileReconciler) withdrawPrediction(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	ownCopy(ns)
+	base := ns.DeepCopy()
+	driver := ns.Spec.Driver
+	ns.Spec.Driver, ns.Spec.Candidates, ns.Spec.Reasons = "", nil, nil
+	if err := r.Patch(ctx, ns, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("withdraw the predicted driver of %s: %w", ns.Name, err)
+	}
+	r.eventf(ns, profile, corev1.EventTypeWarning, "PredictionWithdrawn", "SelectDriver",
+		"Node %s: no agent answered within %s; predicted driver %s withdrawn, the node is decided on its own facts once its agent reports them",
+		ns.Name, r.HeartbeatTimeout, driver)
+	return nil
+}
+
+// unconfirmedPrediction reports whether a node's driver was predicted and the manager has not
+// yet checked it against the node's own facts: they are in, and the node is not verified yet
+// (the check happens in the pass that would verify it, so a verified node was checked).
+func unconfirmedPrediction(ns *v1alpha1.NodeSensor, node *corev1.Node) bool {
+	if ns.Spec.PredictedFrom == "" || ns.Spec.Driver == "" || ns.Status.Probe == nil {
+		return false
+	}
+	c := findCondition(node)
+	return c == nil || c.Status != corev1.ConditionTrue
 }
 
 // createPredicted creates a node's NodeSensor with the driver its like nodes proved: attempt 1,

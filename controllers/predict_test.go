@@ -245,3 +245,61 @@ func TestPredictionDoesNotWaitOnASilentFirstNode(t *testing.T) {
 		return nil
 	})
 }
+
+// TestPredictionWithdrawnWhenNoAgentAnswers: a node created with a predicted driver whose agent
+// does not answer holds its rollout slot for one heartbeat timeout; then the prediction is
+// withdrawn (its slot goes to the next node), and an agent that comes later only probes: the
+// node is decided on its own facts, on a new attempt.
+func TestPredictionWithdrawnWhenNoAgentAnswers(t *testing.T) {
+	names := []string{"late-agent-0", "late-agent-1", "late-agent-2"}
+	const late = "late-agent-1" // in name order the first predicted node
+	createNodesFast(t, "late-agent", names, func(string) corev1.NodeSystemInfo {
+		return corev1.NodeSystemInfo{KernelVersion: "6.1.0-28-cloud-amd64", OSImage: "Debian GNU/Linux 12 (bookworm)", Architecture: "amd64"}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	fleet, err := simagent.Start(ctx, env.Config, env.Scheme, []string{names[0], names[2]},
+		simagent.Options{SelfTestDelay: 100 * time.Millisecond, NoHeartbeat: true, AgentVersion: agentVersion})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); fleet.Wait() })
+	createProfile(t, &v1alpha1.SecurityProfile{
+		ObjectMeta: metav1.ObjectMeta{Name: "late-agent"},
+		Spec: v1alpha1.SecurityProfileSpec{NodeSelector: selectorFor("late-agent"),
+			Rollout: v1alpha1.RolloutSpec{MaxUnavailable: ptr.To(intstr.FromInt32(1))}},
+	})
+	get := func(name string) (*v1alpha1.NodeSensor, error) {
+		ns := &v1alpha1.NodeSensor{}
+		return ns, env.Client.Get(context.Background(), client.ObjectKey{Name: name}, ns)
+	}
+	eventually(t, 20*time.Second, "the late node's prediction withdrawn and the next node verified", func() error {
+		ns, err := get(late)
+		if err != nil {
+			return err
+		}
+		if ns.Spec.Driver != "" || ns.Spec.PredictedFrom != names[0] || ns.Spec.Attempt != 1 {
+			return fmt.Errorf("late node: driver %q, predicted from %q, attempt %d", ns.Spec.Driver, ns.Spec.PredictedFrom, ns.Spec.Attempt)
+		}
+		next, err := get(names[2])
+		if err != nil {
+			return err
+		}
+		if st := next.Status.SelfTest; st == nil || st.Result != v1alpha1.SelfTestPassed {
+			return fmt.Errorf("%s has no passing verdict yet", names[2])
+		}
+		return nil
+	})
+	fleet.Add(late, "boot-"+late)
+	eventually(t, 20*time.Second, "the late node decided on its own facts and verified", func() error {
+		ns, err := get(late)
+		if err != nil {
+			return err
+		}
+		st := ns.Status.SelfTest
+		if ns.Spec.Attempt != 2 || ns.Spec.PredictedFrom != "" || st == nil || st.Attempt != 2 || st.Result != v1alpha1.SelfTestPassed {
+			return fmt.Errorf("late node: attempt %d, predicted from %q, verdict %+v", ns.Spec.Attempt, ns.Spec.PredictedFrom, st)
+		}
+		return nil
+	})
+	waitVerified(t, "late-agent", 3, 20*time.Second)
+}

@@ -62,15 +62,16 @@ func Classify(ns *v1alpha1.NodeSensor, now time.Time, heartbeatTimeout time.Dura
 	}
 	if st.Probe == nil {
 		// A driver predicted before the probe (internal/prediction) is tested at once, and its
-		// agent reports facts and verdict together; it holds a slot until then, unless no agent
-		// ever answered for it (it then waits like any node without a probe).
-		if ns.Spec.Driver != "" && (st.HeartbeatTime != nil || now.Sub(ns.CreationTimestamp.Time) <= heartbeatTimeout) {
+		// agent reports facts and verdict together: it holds its slot until then, or until the
+		// manager withdraws a prediction no agent answered.
+		if ns.Spec.Driver != "" {
 			return Verifying
 		}
 		return AwaitingProbe
 	}
 	if ns.Spec.Driver == "" {
-		if ns.Spec.Attempt > 0 {
+		// (A withdrawn prediction keeps its attempt, so a late verdict for it matches nothing.)
+		if ns.Spec.Attempt > 0 && ns.Spec.PredictedFrom == "" {
 			return NoSupportedDriver
 		}
 		return Queued
@@ -207,6 +208,9 @@ type Node struct {
 	// Silent marks a node whose agent does not report: its heartbeat expired, or it never
 	// reported within the heartbeat timeout. A silent canary pauses the rollout.
 	Silent bool
+	// Uncreated marks a governed node without a NodeSensor yet (it waits to be created, or for
+	// its predicted driver's slot): a node of the rollout, but no agent's to count in a brownout.
+	Uncreated bool
 }
 
 // StalledWhileVerifying reports whether a node with an expired heartbeat was verifying.
@@ -286,10 +290,15 @@ const BrownoutThreshold = 0.55
 // partially disrupted zone. In a brownout the cause is most likely the control plane or the
 // network, not the nodes: they turn Unknown but get no taint.
 func Brownout(nodes []Node) (expired int, brownout bool) {
+	reporting := 0
 	for _, n := range nodes {
+		if n.Uncreated {
+			continue
+		}
+		reporting++
 		if n.Phase == HeartbeatExpired {
 			expired++
 		}
 	}
-	return expired, expired > 2 && float64(expired) >= BrownoutThreshold*float64(len(nodes))
+	return expired, expired > 2 && float64(expired) >= BrownoutThreshold*float64(reporting)
 }

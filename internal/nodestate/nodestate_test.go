@@ -110,25 +110,28 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
 	}
-	// A driver predicted before the probe (internal/prediction): verifying, a slot held, until
-	// its agent reports facts and verdict; an agent that never answers leaves it awaiting its
-	// probe after the heartbeat timeout, and a verdict without facts proves nothing.
+	// A driver predicted before the probe (internal/prediction): verifying, its slot held, until
+	// its agent reports facts and verdict (or the manager withdraws it: no driver, the attempt
+	// kept); a verdict without facts proves nothing.
 	predicted := v1alpha1.NodeSensorSpec{Driver: "modern_ebpf", Attempt: 1, PredictedFrom: "like-node"}
+	withdrawn := v1alpha1.NodeSensorSpec{Attempt: 1, PredictedFrom: "like-node"}
 	for _, tc := range []struct {
-		name    string
-		created time.Time
-		st      v1alpha1.NodeSensorStatus
-		want    Phase
+		name string
+		spec v1alpha1.NodeSensorSpec
+		st   v1alpha1.NodeSensorStatus
+		want Phase
 	}{
-		{"predicted, just created", now.Add(-time.Second), v1alpha1.NodeSensorStatus{}, Verifying},
-		{"predicted, no agent within the timeout", now.Add(-3 * time.Minute), v1alpha1.NodeSensorStatus{}, AwaitingProbe},
-		{"predicted, agent alive without a report yet", now.Add(-3 * time.Minute), v1alpha1.NodeSensorStatus{HeartbeatTime: &fresh}, Verifying},
-		{"predicted, a pass without facts", now.Add(-time.Second),
+		{"predicted, no report yet", predicted, v1alpha1.NodeSensorStatus{}, Verifying},
+		{"predicted, agent alive without a report yet", predicted, v1alpha1.NodeSensorStatus{HeartbeatTime: &fresh}, Verifying},
+		{"predicted, a pass without facts", predicted,
 			v1alpha1.NodeSensorStatus{SelfTest: verdict(1, "modern_ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verifying},
-		{"predicted, facts and pass together", now.Add(-time.Second),
+		{"predicted, facts and pass together", predicted,
 			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "modern_ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Verified},
+		{"withdrawn, no facts", withdrawn, v1alpha1.NodeSensorStatus{}, AwaitingProbe},
+		{"withdrawn, facts and a late pass of the prediction", withdrawn,
+			v1alpha1.NodeSensorStatus{Probe: probe, SelfTest: verdict(1, "modern_ebpf", v1alpha1.SelfTestPassed, "boot-2")}, Queued},
 	} {
-		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.NewTime(tc.created)}, Spec: predicted, Status: tc.st}
+		ns := &v1alpha1.NodeSensor{Spec: tc.spec, Status: tc.st}
 		if got := Classify(ns, now, 2*time.Minute); got != tc.want {
 			t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
 		}
@@ -250,6 +253,14 @@ func TestBrownout(t *testing.T) {
 		if got != c.want || expired != c.expired {
 			t.Errorf("%d expired of %d: brownout %v (%d), want %v", c.expired, c.expired+c.healthy, got, expired, c.want)
 		}
+	}
+	// Nodes without a NodeSensor have no agent reporting: they do not dilute a brownout.
+	nodes := fleet(6, 4)
+	for i := 0; i < 20; i++ {
+		nodes = append(nodes, Node{Phase: AwaitingProbe, Uncreated: true})
+	}
+	if _, got := Brownout(nodes); !got {
+		t.Error("6 of 10 reporting nodes expired, with 20 uncreated: no brownout")
 	}
 }
 

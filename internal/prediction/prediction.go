@@ -43,6 +43,9 @@ type Known struct {
 	FirstChoice bool
 	// Failed lists the drivers that failed a self-test on this node.
 	Failed []v1alpha1.Driver
+	// Mispredicted says this node's own facts chose another driver than the one predicted for
+	// it: its kind is not as alike as its kubelets say.
+	Mispredicted bool
 	// Busy says the node has not settled yet: it waits for its probe, for a rollout slot or
 	// for its verdict, and still holds its kind back.
 	Busy bool
@@ -66,20 +69,21 @@ type Plan struct {
 	// rollout gives them a slot.
 	Predicted map[string]Sample
 	// Create are the nodes created now without a driver, to be probed and decided alone: the
-	// first node of a kind nobody has tried, and every node of a kind whose nodes did not agree.
+	// first node of a kind nobody has tried; every node without a key; and, once no node of
+	// their kind is busy, every node of a kind that predicts nothing.
 	Create []string
 	// Deferred are the nodes that wait, uncreated, for the first node of their kind to settle.
 	Deferred []string
 }
 
 // Decide plans the missing nodes (in the given order) from the known ones. A kind predicts a
-// driver when every proven node of it proved that driver, at least one as its first choice, and
-// no node of it saw that driver fail. Without wait, no node is deferred.
-func Decide(known []Known, missing []Missing, wait bool) Plan {
+// driver when every proven node of it proved that driver, at least one as its first choice, no
+// node of it saw that driver fail, and none was mispredicted.
+func Decide(known []Known, missing []Missing) Plan {
 	type kind struct {
-		driver               v1alpha1.Driver
-		from                 string
-		disagree, busy, seen bool
+		driver         v1alpha1.Driver
+		from           string
+		disagree, busy bool
 	}
 	kinds := map[Key]*kind{}
 	for _, n := range known {
@@ -91,8 +95,8 @@ func Decide(known []Known, missing []Missing, wait bool) Plan {
 			k = &kind{}
 			kinds[n.Key] = k
 		}
-		k.seen = true
 		k.busy = k.busy || n.Busy
+		k.disagree = k.disagree || n.Mispredicted
 		if n.Proven {
 			switch {
 			case k.driver == "":
@@ -118,9 +122,9 @@ func Decide(known []Known, missing []Missing, wait bool) Plan {
 			p.Create = append(p.Create, m.Name)
 		case k != nil && k.driver != "" && k.from != "" && !k.disagree:
 			p.Predicted[m.Name] = Sample{Driver: k.driver, From: k.from}
-		case wait && k != nil && k.busy:
+		case k != nil && k.busy:
 			p.Deferred = append(p.Deferred, m.Name)
-		case wait && k == nil:
+		case k == nil:
 			// The first of its kind: probed alone while the rest of its kind waits.
 			p.Create = append(p.Create, m.Name)
 			kinds[m.Key] = &kind{busy: true}

@@ -54,28 +54,31 @@ func TestDecide(t *testing.T) {
 		name    string
 		known   []Known
 		provenB bool // b0 proved modern_ebpf as its first choice
-		wait    bool
 		want    Plan
 	}{{
 		name: "nobody tried a kind: its first node is created, the rest wait",
-		wait: true,
 		want: Plan{Predicted: map[string]Sample{}, Create: []string{"a1", "b1"}, Deferred: []string{"a2", "b2"}},
 	}, {
-		name: "without waiting every node is created",
-		want: Plan{Predicted: map[string]Sample{}, Create: []string{"a1", "a2", "b1", "b2"}},
+		name:  "a kind that predicts nothing and is not busy creates every node",
+		known: []Known{{Name: "a0", Key: "a", Driver: "", Busy: false}, {Name: "b0", Key: "b", Driver: ebpf, Proven: true, Failed: []v1alpha1.Driver{modern}}},
+		want:  Plan{Predicted: map[string]Sample{}, Create: []string{"a1", "a2", "b1", "b2"}},
+	}, {
+		name: "a mispredicted node takes its kind's prediction back", provenB: true,
+		known: []Known{
+			{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true},
+			{Name: "a7", Key: "a", Driver: modern, Mispredicted: true},
+		},
+		want: Plan{Predicted: map[string]Sample{"b1": {modern, "b0"}, "b2": {modern, "b0"}}, Create: []string{"a1", "a2"}},
 	}, {
 		name:  "a proven first choice predicts its kind; a kind still busy waits",
-		wait:  true,
 		known: []Known{{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true}, {Name: "b0", Key: "b", Busy: true}},
 		want:  Plan{Predicted: map[string]Sample{"a1": {modern, "a0"}, "a2": {modern, "a0"}}, Deferred: []string{"b1", "b2"}},
 	}, {
 		name: "a fallback proves no prediction: the kind decides node by node", provenB: true,
-		wait:  true,
 		known: []Known{{Name: "a0", Key: "a", Driver: ebpf, Proven: true, Failed: []v1alpha1.Driver{modern}}},
 		want:  Plan{Predicted: map[string]Sample{"b1": {modern, "b0"}, "b2": {modern, "b0"}}, Create: []string{"a1", "a2"}},
 	}, {
 		name: "proven nodes that disagree predict nothing", provenB: true,
-		wait: true,
 		known: []Known{
 			{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true},
 			{Name: "a9", Key: "a", Driver: ebpf, Proven: true, FirstChoice: true},
@@ -83,7 +86,6 @@ func TestDecide(t *testing.T) {
 		want: Plan{Predicted: map[string]Sample{"b1": {modern, "b0"}, "b2": {modern, "b0"}}, Create: []string{"a1", "a2"}},
 	}, {
 		name: "a like node that saw the driver fail takes the prediction back", provenB: true,
-		wait: true,
 		known: []Known{
 			{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true},
 			{Name: "a8", Key: "a", Driver: ebpf, Failed: []v1alpha1.Driver{modern}, Busy: true},
@@ -95,14 +97,14 @@ func TestDecide(t *testing.T) {
 			c.known = append(c.known, Known{Name: "b0", Key: "b", Driver: modern, Proven: true, FirstChoice: true})
 		}
 		t.Run(c.name, func(t *testing.T) {
-			got := Decide(c.known, miss("a1", "a2", "b1", "b2"), c.wait)
+			got := Decide(c.known, miss("a1", "a2", "b1", "b2"))
 			if !reflect.DeepEqual(got, c.want) {
 				t.Errorf("got %+v\nwant %+v", got, c.want)
 			}
 		})
 	}
 	// A node without a key is always created at once.
-	got := Decide(nil, []Missing{{Name: "x"}}, true)
+	got := Decide(nil, []Missing{{Name: "x"}})
 	if !reflect.DeepEqual(got.Create, []string{"x"}) || len(got.Deferred) != 0 {
 		t.Errorf("a node without a key: %+v", got)
 	}
