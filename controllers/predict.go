@@ -31,7 +31,8 @@ func (r *SecurityProfileReconciler) predict(profile *v1alpha1.SecurityProfile, g
 	known := make([]prediction.Known, 0, len(governed))
 	for name, ns := range sensors {
 		k := prediction.Known{Name: name, Key: prediction.KeyOf(governed[name]), Driver: ns.Spec.Driver, Proven: current[name],
-			FirstChoice: len(ns.Spec.FailedAttempts) == 0, Mispredicted: mispredicted[name], Busy: r.holdsKind(ns, p.phases[name], decisions, released, now)}
+			FirstChoice: len(ns.Spec.FailedAttempts) == 0, Mispredicted: mispredicted[name], Busy: r.holdsKind(ns, p.phases[name], decisions, released, now),
+			Decided: ns.Spec.PredictedFrom == "" && ns.Status.Probe != nil}
 		for _, f := range ns.Spec.FailedAttempts {
 			k.Failed = append(k.Failed, f.Driver)
 		}

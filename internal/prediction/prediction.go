@@ -46,6 +46,8 @@ type Known struct {
 	// Mispredicted says this node's own facts chose another driver than the one predicted for
 	// it: its kind is not as alike as its kubelets say.
 	Mispredicted bool
+	// Decided says Driver is this node's own facts' choice (not a prediction), proven or not.
+	Decided bool
 	// Busy says the node has not settled yet: it waits for its probe, for a rollout slot or
 	// for its verdict, and still holds its kind back.
 	Busy bool
@@ -78,7 +80,7 @@ type Plan struct {
 
 // Decide plans the missing nodes (in the given order) from the known ones. A kind predicts a
 // driver when every proven node of it proved that driver, at least one as its first choice, no
-// node of it saw that driver fail, and none was mispredicted.
+// node of it saw that driver fail or chose another first, and none was mispredicted.
 func Decide(known []Known, missing []Missing) Plan {
 	type kind struct {
 		driver         v1alpha1.Driver
@@ -110,7 +112,13 @@ func Decide(known []Known, missing []Missing) Plan {
 		}
 	}
 	for _, n := range known {
-		if k := kinds[n.Key]; k != nil && k.driver != "" && slices.Contains(n.Failed, k.driver) {
+		k := kinds[n.Key]
+		if k == nil || k.driver == "" {
+			continue
+		}
+		// A node that saw the driver fail, or whose own first choice is another (proven yet or
+		// not), says the kind is not alike.
+		if slices.Contains(n.Failed, k.driver) || (n.Decided && n.FirstChoice && n.Driver != "" && n.Driver != k.driver) {
 			k.disagree = true
 		}
 	}

@@ -63,6 +63,13 @@ func TestDecide(t *testing.T) {
 		known: []Known{{Name: "a0", Key: "a", Driver: "", Busy: false}, {Name: "b0", Key: "b", Driver: ebpf, Proven: true, Failed: []v1alpha1.Driver{modern}}},
 		want:  Plan{Predicted: map[string]Sample{}, Create: []string{"a1", "a2", "b1", "b2"}},
 	}, {
+		name: "a node whose own first choice is another, still verifying, takes it back", provenB: true,
+		known: []Known{
+			{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true, Decided: true},
+			{Name: "a7", Key: "a", Driver: ebpf, FirstChoice: true, Decided: true},
+		},
+		want: Plan{Predicted: map[string]Sample{"b1": {modern, "b0"}, "b2": {modern, "b0"}}, Create: []string{"a1", "a2"}},
+	}, {
 		name: "a mispredicted node takes its kind's prediction back", provenB: true,
 		known: []Known{
 			{Name: "a0", Key: "a", Driver: modern, Proven: true, FirstChoice: true},
