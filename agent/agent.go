@@ -256,15 +256,18 @@ func (a *Agent) wake(ctx context.Context, ns *v1alpha1.NodeSensor) {
 	if ns.UID != a.seenUID {
 		a.seenUID, a.tested = ns.UID, 0 // a new object (recreated under the same name) is tested afresh
 	}
-	if ns.Spec.Driver == "" {
-		// Nothing to test: the facts go at once, the manager decides on them.
+	if ns.Spec.Driver == "" || ns.Status.Probe != nil {
+		// The facts go first, alone: with no driver the manager decides on them; over an
+		// earlier probe (a new boot, a new agent, a recreated NodeSensor) the manager must see
+		// this boot's facts at once, or a previous boot's pass keeps the node verified for the
+		// whole self-test.
 		if err := a.ensureFacts(ctx, ns); err != nil {
 			a.opts.Log.Error(err, "Report probe failed")
 			return
 		}
 	}
-	// A driver decided before the probe (predicted from similar nodes): the facts ride with the
-	// verdict, one status write instead of two (report attaches them).
+	// Only a driver decided before any probe (predicted from similar nodes) lets the facts ride
+	// with the verdict, one status write instead of two (report attaches them).
 	a.step(ctx, ns)
 	// step wrote nothing (kept a proof, Falco restarting, tested already) or its write failed:
 	// the facts must not wait for another wake.
@@ -704,11 +707,14 @@ func (a *Agent) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func
 	return nil
 }
 
-// waitForNodeSensor waits until the manager created this node's NodeSensor.
+// waitForNodeSensor waits until the manager created this node's NodeSensor. It watches rather
+// than polls: the manager may hold a node's NodeSensor back for minutes, and thousands of agents
+// polling meanwhile would load the API server.
 func (a *Agent) waitForNodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, error) {
-	ns := &v1alpha1.NodeSensor{}
 	logged := false
+	var backoff time.Duration
 	for {
+		ns := &v1alpha1.NodeSensor{}
 		err := a.opts.Client.Get(ctx, client.ObjectKey{Name: a.opts.NodeName}, ns)
 		if err == nil {
 			return ns, nil
@@ -717,9 +723,55 @@ func (a *Agent) waitForNodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, er
 			a.opts.Log.Info("Waiting for this node's NodeSensor", "node", a.opts.NodeName, "error", err.Error())
 			logged = true
 		}
-		// A quarter second keeps agent start to Ready short; it is a Get of one object.
-		if !sleep(ctx, 250*time.Millisecond) {
+		if apierrors.IsNotFound(err) {
+			got, watched, werr := a.watchForNodeSensor(ctx)
+			if got != nil {
+				return got, nil
+			}
+			if watched {
+				backoff = 0 // the watch worked (and closed, as watches do): Get again soon
+			}
+			if werr != nil {
+				err = werr
+			}
+		}
+		if backoff == 0 {
+			backoff = time.Second
+		} else {
+			backoff = min(2*backoff, 30*time.Second)
+		}
+		if !sleep(ctx, backoff) {
 			return nil, errors.Join(ctx.Err(), err)
+		}
+	}
+}
+
+// watchForNodeSensor watches for this node's NodeSensor until it arrives (returned), the watch
+// closes or ctx ends; watched says a watch was open and ended without an error. The watch has no
+// resourceVersion, so the API server first sends an object that already exists: one created
+// since the Get is not missed.
+func (a *Agent) watchForNodeSensor(ctx context.Context) (ns *v1alpha1.NodeSensor, watched bool, err error) {
+	w, err := a.opts.Client.Watch(ctx, &v1alpha1.NodeSensorList{}, client.MatchingFields{"metadata.name": a.opts.NodeName})
+	if err != nil {
+		return nil, false, err
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, true, ctx.Err()
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return nil, true, nil
+			}
+			switch ev.Type {
+			case watch.Added, watch.Modified:
+				if got, isNS := ev.Object.(*v1alpha1.NodeSensor); isNS {
+					return got.DeepCopy(), true, nil
+				}
+			case watch.Error:
+				return nil, false, apierrors.FromObject(ev.Object)
+			}
 		}
 	}
 }

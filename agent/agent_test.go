@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,6 +83,13 @@ func (s *stubSensor) starts() []v1alpha1.Driver {
 // provenByOldAgent creates a NodeSensor whose current attempt passed under agent 0.0.1-old.
 func provenByOldAgent(t *testing.T, name, bootID string) *v1alpha1.NodeSensor {
 	t.Helper()
+	return provenBy(t, name, bootID, "0.0.1-old")
+}
+
+// provenBy creates a NodeSensor whose current attempt passed under agent agentVersion, in the
+// boot bootID, which its probe shows too.
+func provenBy(t *testing.T, name, bootID, agentVersion string) *v1alpha1.NodeSensor {
+	t.Helper()
 	ctx := context.Background()
 	ns := &v1alpha1.NodeSensor{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -96,9 +106,9 @@ func provenByOldAgent(t *testing.T, name, bootID string) *v1alpha1.NodeSensor {
 	ns.Status.Probe = &v1alpha1.ProbeFacts{Kernel: v1alpha1.KernelFacts{BootID: v1alpha1.StringFact{Value: bootID}},
 		BTF: v1alpha1.BTFFacts{Vmlinux: u}, EBPF: v1alpha1.EBPFFacts{TPBTF: u, RawTracepoint: u, RingBuffer: u},
 		Modules: v1alpha1.ModuleFacts{Supported: u, Disabled: u}, SecureBoot: u, Overlayfs: u}
-	ns.Status.AgentVersion = "0.0.1-old"
+	ns.Status.AgentVersion = agentVersion
 	ns.Status.SelfTest = &v1alpha1.SelfTestStatus{Driver: v1alpha1.DriverModernEBPF, Attempt: 3, Result: v1alpha1.SelfTestPassed,
-		BootID: bootID, AgentVersion: "0.0.1-old", StartTime: &now, FinishTime: &now,
+		BootID: bootID, AgentVersion: agentVersion, StartTime: &now, FinishTime: &now,
 		Checks: []v1alpha1.CheckResult{{Name: v1alpha1.CheckExeUpperLayer, Result: v1alpha1.SelfTestPassed}}}
 	if err := env.Client.Status().Update(ctx, ns); err != nil {
 		t.Fatal(err)
@@ -433,5 +443,175 @@ func TestStatusReportDefersTheLeaseRenewal(t *testing.T) {
 	}
 	if next.Before(reported.Add(interval)) {
 		t.Errorf("Lease renewed at %v, before an interval after the report's heartbeatTime %v", next, reported)
+	}
+}
+
+// slowSensor is a stubSensor whose Start blocks until release is closed (10s at most), so a
+// self-test lasts as long as the test wants; started receives when a Start begins.
+type slowSensor struct {
+	*stubSensor
+	started chan struct{}
+	release chan struct{}
+}
+
+func (s *slowSensor) build(spec v1alpha1.NodeSensorSpec) (sensor.Sensor, error) {
+	_, _ = s.stubSensor.build(spec)
+	return s, nil
+}
+
+func (s *slowSensor) Start(d v1alpha1.Driver) error {
+	select {
+	case s.started <- struct{}{}:
+	default:
+	}
+	select {
+	case <-s.release:
+	case <-time.After(10 * time.Second):
+	}
+	return s.stubSensor.Start(d)
+}
+
+// bootRoot is a probe root whose only fact is the boot ID.
+func bootRoot(t *testing.T, bootID string) string {
+	t.Helper()
+	root := t.TempDir()
+	dir := filepath.Join(root, "proc/sys/kernel/random")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "boot_id"), []byte(bootID+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// TestRebootReportsFactsBeforeTheSelfTest: after a reboot the NodeSensor still holds the previous
+// boot's probe and pass. The manager tells a proof of this boot by the probe's boot ID, so the new
+// facts must land before the self-test runs, not ride with its verdict: until then the node stays
+// verified on the previous boot's proof.
+func TestRebootReportsFactsBeforeTheSelfTest(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const node = "rebooted"
+	ns := provenBy(t, node, "old-boot", version.Version)
+	s := &slowSensor{stubSensor: &stubSensor{}, started: make(chan struct{}, 1), release: make(chan struct{})}
+	var once sync.Once
+	release := func() { once.Do(func() { close(s.release) }) }
+	defer release() // before runAgent's cleanup waits for the agent
+	runAgent(t, node, bootRoot(t, "new-boot"), s.stubSensor, func(o *agent.Options) { o.NewSensor = s.build })
+
+	select {
+	case <-s.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the self-test did not start within 20s")
+	}
+	// The self-test is blocked: whatever the NodeSensor shows now, it shows during the whole test.
+	got := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ns), got); err != nil {
+		t.Fatal(err)
+	}
+	if st := got.Status.SelfTest; st == nil || st.BootID != "old-boot" {
+		t.Fatalf("a new verdict while the self-test is blocked: %+v", st)
+	}
+	if p := got.Status.Probe; p == nil || p.Kernel.BootID.Value != "new-boot" {
+		t.Errorf("during the self-test the probe shows boot %q, not new-boot: the previous boot's pass keeps the node verified", probeBoot(p))
+	}
+	release()
+	waitFor(t, "the new verdict", func() error {
+		cur := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ns), cur); err != nil {
+			return err
+		}
+		if st := cur.Status.SelfTest; st == nil || st.BootID == "old-boot" {
+			return fmt.Errorf("self-test %+v", st)
+		}
+		if p := cur.Status.Probe; p == nil || p.Kernel.BootID.Value != "new-boot" {
+			return fmt.Errorf("probe boot %q", probeBoot(p))
+		}
+		return nil
+	})
+}
+
+// probeBoot is the boot ID a probe shows ("" for none).
+func probeBoot(p *v1alpha1.ProbeFacts) string {
+	if p == nil {
+		return ""
+	}
+	return p.Kernel.BootID.Value
+}
+
+// countingClient counts the GETs of one NodeSensor.
+type countingClient struct {
+	client.WithWatch
+	name string
+	gets atomic.Int32
+}
+
+func (c *countingClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, isNS := obj.(*v1alpha1.NodeSensor); isNS && key.Name == c.name {
+		c.gets.Add(1)
+	}
+	return c.WithWatch.Get(ctx, key, obj, opts...)
+}
+
+// TestWaitsForTheNodeSensorWithoutPolling: the manager may hold a node's NodeSensor back for
+// minutes; its agent watches for it instead of polling (thousands of waiting agents would load
+// the API server), and still reports its facts promptly once it is created.
+func TestWaitsForTheNodeSensorWithoutPolling(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	const node = "held-back"
+	var counter *countingClient
+	runAgent(t, node, fixture, &stubSensor{}, func(o *agent.Options) {
+		counter = &countingClient{WithWatch: o.Client, name: node}
+		o.Client = counter
+	})
+	time.Sleep(3 * time.Second)
+	if n := counter.gets.Load(); n > 3 {
+		t.Errorf("%d GETs of the NodeSensor in a 3s wait: the agent polls", n)
+	}
+	ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: node}, Spec: v1alpha1.NodeSensorSpec{Profile: "held-back"}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+	created := time.Now()
+	waitFor(t, "the facts reported", func() error {
+		got := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(ns), got); err != nil {
+			return err
+		}
+		if p := got.Status.Probe; p == nil || p.Kernel.BootID.Value != fixtureBoot {
+			return fmt.Errorf("probe %+v", p)
+		}
+		return nil
+	})
+	if d := time.Since(created); d > 3*time.Second {
+		t.Errorf("facts reported %v after the NodeSensor was created, want within 3s", d)
+	}
+}
+
+// TestWaitForTheNodeSensorEndsWithTheContext: an agent waiting (watching) for a NodeSensor that
+// never comes returns promptly when its context ends.
+func TestWaitForTheNodeSensorEndsWithTheContext(t *testing.T) {
+	testenv.Require(t)
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := agent.New(agent.Options{NodeName: "never-created", Client: c, Prober: &probe.Prober{Root: fixture, AbilitiesUnavailable: "test"},
+		NewSensor: (&stubSensor{}).build, WorkDir: t.TempDir(), Log: logr.Discard()})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	time.Sleep(500 * time.Millisecond) // waiting on the watch by now
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v, want the context's error", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run still waiting 2s after its context ended")
 	}
 }
