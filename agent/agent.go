@@ -747,7 +747,7 @@ func (a *Agent) waitForNodeSensor(ctx context.Context) (*v1alpha1.NodeSensor, er
 }
 
 // watchForNodeSensor watches for this node's NodeSensor until it arrives (returned), the watch
-// closes or ctx ends; watched says a watch was open and ended without an error. The watch has no
+// closes or ctx ends; watched says a watch was open (for a while) and ended without an error. The watch has no
 // resourceVersion, so the API server first sends an object that already exists: one created
 // since the Get is not missed.
 func (a *Agent) watchForNodeSensor(ctx context.Context) (ns *v1alpha1.NodeSensor, watched bool, err error) {
@@ -756,13 +756,16 @@ func (a *Agent) watchForNodeSensor(ctx context.Context) (ns *v1alpha1.NodeSensor
 		return nil, false, err
 	}
 	defer w.Stop()
+	opened := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, true, ctx.Err()
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return nil, true, nil
+				// Only a watch that lasted counts as working: one closed at once must not
+				// make every agent open a watch a second.
+				return nil, time.Since(opened) >= 10*time.Second, nil
 			}
 			switch ev.Type {
 			case watch.Added, watch.Modified:
