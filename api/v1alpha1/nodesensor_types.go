@@ -35,6 +35,8 @@ type NodeSensorSpec struct {
 	// node's own probe: nodes that look alike to the kubelet (kernel, OS image, architecture,
 	// cloud) start with the driver the first of them proved, which saves a decision per node.
 	// The manager counts the proof only once this node's own facts choose the same driver.
+	// With an empty driver the prediction was withdrawn (no agent answered in time): the node
+	// waits for its probe, and its next decision is a new attempt.
 	// +optional
 	// +kubebuilder:validation:MaxLength=253
 	PredictedFrom string `json:"predictedFrom,omitempty"`

@@ -311,7 +311,9 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 		a.uid, a.probed, a.reported, a.testing = ns.UID, false, 0, 0
 	}
 	spec := ns.Spec
-	if !a.probed && spec.Driver == "" {
+	// Facts first, as the real agent reports them (agent.wake), unless the NodeSensor has none
+	// yet and a driver predicted for it: then they go with the verdict.
+	if !a.probed && (spec.Driver == "" || ns.Status.Probe != nil) {
 		facts := a.facts(a.bootID)
 		if err := f.report(ctx, ns, func(st *v1alpha1.NodeSensorStatus) { st.Probe = facts }); err != nil {
 			return 200 * time.Millisecond
@@ -320,8 +322,6 @@ func (f *Fleet) act(ctx context.Context, a *agent, ns *v1alpha1.NodeSensor) time
 		f.probes.Add(1)
 		return 0
 	}
-	// (A NodeSensor created with a predicted driver is tested at once: the facts go with the
-	// verdict, as the real agent sends them.)
 	if spec.Driver == "" || spec.Attempt == a.reported {
 		return 0
 	}
