@@ -7,10 +7,10 @@
 // users counts every write.
 //
 // One run measures, in this order:
-//   - the API server's raw write rate, before the manager starts: the five writes a rollout makes
-//     per node (NodeSensor create, probe status patch, driver spec patch with the selection
-//     engine's candidates and reasons, verdict status patch, node condition strategic-merge
-//     patch) on scratch NodeSensors and a scratch condition, with 16, 32 and 64 concurrent
+//   - the API server's raw write rate, before the manager starts: the three writes a rollout
+//     makes per predicted node (NodeSensor create with the selection engine's driver, candidates
+//     and reasons, facts-and-verdict status patch, node condition strategic-merge patch) on
+//     scratch NodeSensors and a scratch condition, with 16, 32 and 64 concurrent
 //     writers (-raw-workers) on one unthrottled client, the best level kept; cleaned up untimed;
 //   - the rollout: the time from the profiles' creation until every node carries
 //     RuntimeSecurityReady=True (reason Verified), the manager's API writes per node by resource,
@@ -124,7 +124,7 @@ func main() {
 	flag.StringVar(&o.managerArgs, "manager-args", "", "extra arguments for `driverpilot manager`, space separated")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir (audit log, manager log) and print its path")
 	flag.IntVar(&o.profiles, "profiles", 1, "split the nodes into this many label groups, one profile each (same rollout settings)")
-	flag.IntVar(&o.rawItems, "raw-items", 1000, "raw API write rate: scratch nodes per level, 5 writes each (0: skip the measurement)")
+	flag.IntVar(&o.rawItems, "raw-items", 1000, "raw API write rate: scratch nodes per level, 3 writes each (0: skip the measurement)")
 	flag.StringVar(&o.rawWorkers, "raw-workers", "16,32,64", "raw API write rate: the levels of concurrent writers, comma separated; the best counts")
 	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted (0: skip)")
 	flag.BoolVar(&o.upgrade, "upgrade", false, "after the steady window, replace the manager and every agent with a new version and time the re-verification")

@@ -204,7 +204,7 @@ func (r report) printRates(p func(string, ...any)) {
 		lv = append(lv, fmt.Sprintf("%d workers %.0f/s", l.workers, l.rate()))
 	}
 	p("raw write rate:   %.0f writes/s at best (%s): before the manager started, %d scratch nodes per level x %d writes "+
-		"(NodeSensor create, probe status patch, driver spec patch, verdict status patch, node condition patch), one unthrottled client",
+		"(NodeSensor create with a predicted driver, facts-and-verdict status patch, node condition patch), one unthrottled client",
 		r.raw.best.rate(), strings.Join(lv, ", "), r.raw.items, rawWritesPerItem)
 	writes, perSecond, ratio := r.rolloutRate()
 	if !r.converged {
