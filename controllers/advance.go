@@ -233,6 +233,21 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		p.phases[name] = phase
 		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Driver: driver, Uncreated: true})
 	}
+	for name := range governed {
+		if sensors[name] != nil || p.phases[name] != "" {
+			continue
+		}
+		// Created by an earlier pass, not in the cache yet: one created with a driver holds its
+		// rollout slot (the pass goes on without waiting for the cache to show it).
+		if pending, assigned := r.recent.createPending(name, now); pending {
+			phase := nodestate.AwaitingProbe
+			if assigned {
+				phase = nodestate.Verifying
+			}
+			p.phases[name] = phase
+			nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Uncreated: true})
+		}
+	}
 	p.create, p.deferred = predicted.Create, len(predicted.Deferred)
 	p.plan = rollout.Decide(rollout.Input{
 		Nodes:           nodes,

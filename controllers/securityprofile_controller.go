@@ -98,9 +98,6 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		errs = append(errs, err)
 	}
 	sensors, missing, err := r.syncNodeSensors(ctx, profile, selected)
-	if errors.Is(err, errStaleCache) {
-		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
-	}
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {

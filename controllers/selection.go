@@ -162,21 +162,12 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		}
 	}
 	now := time.Now()
-	stale := false
 	for name := range governed {
-		if sensors[name] != nil {
-			continue
-		}
-		// (Created by the last pass, not in the cache yet: creating it again would only conflict.
-		// One created with a driver holds a rollout slot the cache does not show: wait for it.)
-		pending, assigned := r.recent.createPending(name, now)
-		stale = stale || assigned
-		if !pending {
+		// (Created by an earlier pass, not in the cache yet: creating it again would only
+		// conflict. advance counts it as what it was created as.)
+		if pending, _ := r.recent.createPending(name, now); sensors[name] == nil && !pending {
 			missing = append(missing, name)
 		}
-	}
-	if stale {
-		errs = append(errs, errStaleCache)
 	}
 	sort.Strings(missing)
 	return sensors, missing, errors.Join(errs...)
