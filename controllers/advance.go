@@ -51,7 +51,7 @@ type progress struct {
 // whose proof no longer answers the profile re-verify, and queued nodes get their driver as the
 // rollout allows. A failure on one node is recorded on that node and the others move on; the
 // joined error is returned after the pass.
-func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, missing []string, now time.Time) (progress, error) {
+func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, missing []string, pending map[string]bool, now time.Time) (progress, error) {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
 		names = append(names, name)
@@ -224,7 +224,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 	released := r.released(nodes, sensors, now)
 	// The nodes without a NodeSensor are nodes of the rollout too: queued with a predicted
 	// driver, or waiting for one to be created (now, or once a like node settled).
-	predicted := r.predict(profile, governed, sensors, missing, &p, decisions, current, mispredicted, released, isCanary, now)
+	predicted := r.predict(profile, governed, sensors, missing, pending, &p, decisions, current, mispredicted, released, isCanary, now)
 	for _, name := range missing {
 		phase, driver := nodestate.AwaitingProbe, v1alpha1.Driver("")
 		if s, ok := predicted.Predicted[name]; ok {
@@ -233,20 +233,15 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		p.phases[name] = phase
 		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Driver: driver, Uncreated: true})
 	}
-	for name := range governed {
-		if sensors[name] != nil || p.phases[name] != "" {
-			continue
-		}
+	for name, assigned := range pending {
 		// Created by an earlier pass, not in the cache yet: one created with a driver holds its
 		// rollout slot (the pass goes on without waiting for the cache to show it).
-		if pending, assigned := r.recent.createPending(name, now); pending {
-			phase := nodestate.AwaitingProbe
-			if assigned {
-				phase = nodestate.Verifying
-			}
-			p.phases[name] = phase
-			nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Uncreated: true})
+		phase := nodestate.AwaitingProbe
+		if assigned {
+			phase = nodestate.Verifying
 		}
+		p.phases[name] = phase
+		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase, Uncreated: true})
 	}
 	p.create, p.deferred = predicted.Create, len(predicted.Deferred)
 	p.plan = rollout.Decide(rollout.Input{

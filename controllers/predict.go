@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sort"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,7 +22,7 @@ import (
 // every node learns alone; with the taint enforced every node gets its NodeSensor at once (the
 // manager taints only nodes with one).
 func (r *SecurityProfileReconciler) predict(profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor,
-	missing []string, p *progress, decisions map[string]selection.Decision, current, mispredicted, released, canary map[string]bool, now time.Time) prediction.Plan {
+	missing []string, pending map[string]bool, p *progress, decisions map[string]selection.Decision, current, mispredicted, released, canary map[string]bool, now time.Time) prediction.Plan {
 	if !profile.Spec.Fleet.LearningOn() || profile.Spec.Enforcement.Taint {
 		return prediction.Plan{Create: missing}
 	}
@@ -38,29 +36,21 @@ func (r *SecurityProfileReconciler) predict(profile *v1alpha1.SecurityProfile, g
 		}
 		known = append(known, k)
 	}
-	waiting := make(map[string]bool, len(missing))
-	for _, name := range missing {
-		waiting[name] = true
+	for name := range pending {
+		// Created by an earlier pass, not in the cache yet: the first of its kind, maybe.
+		known = append(known, prediction.Known{Name: name, Key: prediction.KeyOf(governed[name]), Busy: true})
 	}
 	likes := make([]prediction.Missing, 0, len(missing))
-	var first []string
-	for name, node := range governed {
-		switch {
-		case sensors[name] == nil && !waiting[name]:
-			// Created by an earlier pass, not in the cache yet: the first of its kind, maybe.
-			known = append(known, prediction.Known{Name: name, Key: prediction.KeyOf(node), Busy: true})
-		case waiting[name] && canary[name]:
-			first = append(first, name)
-			known = append(known, prediction.Known{Name: name, Key: prediction.KeyOf(node), Busy: true})
-		}
-	}
+	var first []string // (missing is sorted, so are they)
 	for _, name := range missing {
-		if !canary[name] {
-			likes = append(likes, prediction.Missing{Name: name, Key: prediction.KeyOf(governed[name])})
+		key := prediction.KeyOf(governed[name])
+		if canary[name] {
+			first = append(first, name)
+			known = append(known, prediction.Known{Name: name, Key: key, Busy: true})
+			continue
 		}
+		likes = append(likes, prediction.Missing{Name: name, Key: key})
 	}
-	slices.SortFunc(known, func(a, b prediction.Known) int { return strings.Compare(a.Name, b.Name) })
-	sort.Strings(first)
 	plan := prediction.Decide(known, likes)
 	plan.Create = append(first, plan.Create...)
 	return plan

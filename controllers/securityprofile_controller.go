@@ -97,7 +97,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	if err := r.ensureAgentDaemonSet(ctx, profile); err != nil {
 		errs = append(errs, err)
 	}
-	sensors, missing, err := r.syncNodeSensors(ctx, profile, selected)
+	sensors, missing, pending, err := r.syncNodeSensors(ctx, profile, selected)
 	errs = append(errs, err)
 	renewed, err := r.leaseRenewals(ctx)
 	if err != nil {
@@ -106,7 +106,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 	}
 	withLeaseHeartbeats(sensors, renewed)
 	now := r.now()
-	progress, err := r.advance(ctx, profile, selected, sensors, missing, now)
+	progress, err := r.advance(ctx, profile, selected, sensors, missing, pending, now)
 	if errors.Is(err, errStaleCache) {
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}

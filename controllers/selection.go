@@ -110,16 +110,17 @@ func matches(p *v1alpha1.SecurityProfile, n *corev1.Node) bool {
 	return err == nil && sel.Matches(labels.Set(n.Labels))
 }
 
-// syncNodeSensors returns the profile's NodeSensors and the governed nodes that have none yet
-// (createNodeSensors creates them): it adopts the NodeSensors another profile left behind, and
+// syncNodeSensors returns the profile's NodeSensors, the governed nodes that have none yet
+// (sorted), and those whose NodeSensor an earlier pass created but the cache does not show yet
+// (true: created with a driver). It adopts the NodeSensors another profile left behind, and
 // deletes (releasing the node) those whose node left the selection.
-func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) (sensors map[string]*v1alpha1.NodeSensor, missing []string, err error) {
+func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node) (sensors map[string]*v1alpha1.NodeSensor, missing []string, pending map[string]bool, err error) {
 	// This profile's NodeSensors (by label), then those of governed nodes that another profile
 	// left behind, one by one. Listed without a deep copy: a pass reads most of them and writes
 	// few, and whatever writes one gives it data of its own first (ownCopy).
 	var list v1alpha1.NodeSensorList
 	if err := r.List(ctx, &list, client.MatchingLabels{ProfileLabel: profile.Name}, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list node sensors: %w", err)
+		return nil, nil, nil, fmt.Errorf("list node sensors: %w", err)
 	}
 	listed := make(map[string]bool, len(list.Items))
 	for i := range list.Items {
@@ -135,7 +136,7 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		if err == nil {
 			list.Items = append(list.Items, *ns)
 		} else if !apierrors.IsNotFound(err) {
-			return nil, nil, fmt.Errorf("read node sensor %s: %w", name, err)
+			return nil, nil, nil, fmt.Errorf("read node sensor %s: %w", name, err)
 		}
 	}
 	sensors = map[string]*v1alpha1.NodeSensor{}
@@ -162,15 +163,21 @@ func (r *SecurityProfileReconciler) syncNodeSensors(ctx context.Context, profile
 		}
 	}
 	now := time.Now()
+	pending = map[string]bool{}
 	for name := range governed {
+		if sensors[name] != nil {
+			continue
+		}
 		// (Created by an earlier pass, not in the cache yet: creating it again would only
 		// conflict. advance counts it as what it was created as.)
-		if pending, _ := r.recent.createPending(name, now); sensors[name] == nil && !pending {
+		if created, assigned := r.recent.createPending(name, now); created {
+			pending[name] = assigned
+		} else {
 			missing = append(missing, name)
 		}
 	}
 	sort.Strings(missing)
-	return sensors, missing, errors.Join(errs...)
+	return sensors, missing, pending, errors.Join(errs...)
 }
 
 // createsPerPass bounds the NodeSensors one pass creates: a fleet's first nodes are probed and
