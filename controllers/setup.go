@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -33,6 +34,11 @@ import (
 // when another profile changes (precedence moves nodes). The manager's cache must hold agent
 // pods and agent Leases only (CacheOptions).
 func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	// FleetGroups are read, never watched: their informer starts with the cache, or the first
+	// pass would stop for a second to start it.
+	if _, err := mgr.GetCache().GetInformer(context.Background(), &v1alpha1.FleetGroup{}); err != nil {
+		return fmt.Errorf("FleetGroup informer: %w", err)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.SecurityProfile{}).
 		Owns(&appsv1.DaemonSet{}).

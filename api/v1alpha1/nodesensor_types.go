@@ -5,6 +5,9 @@ import (
 )
 
 // NodeSensorSpec is the manager's decision for one node. Only the manager writes it.
+//
+// Structs written whole (sensor, selfTest) are atomic: the API server tracks each as one managed
+// field, not leaf by leaf, which would double the stored object and the cost of every write.
 type NodeSensorSpec struct {
 	// profile is the name of the SecurityProfile that governs this node.
 	// +required
@@ -55,10 +58,12 @@ type NodeSensorSpec struct {
 
 	// sensor is the profile's sensor, copied so the agent needs to read only its own NodeSensor.
 	// +optional
+	// +structType=atomic
 	Sensor SensorSpec `json:"sensor,omitempty"`
 
 	// selfTest is the profile's self-test settings, copied for the same reason.
 	// +optional
+	// +structType=atomic
 	SelfTest SelfTestSpec `json:"selfTest,omitempty"`
 
 	// failedAttempts records the drivers whose self-test failed on this node, oldest first.
@@ -387,12 +392,16 @@ type CheckResult struct {
 }
 
 // NodeSensorStatus is the agent's report. Only the agent of the node writes it.
+//
+// probe and selfTest are written whole, so they are atomic (see NodeSensorSpec).
 type NodeSensorStatus struct {
 	// probe holds the facts measured on the node.
 	// +optional
+	// +structType=atomic
 	Probe *ProbeFacts `json:"probe,omitempty"`
 	// selfTest is the last self-test result.
 	// +optional
+	// +structType=atomic
 	SelfTest *SelfTestStatus `json:"selfTest,omitempty"`
 	// heartbeatTime is the last time the agent reported it was alive.
 	// +optional

@@ -107,6 +107,7 @@ type options struct {
 	steady         time.Duration
 	upgrade        bool
 	table          bool
+	cpuProfile     string
 }
 
 func main() {
@@ -129,6 +130,7 @@ func main() {
 	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted (0: skip)")
 	flag.BoolVar(&o.upgrade, "upgrade", false, "after the steady window, replace the manager and every agent with a new version and time the re-verification")
 	flag.BoolVar(&o.table, "table", false, "read the report lines of earlier runs (files named as arguments, or stdin) and print the growth table")
+	flag.StringVar(&o.cpuProfile, "cpu-profile", "", "record CPU profiles of the API server and of this process (the simulated agents) over the first 25s of the rollout into this directory (apiserver.pprof, bench.pprof); the manager's own: -manager-args --pprof-bind-address=...")
 	flag.Parse()
 	if o.table {
 		if err := printTable(os.Stdout, flag.Args()); err != nil {
@@ -320,6 +322,21 @@ func run(ctx context.Context, o options) (err error) {
 			return fmt.Errorf("create profile: %w", err)
 		}
 	}
+	var profiled <-chan error
+	if o.cpuProfile != "" {
+		profiled = profileAPIServer(ctx, admin, o.cpuProfile, 25*time.Second)
+		stopSelf, err := profileSelf(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		go func() {
+			select {
+			case <-time.After(25 * time.Second):
+			case <-ctx.Done():
+			}
+			stopSelf()
+		}()
+	}
 	logf("%d profile(s) created; waiting for %d nodes to be Verified (timeout %s)", len(profiles), o.nodes, o.timeout)
 
 	converged := false
@@ -351,6 +368,11 @@ wait:
 		logf("NOT converged: %v", context.Cause(ctx))
 	}
 	tEnd := time.Now()
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			logf("%v", err)
+		}
+	}
 	prog := sim.obs.snapshot()
 	metrics := mgr.scrapeMetrics()
 	mgrCPU := mgr.cpuSeconds()
