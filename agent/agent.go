@@ -338,6 +338,11 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 			if !a.mine(ns) {
 				continue
 			}
+			if ns.Spec.Driver != "" && ns.Status.Probe == nil {
+				// Predicted from alike nodes before any probe: the sidecar's first verdict
+				// carries the facts (wake), one status write instead of two.
+				return true
+			}
 			if err := a.ensureFacts(ctx, ns); err != nil {
 				a.opts.Log.Error(err, "Report probe failed")
 				continue

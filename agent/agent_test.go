@@ -615,3 +615,72 @@ func TestWaitForTheNodeSensorEndsWithTheContext(t *testing.T) {
 		t.Fatal("Run still waiting 2s after its context ended")
 	}
 }
+
+// TestWaitForDecision: the init step of a Falco pod reports the facts of an undecided node and
+// returns the driver once decided; a driver predicted before any probe is returned without a
+// status write (the sidecar's verdict carries the facts).
+func TestWaitForDecision(t *testing.T) {
+	testenv.Require(t)
+	ctx := context.Background()
+	c, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := func(node string) <-chan v1alpha1.NodeSensorSpec {
+		a := agent.New(agent.Options{NodeName: node, Client: c, Prober: &probe.Prober{Root: fixture, AbilitiesUnavailable: "test"},
+			HeartbeatInterval: time.Minute, Log: logr.Discard()})
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out := make(chan v1alpha1.NodeSensorSpec, 1)
+		go func() {
+			defer cancel()
+			spec, err := a.WaitForDecision(ctx)
+			if err != nil {
+				t.Errorf("%s: %v", node, err)
+			}
+			out <- spec
+		}()
+		return out
+	}
+	create := func(node string, driver v1alpha1.Driver) *v1alpha1.NodeSensor {
+		ns := &v1alpha1.NodeSensor{ObjectMeta: metav1.ObjectMeta{Name: node},
+			Spec: v1alpha1.NodeSensorSpec{Profile: "decide", Driver: driver, Sensor: v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falco:0.39.0"}}}
+		if driver != "" {
+			ns.Spec.Attempt = 1
+		}
+		if err := env.Client.Create(ctx, ns); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(ctx, ns) })
+		return ns
+	}
+
+	undecided := create("decide-undecided", "")
+	got := wait(undecided.Name)
+	waitFor(t, "the facts of the undecided node", func() error {
+		cur := &v1alpha1.NodeSensor{}
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(undecided), cur); err != nil {
+			return err
+		}
+		if p := cur.Status.Probe; p == nil || p.Kernel.BootID.Value != fixtureBoot {
+			return fmt.Errorf("probe %+v", p)
+		}
+		base := cur.DeepCopy()
+		cur.Spec.Driver, cur.Spec.Attempt = v1alpha1.DriverKmod, 1
+		return env.Client.Patch(ctx, cur, client.MergeFrom(base))
+	})
+	if spec := <-got; spec.Driver != v1alpha1.DriverKmod || spec.Attempt != 1 {
+		t.Errorf("decided %s attempt %d, want kmod attempt 1", spec.Driver, spec.Attempt)
+	}
+
+	predicted := create("decide-predicted", v1alpha1.DriverModernEBPF)
+	if spec := <-wait(predicted.Name); spec.Driver != v1alpha1.DriverModernEBPF {
+		t.Errorf("predicted node: driver %q, want %s", spec.Driver, v1alpha1.DriverModernEBPF)
+	}
+	cur := &v1alpha1.NodeSensor{}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(predicted), cur); err != nil {
+		t.Fatal(err)
+	}
+	if cur.ResourceVersion != predicted.ResourceVersion {
+		t.Errorf("the init step wrote the predicted node's NodeSensor (status %+v), want no write before the sidecar's verdict", cur.Status)
+	}
+}

@@ -101,9 +101,7 @@ func TestFleetLearning(t *testing.T) {
 			}()
 			switch {
 			case groupOf[node] == fleetBadKernel && spec.Driver == v1alpha1.DriverModernEBPF:
-				honest.Result, honest.Reason = v1alpha1.SelfTestFailed, "CheckFailed"
-				honest.Message = "1 of 2 checks failed: ExeUpperLayer: reported lower layer"
-				honest.Checks[0].Result, honest.Checks[0].Observed = v1alpha1.SelfTestFailed, "lower layer"
+				simagent.KernelFailure(honest)
 			case node == fleetFlakyNode && flakyOnce():
 				honest.Result, honest.Reason = v1alpha1.SelfTestFailed, "CheckTimedOut"
 				honest.Message = "1 of 2 checks failed: ExeUpperLayer: no event within 10s"
@@ -302,44 +300,11 @@ func TestFleetLearning(t *testing.T) {
 	})
 }
 
-// createNodesFast creates many nodes in parallel, labelled for one test, and removes them after.
-// info, when set, gives each node the kernel, OS image and architecture its kubelet reports.
-func createNodesFast(t *testing.T, testLabel string, names []string, info func(name string) corev1.NodeSystemInfo) {
-	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(names))
-	sem := make(chan struct{}, 16)
-	for _, name := range names {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"test": testLabel}}}
-			if info != nil {
-				n.Status.NodeInfo = info(name)
-			}
-			if err := env.Client.Create(context.Background(), n); err != nil {
-				errs <- fmt.Errorf("create node %s: %w", name, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		for _, name := range names {
-			_ = env.Client.Delete(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
-		}
-	})
-}
-
 // kernelFailure turns the fake agent's failed verdicts into a failure of the kernel's (the
 // sensor reported the upper layer as lower) instead of its default timeout.
 func kernelFailure(st *v1alpha1.SelfTestStatus) {
 	if st.Result == v1alpha1.SelfTestFailed {
-		st.Reason, st.Message = "CheckFailed", "1 of 2 checks failed: ExeUpperLayer: reported lower layer"
+		simagent.KernelFailure(st)
 	}
 }
 

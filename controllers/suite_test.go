@@ -86,12 +86,45 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 // createNodes creates nodes labelled for one test and removes them afterwards.
 func createNodes(t *testing.T, testLabel string, names ...string) {
 	t.Helper()
+	createNodesWith(t, testLabel, names, nil, 1)
+}
+
+// createNodesFast creates many nodes in parallel, labelled for one test, and removes them after.
+// info, when set, gives each node the kernel, OS image and architecture its kubelet reports.
+func createNodesFast(t *testing.T, testLabel string, names []string, info func(name string) corev1.NodeSystemInfo) {
+	t.Helper()
+	createNodesWith(t, testLabel, names, info, 16)
+}
+
+// createNodesWith creates the nodes, parallel at once (1: in order), and removes them after.
+func createNodesWith(t *testing.T, testLabel string, names []string, info func(name string) corev1.NodeSystemInfo, parallel int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(names))
+	sem := make(chan struct{}, parallel)
 	for _, name := range names {
-		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"test": testLabel}}}
-		if err := env.Client.Create(context.Background(), n); err != nil {
-			t.Fatalf("create node %s: %v", name, err)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"test": testLabel}}}
+			if info != nil {
+				n.Status.NodeInfo = info(name)
+			}
+			if err := env.Client.Create(context.Background(), n); err != nil {
+				errs <- fmt.Errorf("create node %s: %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	t.Cleanup(func() {
+		for _, name := range names {
+			_ = env.Client.Delete(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}})
 		}
-		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), n) })
+	})
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
 

@@ -87,18 +87,22 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 	if len(raw) < offNames {
 		return Event{}, fmt.Errorf("decode exec event: %d bytes, want at least %d", len(raw), offNames)
 	}
-	cl, pl, fl := int(raw[offCgroupLen]), int(raw[offParentLen]), int(raw[offFilenameLen])
-	if cl+pl+fl > namesLen || len(raw) < offNames+cl+pl+fl {
-		d.cpuCgroup = nil // the names this record may have carried are lost: forget them all
-		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), cl, pl, fl, offNames)
-	}
 	le := binary.LittleEndian
-	names := raw[offNames:]
 	cpu := int(le.Uint32(raw[offCPU:]))
 	if cpu >= maxCPUs {
 		d.cpuCgroup = nil // nothing kept can be trusted after a record that makes no sense
 		return Event{}, fmt.Errorf("decode exec event: CPU %d", cpu)
 	}
+	cl, pl, fl := int(raw[offCgroupLen]), int(raw[offParentLen]), int(raw[offFilenameLen])
+	if cl+pl+fl > namesLen || len(raw) < offNames+cl+pl+fl {
+		// The names this record may have carried are lost: its CPU's next records that leave
+		// them out have none. The other CPUs' names still hold.
+		if cpu < len(d.cpuCgroup) {
+			d.cpuCgroup[cpu] = CgroupNames{}
+		}
+		return Event{}, fmt.Errorf("decode exec event: %d bytes, names of %d+%d+%d bytes after %d", len(raw), cl, pl, fl, offNames)
+	}
+	names := raw[offNames:]
 	var cgroup CgroupNames
 	if raw[offCached] != 0 {
 		if cpu < len(d.cpuCgroup) {

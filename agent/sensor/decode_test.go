@@ -194,7 +194,8 @@ func TestFlagsString(t *testing.T) {
 
 // A record may leave its cgroup names out (cgroup_cached): they are those of the last record
 // from the same CPU that carried them; a CPU that sent none yet has none, and a record that
-// does not decode forgets them all (it may have carried names).
+// does not decode forgets its CPU's (it may have carried names), not the other CPUs'. A CPU
+// number that makes no sense forgets them all.
 func TestDecodeCachedCgroupNames(t *testing.T) {
 	d, err := NewDecoder(v1alpha1.DriverModernEBPF)
 	if err != nil {
@@ -218,10 +219,23 @@ func TestDecodeCachedCgroupNames(t *testing.T) {
 	if ev := decode(map[string][]byte{"cpu": le32(0), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
 		t.Errorf("names left out on CPU 0, which sent none: %+v", ev.Cgroup)
 	}
+	b := CgroupNames{Leaf: "ctr-b", Parent: "pod-b"}
+	if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup": []byte("ctr-b\x00"), "cgroup_parent": []byte("pod-b\x00")}); ev.Cgroup != b {
+		t.Fatalf("names sent on CPU 2: %+v", ev.Cgroup)
+	}
 	if _, err := d.Decode(rawEvent(t, map[string][]byte{"cpu": le32(1), "filename_len": {250}})); err == nil {
 		t.Fatal("a record shorter than its names decoded")
 	}
 	if ev := decode(map[string][]byte{"cpu": le32(1), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
-		t.Errorf("names kept past a record that did not decode: %+v", ev.Cgroup)
+		t.Errorf("names kept on CPU 1 past its record that did not decode: %+v", ev.Cgroup)
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup_cached": {1}}); ev.Cgroup != b {
+		t.Errorf("CPU 2 lost its names to CPU 1's bad record: %+v, want %+v", ev.Cgroup, b)
+	}
+	if _, err := d.Decode(rawEvent(t, map[string][]byte{"cpu": le32(maxCPUs)})); err == nil {
+		t.Fatal("a record from CPU maxCPUs decoded")
+	}
+	if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+		t.Errorf("names kept past a record with a CPU number that makes no sense: %+v", ev.Cgroup)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -18,11 +19,13 @@ type auditEvent struct {
 	ObjectRef *struct {
 		Resource    string `json:"resource"`
 		Subresource string `json:"subresource"`
+		Name        string `json:"name"`
 	} `json:"objectRef"`
 	ResponseStatus *struct {
 		Code int `json:"code"`
 	} `json:"responseStatus"`
 	RequestReceivedTimestamp time.Time `json:"requestReceivedTimestamp"`
+	StageTimestamp           time.Time `json:"stageTimestamp"`
 }
 
 // auditCounts are the manager's writes (create, update, patch, delete) as the apiserver saw
@@ -47,8 +50,10 @@ type auditCounts struct {
 // auditWrite is one write the apiserver completed.
 type auditWrite struct {
 	at       time.Time
-	agent    bool // the agents' user; else the manager's
+	done     time.Time // when the response was complete
+	agent    bool      // the agents' user; else the manager's
 	resource string
+	name     string // the object's (a NodeSensor and its Node share their name)
 	code     int
 }
 
@@ -121,14 +126,14 @@ func readAudit(path string, t0, tReady, tEnd time.Time) (auditCounts, error) {
 			continue
 		}
 		at := e.RequestReceivedTimestamp
-		res := "?"
+		res, name := "?", ""
 		if e.ObjectRef != nil {
-			res = e.ObjectRef.Resource
+			res, name = e.ObjectRef.Resource, e.ObjectRef.Name
 			if e.ObjectRef.Subresource != "" {
 				res += "/" + e.ObjectRef.Subresource
 			}
 		}
-		a.writes = append(a.writes, auditWrite{at: at, agent: e.User.Username == agentsUser, resource: res, code: code})
+		a.writes = append(a.writes, auditWrite{at: at, done: e.StageTimestamp, agent: e.User.Username == agentsUser, resource: res, name: name, code: code})
 		if e.User.Username == agentsUser {
 			a.agentWrites++
 			if code >= 400 {
@@ -165,4 +170,52 @@ func readAudit(path string, t0, tReady, tEnd time.Time) (auditCounts, error) {
 		}
 	}
 	return a, sc.Err()
+}
+
+// slotLatency is how long a node held its rollout slot in [from, to], in two parts, over the
+// nodes whose NodeSensor was created and whose condition was then first written in it: from the
+// creation to the agent's last status report before the condition (its verdict), and from that
+// report to the condition (the manager's pass seeing it).
+type slotLatency struct {
+	nodes              int
+	toReport, toVerify []time.Duration // sorted
+}
+
+func (a auditCounts) slotLatency(from, to time.Time) slotLatency {
+	created, report := map[string]time.Time{}, map[string]time.Time{}
+	var l slotLatency
+	for _, e := range a.writes {
+		if e.code >= 300 || e.at.Before(from) || e.at.After(to) || e.name == "" {
+			continue
+		}
+		switch {
+		case e.resource == "nodesensors" && !e.agent:
+			if _, ok := created[e.name]; !ok {
+				created[e.name] = e.done
+			}
+		case e.resource == "nodesensors/status" && e.agent:
+			report[e.name] = e.done
+		case e.resource == "nodes/status" && !e.agent:
+			c, ok := created[e.name]
+			r, reported := report[e.name]
+			if !ok || !reported || c.IsZero() {
+				continue
+			}
+			l.nodes++
+			l.toReport = append(l.toReport, r.Sub(c))
+			l.toVerify = append(l.toVerify, e.at.Sub(r))
+			created[e.name] = time.Time{} // counted once
+		}
+	}
+	slices.Sort(l.toReport)
+	slices.Sort(l.toVerify)
+	return l
+}
+
+// quantile is the q-quantile of sorted durations (0 without any).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[int(q*float64(len(sorted)-1))]
 }

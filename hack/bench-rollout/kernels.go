@@ -65,9 +65,7 @@ func mixedKernels(o *simagent.Options, names []string) {
 		if !mixedRun.bad[node] || spec.Driver != v1alpha1.DriverModernEBPF {
 			return honest
 		}
-		honest.Result, honest.Reason = v1alpha1.SelfTestFailed, "CheckFailed"
-		honest.Message = "1 of 2 checks failed: ExeUpperLayer: reported lower layer"
-		honest.Checks[0].Result, honest.Checks[0].Observed = v1alpha1.SelfTestFailed, "lower layer"
+		simagent.KernelFailure(honest)
 		mixedRun.mu.Lock()
 		mixedRun.failed[fmt.Sprintf("%s/%d", node, spec.Attempt)] = true
 		mixedRun.mu.Unlock()

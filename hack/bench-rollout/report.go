@@ -118,6 +118,11 @@ func (r report) print(w io.Writer) {
 		dur(r.prog.firstSensor), dur(r.prog.firstAssign), dur(r.prog.firstReady), r.prog.sensors, n, r.prog.assigned)
 	p("pacing:           at most %d nodes verifying at once as the agents' informer saw it; highest spec.attempt %d; %d time(s) a Verified node left Verified",
 		r.prog.maxInFlight, r.prog.maxAttempt, r.prog.left)
+	if r.converged {
+		l := r.audit.slotLatency(r.t0, r.tReady)
+		p("slot latency:     NodeSensor created -> agent's verdict p50 %.2fs p90 %.2fs; verdict -> node condition p50 %.2fs p90 %.2fs (%d nodes, audit log)",
+			quantile(l.toReport, 0.5).Seconds(), quantile(l.toReport, 0.9).Seconds(), quantile(l.toVerify, 0.5).Seconds(), quantile(l.toVerify, 0.9).Seconds(), l.nodes)
+	}
 
 	a := r.audit
 	window := r.tEnd.Sub(r.t0)

@@ -389,6 +389,18 @@ func Honest(spec v1alpha1.NodeSensorSpec, bootID, agentVersion string, start tim
 	}
 }
 
+// KernelFailure turns a verdict into that of a kernel on which the sensor reports the upper
+// layer as lower (falco#3286's shape): ExeUpperLayer failed, and with it the self-test.
+func KernelFailure(st *v1alpha1.SelfTestStatus) {
+	st.Result, st.Reason = v1alpha1.SelfTestFailed, "CheckFailed"
+	st.Message = fmt.Sprintf("1 of %d checks failed: ExeUpperLayer: reported lower layer", len(st.Checks))
+	for i := range st.Checks {
+		if st.Checks[i].Name == v1alpha1.CheckExeUpperLayer {
+			st.Checks[i].Result, st.Checks[i].Observed = v1alpha1.SelfTestFailed, "lower layer"
+		}
+	}
+}
+
 // report patches the status with a change and a fresh heartbeat, as agent.report does.
 func (f *Fleet) report(ctx context.Context, ns *v1alpha1.NodeSensor, change func(*v1alpha1.NodeSensorStatus)) error {
 	base := ns.DeepCopy()

@@ -71,7 +71,7 @@ func main() {
 	drivers := flag.String("drivers", "modern_ebpf,ebpf", "drivers to measure, comma-separated")
 	flag.IntVar(&cfg.costExecs, "n", 2000, "execs per exec kind and round for the in-kernel cost")
 	flag.IntVar(&cfg.costRounds, "rounds", 5, "rounds of the in-kernel cost measurement")
-	flag.IntVar(&cfg.tputExecs, "tn", 500, "execs per block (one exec kind, one configuration) of the throughput")
+	flag.IntVar(&cfg.tputExecs, "tn", 500, "execs per block (one exec kind, one configuration) of the throughput, at least 50")
 	flag.IntVar(&cfg.tputRounds, "trounds", 31, "rounds of the throughput measurement (an odd number has a true median)")
 	flag.StringVar(&cfg.workdir, "workdir", "/var/tmp", "directory on an ordinary (not overlay) filesystem for the staged executables")
 	flag.Float64Var(&cfg.targetNanos, "target-ns", 500, "per-exec budget for ordinary and overlay lower-layer execs, shown beside the figure")
@@ -88,6 +88,11 @@ func main() {
 	}
 	if cfg.costExecs <= 0 || cfg.costRounds < 0 || cfg.tputExecs <= 0 || cfg.tputRounds < 0 {
 		fmt.Fprintln(os.Stderr, "bench: -n and -tn must be positive, -rounds and -trounds not negative (0 skips that part)")
+		os.Exit(2)
+	}
+	if cfg.tputRounds > 0 && cfg.tputExecs < subBlock {
+		// The best stretch is taken over subBlock consecutive execs of a block.
+		fmt.Fprintf(os.Stderr, "bench: -tn must be at least %d (the best stretch's length)\n", subBlock)
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,49 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+// slotLatency pairs each node's NodeSensor creation, its agent's last report before the
+// condition, and the condition; nodes without all three, refused writes and writes outside the
+// window do not count.
+func TestSlotLatency(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	w := func(ms int, agent bool, res, name string, code int) auditWrite {
+		return auditWrite{at: at(ms), done: at(ms + 5), agent: agent, resource: res, name: name, code: code}
+	}
+	a := auditCounts{writes: []auditWrite{
+		w(-100, false, "nodesensors", "early", 201), // before the window
+		w(0, false, "nodesensors", "a", 201),
+		w(10, false, "nodesensors", "b", 201),
+		w(20, false, "nodesensors", "c", 201), // never verified
+		w(500, true, "nodesensors/status", "a", 200),
+		w(700, true, "nodesensors/status", "a", 200), // the verdict after the facts
+		w(800, true, "nodesensors/status", "b", 409), // refused: not a report
+		w(900, true, "nodesensors/status", "b", 200),
+		w(1000, false, "nodes/status", "a", 200),
+		w(1100, false, "nodes/status", "early", 200),
+		w(2900, false, "nodes/status", "b", 200),
+		w(3000, false, "nodes/status", "a", 200), // a later condition write: counted once
+	}}
+	l := a.slotLatency(t0, at(5000))
+	if l.nodes != 2 {
+		t.Fatalf("%d nodes, want 2 (a and b)", l.nodes)
+	}
+	want := func(got []time.Duration, w ...time.Duration) {
+		t.Helper()
+		if len(got) != len(w) || got[0] != w[0] || got[1] != w[1] {
+			t.Errorf("got %v, want %v", got, w)
+		}
+	}
+	want(l.toReport, 700*time.Millisecond, 890*time.Millisecond)
+	want(l.toVerify, 295*time.Millisecond, 1995*time.Millisecond)
+	if q := quantile(l.toVerify, 0.9); q != 295*time.Millisecond {
+		t.Errorf("p90 of two: %v, want the lower (index 0.9*(n-1) rounded down)", q)
+	}
+	if q := quantile(nil, 0.5); q != 0 {
+		t.Errorf("quantile of none: %v", q)
+	}
+}
