@@ -1,11 +1,17 @@
 package controllers
 
 import (
+	"context"
+	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
@@ -81,5 +87,42 @@ func TestTrimNodeSensorKeepsWhatTheManagerReads(t *testing.T) {
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubelet"}}}}
 	if other, _ := trim(node); other != node || node.ManagedFields == nil {
 		t.Error("another object is not passed through unchanged")
+	}
+}
+
+// TestListNodesReadsTheCachesOwnNodes: the manager's cache (controller-runtime's, never started
+// here) exposes its Node informer's store, and listNodes returns the store's own Nodes, no copies.
+func TestListNodesReadsTheCachesOwnNodes(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := corev1.AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	mapper := meta.NewDefaultRESTMapper(nil)
+	mapper.Add(corev1.SchemeGroupVersion.WithKind("Node"), meta.RESTScopeRoot)
+	c, err := cache.New(&rest.Config{Host: "http://127.0.0.1:1"}, cache.Options{Scheme: s, Mapper: mapper})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inf, err := c.GetInformer(context.Background(), &corev1.Node{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := informerStore(inf)
+	if store == nil {
+		t.Fatalf("the cache's Node informer (%T) exposes no store: every pass would copy the fleet's Nodes", inf)
+	}
+	a, b := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "a"}}, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "b"}}
+	for _, n := range []*corev1.Node{a, b} {
+		if err := store.Add(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &SecurityProfileReconciler{nodeStore: store}
+	nodes, err := r.listNodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 2 || !slices.Contains(nodes, a) || !slices.Contains(nodes, b) {
+		t.Errorf("listNodes = %v, want the store's own a and b", nodes)
 	}
 }

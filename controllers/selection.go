@@ -21,11 +21,9 @@ import (
 // selectNodes returns the nodes the profile governs (selected by it and by no older profile)
 // and, for a conflict report, the nodes it selects that an older profile governs.
 func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1alpha1.SecurityProfile) (map[string]*corev1.Node, map[string]string, error) {
-	// The cache's own Nodes, not copies: a pass reads them, and every write copies first
-	// (setNodeCondition, setTaint). Copying a fleet's Nodes on every pass cost more than the rest.
-	var nodes corev1.NodeList
-	if err := r.List(ctx, &nodes, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, nil, fmt.Errorf("list nodes: %w", err)
+	nodes, err := r.listNodes(ctx)
+	if err != nil {
+		return nil, nil, err
 	}
 	var profiles v1alpha1.SecurityProfileList
 	if err := r.List(ctx, &profiles); err != nil {
@@ -57,17 +55,19 @@ func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1
 		}
 		selects[i] = func(n *corev1.Node) bool { return sel.Matches(labels.Set(n.Labels)) }
 	}
+	// This profile's own selector, parsed once: a node another profile wins is lost to it only
+	// when this one selects it too.
+	own, ownErr := nodeSelector(profile)
 	governed := map[string]*corev1.Node{}
 	lost := map[string]string{}
-	for i := range nodes.Items {
-		n := &nodes.Items[i]
+	for _, n := range nodes {
 		for j, p := range ordered {
 			if !selects[j](n) {
 				continue
 			}
 			if p.Name == profile.Name {
 				governed[n.Name] = n
-			} else if matches(profile, n) {
+			} else if ownErr == nil && own.Matches(labels.Set(n.Labels)) {
 				lost[n.Name] = p.Name
 			}
 			break
@@ -103,11 +103,6 @@ func nodeSelector(p *v1alpha1.SecurityProfile) (labels.Selector, error) {
 		return nil, fmt.Errorf("profile %s: nodeSelector: %w", p.Name, err)
 	}
 	return sel, nil
-}
-
-func matches(p *v1alpha1.SecurityProfile, n *corev1.Node) bool {
-	sel, err := nodeSelector(p)
-	return err == nil && sel.Matches(labels.Set(n.Labels))
 }
 
 // syncNodeSensors returns the profile's NodeSensors, the governed nodes that have none yet

@@ -39,6 +39,11 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if _, err := mgr.GetCache().GetInformer(context.Background(), &v1alpha1.FleetGroup{}); err != nil {
 		return fmt.Errorf("FleetGroup informer: %w", err)
 	}
+	nodes, err := mgr.GetCache().GetInformer(context.Background(), &corev1.Node{})
+	if err != nil {
+		return fmt.Errorf("Node informer: %w", err)
+	}
+	r.nodeStore = informerStore(nodes)
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.SecurityProfile{}).
 		Owns(&appsv1.DaemonSet{}).

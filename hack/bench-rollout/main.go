@@ -127,7 +127,7 @@ func main() {
 	flag.IntVar(&o.profiles, "profiles", 1, "split the nodes into this many label groups, one profile each (same rollout settings)")
 	flag.IntVar(&o.rawItems, "raw-items", 1000, "raw API write rate: scratch nodes per level, 3 writes each (0: skip the measurement)")
 	flag.StringVar(&o.rawWorkers, "raw-workers", "16,32,64", "raw API write rate: the levels of concurrent writers, comma separated; the best counts")
-	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted (0: skip)")
+	flag.DurationVar(&o.steady, "steady", 90*time.Second, "steady-state window after convergence (and -settle) in which writes and bytes per node are counted, rounded to whole heartbeat periods (0: skip)")
 	flag.BoolVar(&o.upgrade, "upgrade", false, "after the steady window, replace the manager and every agent with a new version and time the re-verification")
 	flag.BoolVar(&o.table, "table", false, "read the report lines of earlier runs (files named as arguments, or stdin) and print the growth table")
 	flag.StringVar(&o.cpuProfile, "cpu-profile", "", "record CPU profiles of the API server and of this process (the simulated agents) over the first 25s of the rollout into this directory (apiserver.pprof, bench.pprof); the manager's own: -manager-args --pprof-bind-address=...")
@@ -384,10 +384,11 @@ wait:
 	var steady *steadyWindow
 	if converged && o.steady > 0 {
 		waitLeases(ctx, sim, o)
-		logf("steady state: counting writes for %s", o.steady)
+		window := steadyLength(o.steady, o.heartbeat)
+		logf("steady state: counting writes for %s", window)
 		steady = &steadyWindow{from: time.Now(), cpu0: mgr.cpuSeconds(), reconciles0: mgr.metricSum("controller_runtime_reconcile_total")}
 		select {
-		case <-time.After(o.steady):
+		case <-time.After(window):
 		case <-ctx.Done():
 		}
 		steady.to = time.Now()

@@ -167,3 +167,15 @@ func waitLeases(ctx context.Context, s *sim, o options) {
 	}
 	logf("steady state: %d agent heartbeats so far (%d nodes)", s.Stats().Beats, o.nodes)
 }
+
+// steadyLength rounds the steady window to whole heartbeat periods (at least one): every agent
+// renews once per period, so such a window holds one renewal per agent and period whatever the
+// agents' phases. A window of 2.25 periods would count 2 or 3 per agent, and a fleet that
+// converged within seconds renews nearly in step, so the count swung with where the window began.
+func steadyLength(want, heartbeat time.Duration) time.Duration {
+	if heartbeat <= 0 {
+		return want
+	}
+	periods := max(1, (want+heartbeat/2)/heartbeat)
+	return periods * heartbeat
+}

@@ -47,3 +47,16 @@ func TestSlotLatency(t *testing.T) {
 		t.Errorf("quantile of none: %v", q)
 	}
 }
+
+func TestSteadyLengthIsWholeHeartbeats(t *testing.T) {
+	for _, c := range []struct{ want, hb, got time.Duration }{
+		{90 * time.Second, 40 * time.Second, 80 * time.Second},
+		{100 * time.Second, 40 * time.Second, 120 * time.Second},
+		{10 * time.Second, 40 * time.Second, 40 * time.Second},
+		{90 * time.Second, 0, 90 * time.Second},
+	} {
+		if got := steadyLength(c.want, c.hb); got != c.got {
+			t.Errorf("steadyLength(%s, %s) = %s, want %s", c.want, c.hb, got, c.got)
+		}
+	}
+}
