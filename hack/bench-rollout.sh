@@ -7,8 +7,8 @@
 #   hack/bench-rollout.sh -nodes 1000 -profiles 10 -upgrade
 # Without arguments it runs the growth table of issue 13: 1000, 5000 and 20000 nodes in one
 # profile and 5000 nodes in ten profiles, one after the other (never two at once), and prints
-# one table of them; the 5000-node run in one profile also runs -upgrade. It takes about 25
-# minutes on two cores.
+# one table of them; the 5000-node run in one profile also runs -upgrade. Between runs it waits
+# for the machine to settle. It takes about 25 minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
@@ -24,8 +24,20 @@ if [ "$#" -gt 0 ]; then
   "$bin/bench-rollout" -manager-bin "$bin/driverpilot" "${exec_args[@]}"
   exit
 fi
+# settle lets the machine come back to rest after a run (a large run's deleted etcd data is
+# still written back and discarded): up to two minutes, until the 1-minute load is below 1.
+settle() {
+  sync
+  for _ in $(seq 1 24); do
+    awk '{ exit !($1 < 1.0) }' /proc/loadavg && return
+    sleep 5
+  done
+}
 status=0
+first=1
 for run in "-nodes 1000" "-nodes 5000 -upgrade" "-nodes 20000 -timeout 40m" "-nodes 5000 -profiles 10"; do
+  [ "$first" = 1 ] || settle
+  first=0
   # shellcheck disable=SC2086 # $run is a list of flags
   "$bin/bench-rollout" -manager-bin "$bin/driverpilot" -timeout 15m $run | tee -a "$bin/runs.txt" || status=1
 done
