@@ -338,7 +338,7 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 			if !a.mine(ns) {
 				continue
 			}
-			if ns.Spec.Driver != "" && ns.Status.Probe == nil {
+			if ns.Spec.Driver != "" && ns.Status.Probe == nil && a.answerWithLease(ctx) {
 				// Predicted from alike nodes before any probe: the sidecar's first verdict
 				// carries the facts (wake), one status write instead of two.
 				return true
@@ -352,6 +352,22 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 			}
 		}
 	}
+}
+
+// answerWithLease renews the node's heartbeat Lease once: a predicted node's init step tells the
+// manager an agent answered (it would withdraw the prediction of a silent node while Falco
+// starts) with a Lease write rather than its facts. False without a Lease namespace or when the
+// renewal fails: then the facts answer, as for any node.
+func (a *Agent) answerWithLease(ctx context.Context) bool {
+	if a.opts.LeaseNamespace == "" {
+		return false
+	}
+	lease := &heartbeat.Renewer{Client: a.opts.Client, Namespace: a.opts.LeaseNamespace, Node: a.opts.NodeName, Holder: a.opts.Holder}
+	if err := lease.Renew(ctx, time.Now()); err != nil {
+		a.opts.Log.Error(err, "Lease renewal failed; reporting the facts instead")
+		return false
+	}
+	return true
 }
 
 // heartbeats renews the node's Lease an interval after the last heartbeat, its own renewal or a

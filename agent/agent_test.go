@@ -617,8 +617,9 @@ func TestWaitForTheNodeSensorEndsWithTheContext(t *testing.T) {
 }
 
 // TestWaitForDecision: the init step of a Falco pod reports the facts of an undecided node and
-// returns the driver once decided; a driver predicted before any probe is returned without a
-// status write (the sidecar's verdict carries the facts).
+// returns the driver once decided; a driver predicted before any probe is returned after one
+// Lease renewal and without a status write (the sidecar's verdict carries the facts). Without
+// a Lease namespace the facts answer, as before.
 func TestWaitForDecision(t *testing.T) {
 	testenv.Require(t)
 	ctx := context.Background()
@@ -626,9 +627,13 @@ func TestWaitForDecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wait := func(node string) <-chan v1alpha1.NodeSensorSpec {
+	const leaseNS = "agent-decide"
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	wait := func(node, leaseNamespace string) <-chan v1alpha1.NodeSensorSpec {
 		a := agent.New(agent.Options{NodeName: node, Client: c, Prober: &probe.Prober{Root: fixture, AbilitiesUnavailable: "test"},
-			HeartbeatInterval: time.Minute, Log: logr.Discard()})
+			HeartbeatInterval: time.Minute, LeaseNamespace: leaseNamespace, Holder: "init", Log: logr.Discard()})
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		out := make(chan v1alpha1.NodeSensorSpec, 1)
 		go func() {
@@ -655,7 +660,7 @@ func TestWaitForDecision(t *testing.T) {
 	}
 
 	undecided := create("decide-undecided", "")
-	got := wait(undecided.Name)
+	got := wait(undecided.Name, leaseNS)
 	waitFor(t, "the facts of the undecided node", func() error {
 		cur := &v1alpha1.NodeSensor{}
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(undecided), cur); err != nil {
@@ -673,7 +678,7 @@ func TestWaitForDecision(t *testing.T) {
 	}
 
 	predicted := create("decide-predicted", v1alpha1.DriverModernEBPF)
-	if spec := <-wait(predicted.Name); spec.Driver != v1alpha1.DriverModernEBPF {
+	if spec := <-wait(predicted.Name, leaseNS); spec.Driver != v1alpha1.DriverModernEBPF {
 		t.Errorf("predicted node: driver %q, want %s", spec.Driver, v1alpha1.DriverModernEBPF)
 	}
 	cur := &v1alpha1.NodeSensor{}
@@ -682,5 +687,23 @@ func TestWaitForDecision(t *testing.T) {
 	}
 	if cur.ResourceVersion != predicted.ResourceVersion {
 		t.Errorf("the init step wrote the predicted node's NodeSensor (status %+v), want no write before the sidecar's verdict", cur.Status)
+	}
+	lease := &coordinationv1.Lease{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: leaseNS, Name: heartbeat.LeaseName(predicted.Name)}, lease); err != nil {
+		t.Fatalf("the init step left no sign of life for the predicted node: %v", err)
+	}
+	if heartbeat.RenewTime(lease).IsZero() {
+		t.Errorf("the predicted node's Lease was not renewed: %+v", lease.Spec)
+	}
+
+	noLease := create("decide-predicted-nolease", v1alpha1.DriverModernEBPF)
+	if spec := <-wait(noLease.Name, ""); spec.Driver != v1alpha1.DriverModernEBPF {
+		t.Errorf("predicted node without a Lease namespace: driver %q", spec.Driver)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(noLease), cur); err != nil {
+		t.Fatal(err)
+	}
+	if p := cur.Status.Probe; p == nil || p.Kernel.BootID.Value != fixtureBoot {
+		t.Errorf("without a Lease namespace the predicted node's init step did not answer with its facts: %+v", cur.Status)
 	}
 }
