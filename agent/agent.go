@@ -338,11 +338,9 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 			if !a.mine(ns) {
 				continue
 			}
-			if ns.Spec.Driver != "" && ns.Status.Probe == nil && a.answerWithLease(ctx) {
-				// Predicted from alike nodes before any probe: the sidecar's first verdict
-				// carries the facts (wake), one status write instead of two.
-				return true
-			}
+			// The facts go first even over a driver predicted before any probe (a write the
+			// Builtin sensor's agent saves): if Falco or its driver loader then fails, the
+			// sidecar may never report, and the manager checks the prediction on these facts.
 			if err := a.ensureFacts(ctx, ns); err != nil {
 				a.opts.Log.Error(err, "Report probe failed")
 				continue
@@ -352,22 +350,6 @@ func (a *Agent) untilDecided(ctx context.Context, w watch.Interface, ns *v1alpha
 			}
 		}
 	}
-}
-
-// answerWithLease renews the node's heartbeat Lease once: a predicted node's init step tells the
-// manager an agent answered (it would withdraw the prediction of a silent node while Falco
-// starts) with a Lease write rather than its facts. False without a Lease namespace or when the
-// renewal fails: then the facts answer, as for any node.
-func (a *Agent) answerWithLease(ctx context.Context) bool {
-	if a.opts.LeaseNamespace == "" {
-		return false
-	}
-	lease := &heartbeat.Renewer{Client: a.opts.Client, Namespace: a.opts.LeaseNamespace, Node: a.opts.NodeName, Holder: a.opts.Holder}
-	if err := lease.Renew(ctx, time.Now()); err != nil {
-		a.opts.Log.Error(err, "Lease renewal failed; reporting the facts instead")
-		return false
-	}
-	return true
 }
 
 // heartbeats renews the node's Lease an interval after the last heartbeat, its own renewal or a

@@ -68,8 +68,8 @@ func TrimNodeSensor(obj any) (any, error) {
 	return ns, nil
 }
 
-// listNodes returns the cache's own Nodes, not copies: a pass reads them, and every write copies
-// first (setNodeCondition, setTaint). Where the cache exposes its Node informer's store they are
+// listNodes returns the cache's own Nodes, not copies: a pass reads them, and its writes copy
+// first (setNodeCondition, setTaint; removeNodeCondition is given a Node read afresh). Where the cache exposes its Node informer's store they are
 // read from it: a NodeList would copy every Node struct, a fleet's worth of garbage per pass and
 // profile (most of the manager's allocations with ten profiles of 500 nodes).
 func (r *SecurityProfileReconciler) listNodes(ctx context.Context) ([]*corev1.Node, error) {

@@ -94,9 +94,13 @@ func (d *Decoder) decodeAt(raw []byte, received time.Time) (Event, error) {
 		return Event{}, fmt.Errorf("decode exec event: CPU %d", cpu)
 	}
 	cl, pl, fl := int(raw[offCgroupLen]), int(raw[offParentLen]), int(raw[offFilenameLen])
-	if cl+pl+fl > namesLen || len(raw) < offNames+cl+pl+fl {
-		// The names this record may have carried are lost: its CPU's next records that leave
-		// them out have none. The other CPUs' names still hold.
+	if cl+pl+fl > namesLen {
+		d.cpuCgroup = nil // lengths the kernel cannot write: its CPU number is no more trustworthy
+		return Event{}, fmt.Errorf("decode exec event: names of %d+%d+%d bytes, more than %d", cl, pl, fl, namesLen)
+	}
+	if len(raw) < offNames+cl+pl+fl {
+		// A truncated record: the names it may have carried are lost, so its CPU's next records
+		// that leave them out have none. The other CPUs' names still hold.
 		if cpu < len(d.cpuCgroup) {
 			d.cpuCgroup[cpu] = CgroupNames{}
 		}

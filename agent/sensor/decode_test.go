@@ -193,9 +193,9 @@ func TestFlagsString(t *testing.T) {
 }
 
 // A record may leave its cgroup names out (cgroup_cached): they are those of the last record
-// from the same CPU that carried them; a CPU that sent none yet has none, and a record that
-// does not decode forgets its CPU's (it may have carried names), not the other CPUs'. A CPU
-// number that makes no sense forgets them all.
+// from the same CPU that carried them; a CPU that sent none yet has none, and a truncated record
+// forgets its CPU's (it may have carried names), not the other CPUs'. A record that makes no
+// sense (a CPU number or name lengths the kernel cannot write) forgets them all.
 func TestDecodeCachedCgroupNames(t *testing.T) {
 	d, err := NewDecoder(v1alpha1.DriverModernEBPF)
 	if err != nil {
@@ -232,10 +232,18 @@ func TestDecodeCachedCgroupNames(t *testing.T) {
 	if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup_cached": {1}}); ev.Cgroup != b {
 		t.Errorf("CPU 2 lost its names to CPU 1's bad record: %+v, want %+v", ev.Cgroup, b)
 	}
-	if _, err := d.Decode(rawEvent(t, map[string][]byte{"cpu": le32(maxCPUs)})); err == nil {
-		t.Fatal("a record from CPU maxCPUs decoded")
-	}
-	if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
-		t.Errorf("names kept past a record with a CPU number that makes no sense: %+v", ev.Cgroup)
+	for what, bad := range map[string]map[string][]byte{
+		"a CPU number that makes no sense": {"cpu": le32(maxCPUs)},
+		"names longer than the record's room": {"cpu": le32(1), "cgroup_len": {255}, "cgroup_parent_len": {255}, "filename_len": {255}},
+	} {
+		if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup": []byte("ctr-b\x00"), "cgroup_parent": []byte("pod-b\x00")}); ev.Cgroup != b {
+			t.Fatalf("names sent on CPU 2: %+v", ev.Cgroup)
+		}
+		if _, err := d.Decode(rawEvent(t, bad)); err == nil {
+			t.Fatalf("a record with %s decoded", what)
+		}
+		if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup_cached": {1}}); ev.Cgroup != (CgroupNames{}) {
+			t.Errorf("CPU 2's names kept past a record with %s: %+v", what, ev.Cgroup)
+		}
 	}
 }

@@ -329,12 +329,15 @@ func run(ctx context.Context, o options) (err error) {
 		if err != nil {
 			return err
 		}
+		var once sync.Once
+		stop := func() { once.Do(stopSelf) }
+		defer stop() // an error return still ends the profile whole
 		go func() {
 			select {
 			case <-time.After(25 * time.Second):
 			case <-ctx.Done():
 			}
-			stopSelf()
+			stop()
 		}()
 	}
 	logf("%d profile(s) created; waiting for %d nodes to be Verified (timeout %s)", len(profiles), o.nodes, o.timeout)

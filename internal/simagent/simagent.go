@@ -393,12 +393,16 @@ func Honest(spec v1alpha1.NodeSensorSpec, bootID, agentVersion string, start tim
 // layer as lower (falco#3286's shape): ExeUpperLayer failed, and with it the self-test.
 func KernelFailure(st *v1alpha1.SelfTestStatus) {
 	st.Result, st.Reason = v1alpha1.SelfTestFailed, "CheckFailed"
-	st.Message = fmt.Sprintf("1 of %d checks failed: ExeUpperLayer: reported lower layer", len(st.Checks))
+	failed := 0
 	for i := range st.Checks {
 		if st.Checks[i].Name == v1alpha1.CheckExeUpperLayer {
 			st.Checks[i].Result, st.Checks[i].Observed = v1alpha1.SelfTestFailed, "lower layer"
 		}
+		if st.Checks[i].Result == v1alpha1.SelfTestFailed {
+			failed++
+		}
 	}
+	st.Message = fmt.Sprintf("%d of %d checks failed: ExeUpperLayer: reported lower layer", failed, len(st.Checks))
 }
 
 // report patches the status with a change and a fresh heartbeat, as agent.report does.
