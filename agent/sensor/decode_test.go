@@ -233,7 +233,7 @@ func TestDecodeCachedCgroupNames(t *testing.T) {
 		t.Errorf("CPU 2 lost its names to CPU 1's bad record: %+v, want %+v", ev.Cgroup, b)
 	}
 	for what, bad := range map[string]map[string][]byte{
-		"a CPU number that makes no sense": {"cpu": le32(maxCPUs)},
+		"a CPU number that makes no sense":    {"cpu": le32(maxCPUs)},
 		"names longer than the record's room": {"cpu": le32(1), "cgroup_len": {255}, "cgroup_parent_len": {255}, "filename_len": {255}},
 	} {
 		if ev := decode(map[string][]byte{"cpu": le32(2), "cgroup": []byte("ctr-b\x00"), "cgroup_parent": []byte("pod-b\x00")}); ev.Cgroup != b {
