@@ -627,13 +627,9 @@ func TestWaitForDecision(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const leaseNS = "agent-decide"
-	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: leaseNS}}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	wait := func(node, leaseNamespace string) <-chan v1alpha1.NodeSensorSpec {
+	wait := func(node string) <-chan v1alpha1.NodeSensorSpec {
 		a := agent.New(agent.Options{NodeName: node, Client: c, Prober: &probe.Prober{Root: fixture, AbilitiesUnavailable: "test"},
-			HeartbeatInterval: time.Minute, LeaseNamespace: leaseNamespace, Holder: "init", Log: logr.Discard()})
+			HeartbeatInterval: time.Minute, Log: logr.Discard()})
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		out := make(chan v1alpha1.NodeSensorSpec, 1)
 		go func() {
@@ -660,7 +656,7 @@ func TestWaitForDecision(t *testing.T) {
 	}
 
 	undecided := create("decide-undecided", "")
-	got := wait(undecided.Name, leaseNS)
+	got := wait(undecided.Name)
 	waitFor(t, "the facts of the undecided node", func() error {
 		cur := &v1alpha1.NodeSensor{}
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(undecided), cur); err != nil {
@@ -678,7 +674,7 @@ func TestWaitForDecision(t *testing.T) {
 	}
 
 	predicted := create("decide-predicted", v1alpha1.DriverModernEBPF)
-	if spec := <-wait(predicted.Name, leaseNS); spec.Driver != v1alpha1.DriverModernEBPF {
+	if spec := <-wait(predicted.Name); spec.Driver != v1alpha1.DriverModernEBPF {
 		t.Errorf("predicted node: driver %q, want %s", spec.Driver, v1alpha1.DriverModernEBPF)
 	}
 	cur := &v1alpha1.NodeSensor{}

@@ -1,9 +1,6 @@
 package controllers
 
 import (
-	"context"
-	"fmt"
-
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	toolscache "k8s.io/client-go/tools/cache"
@@ -68,30 +65,19 @@ func TrimNodeSensor(obj any) (any, error) {
 	return ns, nil
 }
 
-// listNodes returns the cache's own Nodes, not copies: a pass reads them, and its writes copy
-// first (setNodeCondition, setTaint; removeNodeCondition is given a Node read afresh). Where the cache exposes its Node informer's store they are
-// read from it: a NodeList would copy every Node struct, a fleet's worth of garbage per pass and
-// profile (most of the manager's allocations with ten profiles of 500 nodes).
-func (r *SecurityProfileReconciler) listNodes(ctx context.Context) ([]*corev1.Node, error) {
-	if r.nodeStore != nil {
-		items := r.nodeStore.List()
-		nodes := make([]*corev1.Node, 0, len(items))
-		for _, it := range items {
-			if n, ok := it.(*corev1.Node); ok {
-				nodes = append(nodes, n)
-			}
+// listNodes returns the cache's own Nodes, read from its Node informer's store: no copies (a
+// NodeList would copy every Node struct, a fleet's worth of garbage per pass and profile). A pass
+// reads them, and its writes copy first (setNodeCondition, setTaint; removeNodeCondition is
+// given a Node read afresh).
+func (r *SecurityProfileReconciler) listNodes() []*corev1.Node {
+	items := r.nodeStore.List()
+	nodes := make([]*corev1.Node, 0, len(items))
+	for _, it := range items {
+		if n, ok := it.(*corev1.Node); ok {
+			nodes = append(nodes, n)
 		}
-		return nodes, nil
 	}
-	var list corev1.NodeList
-	if err := r.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	nodes := make([]*corev1.Node, len(list.Items))
-	for i := range list.Items {
-		nodes[i] = &list.Items[i]
-	}
-	return nodes, nil
+	return nodes
 }
 
 // informerStore is an informer's store, when the informer is client-go's (as the manager's

@@ -56,7 +56,7 @@ type SecurityProfileReconciler struct {
 	statusWritten sync.Map
 	// verifying remembers since when each node verifies its attempt (fleet.go's group gate).
 	verifying verifyClock
-	// nodeStore is the cache's Node store, when it exposes one (listNodes).
+	// nodeStore is the cache's Node store (SetupWithManager; listNodes reads it).
 	nodeStore toolscache.Store
 }
 

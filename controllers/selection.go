@@ -21,10 +21,7 @@ import (
 // selectNodes returns the nodes the profile governs (selected by it and by no older profile)
 // and, for a conflict report, the nodes it selects that an older profile governs.
 func (r *SecurityProfileReconciler) selectNodes(ctx context.Context, profile *v1alpha1.SecurityProfile) (map[string]*corev1.Node, map[string]string, error) {
-	nodes, err := r.listNodes(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
+	nodes := r.listNodes()
 	var profiles v1alpha1.SecurityProfileList
 	if err := r.List(ctx, &profiles); err != nil {
 		return nil, nil, fmt.Errorf("list profiles: %w", err)

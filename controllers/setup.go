@@ -43,7 +43,9 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err != nil {
 		return fmt.Errorf("Node informer: %w", err)
 	}
-	r.nodeStore = informerStore(nodes)
+	if r.nodeStore = informerStore(nodes); r.nodeStore == nil {
+		return fmt.Errorf("the cache's Node informer (%T) has no store to read Nodes from", nodes)
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1alpha1.SecurityProfile{}).
 		Owns(&appsv1.DaemonSet{}).

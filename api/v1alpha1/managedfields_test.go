@@ -16,8 +16,8 @@ import (
 
 // The probe facts, the self-test verdict and the copied profile settings have one writer each
 // and are written whole, so they are atomic: the API server tracks each as one managed field.
-// Tracked leaf by leaf, the managed fields were as large as the NodeSensor itself, and every
-// write of a fleet paid for them (about 40% of the API server's write rate, issue 13).
+// Tracked leaf by leaf, the managed fields were half the stored NodeSensor (2.1 of 4.1 KB), and
+// every write of a fleet paid for them (issue 13).
 func TestNodeSensorManagedFieldsStayShallow(t *testing.T) {
 	testenv.Require(t)
 	ctx := context.Background()

@@ -198,13 +198,13 @@ func (a auditCounts) slotLatency(from, to time.Time) slotLatency {
 		case e.resource == "nodes/status" && !e.agent:
 			c, ok := created[e.name]
 			r, reported := report[e.name]
-			if !ok || !reported || c.IsZero() {
+			if !ok || !reported {
 				continue
 			}
 			l.nodes++
 			l.toReport = append(l.toReport, r.Sub(c))
 			l.toVerify = append(l.toVerify, e.at.Sub(r))
-			created[e.name] = time.Time{} // counted once
+			delete(created, e.name) // counted once
 		}
 	}
 	slices.Sort(l.toReport)

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -58,5 +61,38 @@ func TestSteadyLengthIsWholeHeartbeats(t *testing.T) {
 		if got := steadyLength(c.want, c.hb); got != c.got {
 			t.Errorf("steadyLength(%s, %s) = %s, want %s", c.want, c.hb, got, c.got)
 		}
+	}
+}
+
+// findCPUUsers finds the control plane among this process's children by name, and a snapshot
+// reads their CPU time (a copy of sleep named etcd stands in for etcd).
+func TestFindCPUUsers(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal("no sleep binary to stand in for etcd:", err)
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd := filepath.Join(t.TempDir(), "etcd")
+	if err := os.WriteFile(etcd, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(etcd, "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	u := findCPUUsers(os.Getpid())
+	if u.etcd != cmd.Process.Pid || u.apiserver != 0 {
+		t.Fatalf("found %+v, want etcd %d and no API server", u, cmd.Process.Pid)
+	}
+	s := u.snap()
+	if s.etcd < 0 || s.bench < 0 || s.manager < 0 || s.apiserver != -1 {
+		t.Errorf("snapshot %+v: want the CPU time of etcd, this process and the 'manager' (this process), none for the API server", s)
+	}
+	if got := cores(cpuSnap{0, 0, 0, 0}, cpuSnap{2, 1, 0.5, -1}, 2); got != "API server 1.00, etcd 0.50, manager 0.25, this process (simulated agents, observer) ?" {
+		t.Errorf("cores: %q", got)
 	}
 }

@@ -315,6 +315,8 @@ func run(ctx context.Context, o options) (err error) {
 
 	// Go.
 	profiles := newProfiles(o.profiles, o.maxUnavailable, v1alpha1.FleetLearning(*learning))
+	users := findCPUUsers(mgr.cmd.Process.Pid)
+	cpu0 := users.snap()
 	t0 := time.Now()
 	sim.obs.start(t0)
 	for _, profile := range profiles {
@@ -324,20 +326,12 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	var profiled <-chan error
 	if o.cpuProfile != "" {
-		profiled = profileAPIServer(ctx, admin, o.cpuProfile, 25*time.Second)
-		stopSelf, err := profileSelf(o.cpuProfile)
-		if err != nil {
-			return err
-		}
-		var once sync.Once
-		stop := func() { once.Do(stopSelf) }
-		defer stop() // an error return still ends the profile whole
-		go func() {
-			select {
-			case <-time.After(25 * time.Second):
-			case <-ctx.Done():
+		profiled = profileRollout(ctx, admin, o.cpuProfile, 25*time.Second)
+		// An error return waits for the profiles too, so they are whole.
+		defer func() {
+			if profiled != nil {
+				<-profiled
 			}
-			stop()
 		}()
 	}
 	logf("%d profile(s) created; waiting for %d nodes to be Verified (timeout %s)", len(profiles), o.nodes, o.timeout)
@@ -359,6 +353,7 @@ wait:
 				time.Since(t0).Seconds(), p.sensors, p.assigned, sim.Stats().Verdicts, p.ready, mib(mgr.mem.hwm.Load()))
 		}
 	}
+	cpu1 := users.snap() // as the wait saw convergence
 	var tReady time.Time
 	if converged {
 		tReady = sim.obs.readyAt()
@@ -375,6 +370,7 @@ wait:
 		if err := <-profiled; err != nil {
 			logf("%v", err)
 		}
+		profiled = nil
 	}
 	prog := sim.obs.snapshot()
 	metrics := mgr.scrapeMetrics()
@@ -428,7 +424,7 @@ wait:
 		o: o, mach: mach, load0: load0, load1: load1, t0: t0, tReady: tReady, tEnd: tEnd,
 		converged: converged, prog: prog, audit: audit, hwm: hwm, peakRSS: mgr.mem.rss.Load(), mgrCPU: mgrCPU,
 		simStats: sim.Stats(), metrics: metrics, mgrLog: mgrLog,
-		loadRollout: loadRollout, raw: raw, steady: steady, up: up, commit: commit,
+		loadRollout: loadRollout, cpu0: cpu0, cpu1: cpu1, raw: raw, steady: steady, up: up, commit: commit,
 	}
 	r.print(os.Stdout)
 	printMixed(os.Stdout)

@@ -102,25 +102,8 @@ func (m *managerProc) stop() {
 	})
 }
 
-// cpuSeconds is the manager's user+system CPU time so far, from /proc/<pid>/stat.
-func (m *managerProc) cpuSeconds() float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", m.cmd.Process.Pid))
-	if err != nil {
-		return -1
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return -1
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return -1
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ is 100 on Linux
-}
+// cpuSeconds is the manager's user+system CPU time so far.
+func (m *managerProc) cpuSeconds() float64 { return procCPUSeconds(m.cmd.Process.Pid) }
 
 // scrapeMetrics returns the manager's metrics that explain where its time went.
 func (m *managerProc) scrapeMetrics() []string {

@@ -13,49 +13,43 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// profileAPIServer records the API server's CPU profile (its /debug/pprof endpoint, on by
-// default) for the given time into dir/apiserver.pprof, so a run can show where the server
-// spends the cores the rollout is bound by. It runs in the background; wait on the channel.
-func profileAPIServer(ctx context.Context, cfg *rest.Config, dir string, d time.Duration) <-chan error {
+// profileRollout records for d, from now, the CPU profiles of the API server (its /debug/pprof
+// endpoint, on by default) and of this process (the simulated agents and the observer) into
+// dir/apiserver.pprof and dir/bench.pprof, so a run shows where the cores the rollout is bound by
+// go. It runs in the background; the channel says when both are written.
+func profileRollout(ctx context.Context, cfg *rest.Config, dir string, d time.Duration) <-chan error {
 	done := make(chan error, 1)
-	go func() {
-		done <- func() error {
-			cs, err := kubernetes.NewForConfig(cfg)
-			if err != nil {
-				return err
-			}
-			body, err := cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").
-				Param("seconds", strconv.Itoa(int(d.Seconds()))).Timeout(d + 30*time.Second).DoRaw(ctx)
-			if err != nil {
-				return fmt.Errorf("API server CPU profile: %w", err)
-			}
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-			path := filepath.Join(dir, "apiserver.pprof")
-			if err := os.WriteFile(path, body, 0o644); err != nil {
-				return err
-			}
-			logf("API server CPU profile (%s of the rollout): %s", d, path)
-			return nil
-		}()
-	}()
+	go func() { done <- profileBoth(ctx, cfg, dir, d) }()
 	return done
 }
 
-// profileSelf records this process's own CPU profile (the simulated agents and the observer)
-// over the same window into dir/bench.pprof; the returned function stops it.
-func profileSelf(dir string) (stop func(), err error) {
+func profileBoth(ctx context.Context, cfg *rest.Config, dir string, d time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return err
 	}
-	f, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, err
+	self, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		return err
 	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+	defer self.Close()
+	if err := pprof.StartCPUProfile(self); err != nil {
+		return err
+	}
+	// The API server's profile takes d: this process's covers the same time.
+	body, err := cs.CoreV1().RESTClient().Get().AbsPath("/debug/pprof/profile").
+		Param("seconds", strconv.Itoa(int(d.Seconds()))).Timeout(d + 30*time.Second).DoRaw(ctx)
+	pprof.StopCPUProfile()
+	if err != nil {
+		return fmt.Errorf("API server CPU profile: %w", err)
+	}
+	path := filepath.Join(dir, "apiserver.pprof")
+	if err := os.WriteFile(path, body, 0o644); err != nil {
+		return err
+	}
+	logf("CPU profiles (%s of the rollout): %s, %s", d, path, self.Name())
+	return nil
 }

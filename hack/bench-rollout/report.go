@@ -80,7 +80,8 @@ type report struct {
 	simStats         simagent.Stats
 	metrics          []string
 	mgrLog           logSummary
-	loadRollout      string // load average at the end of the rollout (and -settle)
+	loadRollout      string  // load average at the end of the rollout (and -settle)
+	cpu0, cpu1       cpuSnap // CPU seconds of the machine's users at the profiles' creation and at convergence
 	raw              rawResult
 	steady           *steadyWindow  // nil: not measured
 	up               *upgradeResult // nil: no -upgrade
@@ -166,6 +167,9 @@ func (r report) print(w io.Writer) {
 		p("manager CPU:      %.1f s user+sys over its life (%.0f%% of one core over the rollout window incl. startup)", r.mgrCPU, 100*r.mgrCPU/window.Seconds())
 	} else {
 		p("manager CPU:      %.1f s user+sys over its life", r.mgrCPU)
+	}
+	if r.converged {
+		p("cores busy:       %s, over the rollout (of %d)", cores(r.cpu0, r.cpu1, r.tReady.Sub(r.t0).Seconds()), r.mach.cores)
 	}
 	p("manager log:      %d client-side throttling lines, %d error lines, %d conflict mentions", r.mgrLog.throttling, r.mgrLog.errors, r.mgrLog.conflicts)
 	for _, l := range r.mgrLog.throttlingLines {
