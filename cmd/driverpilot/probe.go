@@ -102,11 +102,13 @@ func runProbe(args []string) error {
 	// (before 5.11), before its load probes, and reports when it cannot (ebpf.memlock).
 	p := probe.New(*root)
 	if *mountSecurityfs {
-		unmount, err := probe.MountSecurityFS(*root)
-		if err != nil {
-			return err
+		// A tree without securityfs (older or minimal kernels) is a fact, not a failure: the
+		// probe records lockdown as unknown, as the agent does.
+		if unmount, err := probe.MountSecurityFS(*root); err != nil {
+			fmt.Fprintf(os.Stderr, "driverpilot probe: securityfs not mounted (%v); lockdown is recorded as unknown\n", err)
+		} else {
+			defer unmount()
 		}
-		defer unmount()
 	}
 	facts := p.Probe(context.Background(), in)
 	decision, err := selection.Decide(selection.Input{Facts: facts, Policy: spec.Drivers, Sensor: spec.Sensor, KnownIssues: issues})

@@ -76,3 +76,15 @@ func TestExplainGivesEveryDriverAVerdict(t *testing.T) {
 		}
 	}
 }
+
+// A tree without sys/kernel/security (older or minimal kernels) is probed, lockdown unknown:
+// the probe used to exit 1 when it could not mount securityfs there.
+func TestProbeWithoutSecurityfs(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "sys", "kernel"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := runProbe([]string{"--root", root, "--mount-securityfs=true", "-o", "json"}); err != nil {
+		t.Fatalf("probe of a tree without sys/kernel/security: %v", err)
+	}
+}
