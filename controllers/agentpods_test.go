@@ -110,6 +110,7 @@ func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgen
 				}
 				if !started[node] {
 					started[node] = true // the first pod: its agent runs already
+					markRunning(ctx, pod)
 					continue
 				}
 				sim.mu.Lock()
@@ -121,6 +122,7 @@ func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgen
 						a.upgrade(version)
 					}
 					a.restart(kind)
+					markRunning(ctx, pod)
 				}()
 			}
 		}
@@ -135,6 +137,18 @@ func simulateDaemonSet(t *testing.T, profile string, agents map[string]*fakeAgen
 		}
 	})
 	return sim
+}
+
+// markRunning reports the pod as its kubelet would once its container runs and is ready: a node
+// is verified only while its agent pod runs.
+func markRunning(ctx context.Context, pod *corev1.Pod) {
+	now := metav1.Now()
+	pod.Status = corev1.PodStatus{
+		Phase:             corev1.PodRunning,
+		Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "agent", Ready: true, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}},
+	}
+	_ = env.Client.Status().Update(ctx, pod)
 }
 
 // replacingWatch samples, while a template change rolls, how many of the nodes had their agent
@@ -247,7 +261,8 @@ func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
 		t.Fatalf("a change that leaves the pod template alone deleted agent pods on %v", d)
 	}
 
-	lost, stopReady := watchReady(t, proven)
+	// Between the old pod's end and the new pod's start no sensor runs: the node says so.
+	lost, gap, stopReady := watchReadyAllowing(t, proven, controllers.ReasonAgentNotRunning)
 	replacing := watchReplacing(t, sim, "pods-a", proven, func(ns *v1alpha1.NodeSensor) bool { return provenBySensor(ns, v1alpha1.SensorFalco) })
 	editProfile(t, "pods", func(p *v1alpha1.SecurityProfile) {
 		p.Spec.Sensor = v1alpha1.SensorSpec{Kind: v1alpha1.SensorFalco, Image: "falcosecurity/falco:0.42.1"}
@@ -273,7 +288,10 @@ func TestSensorChangeReplacesAgentPodsPaced(t *testing.T) {
 	})
 	stopReady()
 	if msg := lost.Load().(string); msg != "" {
-		t.Errorf("a proven node left RuntimeSecurityReady=True while its agent pod was replaced: %s", msg)
+		t.Errorf("a proven node left RuntimeSecurityReady=True while its agent pod was replaced, for another reason than its pod: %s", msg)
+	}
+	if !gap.Load() {
+		t.Error("no node was AgentNotRunning while its agent pod was replaced: a node stayed True with no agent pod running")
 	}
 	replacing.check(t, 1)
 	d := sim.deletions()
@@ -315,7 +333,7 @@ func TestAgentUpgradeReplacesPodsPaced(t *testing.T) {
 	}
 	before := attemptsOf(t, nodes)
 
-	lost, stopReady := watchReady(t, nodes)
+	lost, gap, stopReady := watchReadyAllowing(t, nodes, controllers.ReasonAgentNotRunning)
 	maxInFlight, stopInFlight := watchInFlight(t, nodes)
 	replacing := watchReplacing(t, sim, "podup-a", nodes, func(ns *v1alpha1.NodeSensor) bool {
 		st := ns.Status.SelfTest
@@ -353,7 +371,10 @@ func TestAgentUpgradeReplacesPodsPaced(t *testing.T) {
 	stopInFlight()
 	stopReady()
 	if msg := lost.Load().(string); msg != "" {
-		t.Errorf("a node left RuntimeSecurityReady=True during the upgrade: %s", msg)
+		t.Errorf("a node left RuntimeSecurityReady=True during the upgrade, for another reason than its pod: %s", msg)
+	}
+	if !gap.Load() {
+		t.Error("no node was AgentNotRunning while its agent pod was replaced")
 	}
 	if got := maxInFlight.Load(); got > 1 {
 		t.Errorf("%d nodes re-verified at once, maxUnavailable is 1", got)

@@ -67,7 +67,14 @@ func attemptsOf(t *testing.T, nodes []string) map[string]int32 {
 
 // watchReady records the first time one of the nodes was not RuntimeSecurityReady=True.
 func watchReady(t *testing.T, nodes []string) (lost *atomic.Value, stop func()) {
-	lost = &atomic.Value{}
+	lost, _, stop = watchReadyAllowing(t, nodes, "")
+	return lost, stop
+}
+
+// watchReadyAllowing is watchReady where a condition with the allowed reason does not count as
+// lost; seen says whether it was observed.
+func watchReadyAllowing(t *testing.T, nodes []string, allowed string) (lost *atomic.Value, seen *atomic.Bool, stop func()) {
+	lost, seen = &atomic.Value{}, &atomic.Bool{}
 	lost.Store("")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -75,7 +82,12 @@ func watchReady(t *testing.T, nodes []string) (lost *atomic.Value, stop func()) 
 		defer close(done)
 		for ctx.Err() == nil {
 			for _, n := range nodes {
-				if c := nodeCondition(t, n); (c == nil || c.Status != corev1.ConditionTrue) && lost.Load() == "" {
+				c := nodeCondition(t, n)
+				if c != nil && allowed != "" && c.Reason == allowed {
+					seen.Store(true)
+					continue
+				}
+				if (c == nil || c.Status != corev1.ConditionTrue) && lost.Load() == "" {
 					lost.Store(fmt.Sprintf("%s left Ready: %+v", n, c))
 				}
 			}
@@ -85,7 +97,7 @@ func watchReady(t *testing.T, nodes []string) (lost *atomic.Value, stop func()) 
 	var once sync.Once
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop) // before the nodes go, even when the test fails early
-	return lost, stop
+	return lost, seen, stop
 }
 
 // TestProfileEditReverifiesPaced (item 1): a change to what nodes must prove re-verifies every

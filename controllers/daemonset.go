@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -71,8 +72,10 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 		}
 		// The API server fills defaults into the stored template, so compare what we asked for
 		// (by hash) rather than the objects: an unchanged profile costs no write.
+		// Someone else's edit of the spec (a hand-edited nodeSelector) moves its generation past
+		// the one this manager wrote: the template is written again, as after a restart.
 		hash := templateHash(want.Spec.Template)
-		if ds.Annotations[templateHashAnnotation] != hash {
+		if ds.Annotations[templateHashAnnotation] != hash || !r.dsWritten.current(ds) {
 			if ds.Annotations == nil {
 				ds.Annotations = map[string]string{}
 			}
@@ -87,7 +90,19 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 	if err != nil {
 		return fmt.Errorf("agent daemonset: %w", err)
 	}
+	r.dsWritten.wrote(ds)
 	return nil
+}
+
+// generations remember the generation of each DaemonSet (by UID) as this manager last wrote or
+// found it in its desired state.
+type generations struct{ m sync.Map }
+
+func (g *generations) wrote(ds *appsv1.DaemonSet) { g.m.Store(ds.UID, ds.Generation) }
+
+func (g *generations) current(ds *appsv1.DaemonSet) bool {
+	gen, ok := g.m.Load(ds.UID)
+	return ok && gen.(int64) == ds.Generation
 }
 
 // agentDaemonSet renders the agent DaemonSet: one pod per selected node, tolerating every taint

@@ -38,44 +38,45 @@ func (r *SecurityProfileReconciler) leaseRenewals(ctx context.Context) (map[stri
 	return out, nil
 }
 
-// withLeaseHeartbeats sets each NodeSensor's heartbeat to the newer of its status heartbeat (set
-// by every report of the agent) and its Lease's renewal, in the manager's copy only: from here on
-// a heartbeat is a heartbeat, wherever the agent wrote it. (A NodeSensor listed without a copy
-// is a shallow copy of the cache's: replacing its status's heartbeat pointer leaves the cache be.)
-func withLeaseHeartbeats(sensors map[string]*v1alpha1.NodeSensor, renewed map[string]time.Time) {
+// withObservedHeartbeats sets each NodeSensor's heartbeat, in the manager's copy only, to when
+// the manager saw the agent's newest heartbeat (its status report or its Lease renewal, whichever
+// is newer) change: liveness is measured on the manager's clock. (A NodeSensor listed without a
+// copy is a shallow copy of the cache's: replacing its status's heartbeat pointer leaves the
+// cache be.)
+func (r *SecurityProfileReconciler) withObservedHeartbeats(sensors map[string]*v1alpha1.NodeSensor, renewed map[string]time.Time, now time.Time) {
 	for name, ns := range sensors {
-		ns.Status.HeartbeatTime = heartbeat.Latest(ns.Status.HeartbeatTime, renewed[heartbeat.LeaseName(name)])
+		ns.Status.HeartbeatTime = r.live.observeTime(name, heartbeat.Latest(ns.Status.HeartbeatTime, renewed[heartbeat.LeaseName(name)]), now)
 	}
 }
 
 // profileOfLease maps an agent's Lease to the profile governing its node (through the node's
-// NodeSensor in the cache), when the Lease can change what the manager makes of the node: not
-// while the agent's last status report is itself a live heartbeat (a fleet's first renewals,
-// which create the Leases, would each wake a pass for nothing).
+// NodeSensor in the cache). leaseRevived decides which Lease events matter.
 func (r *SecurityProfileReconciler) profileOfLease(ctx context.Context, o client.Object) []reconcile.Request {
 	ns := &v1alpha1.NodeSensor{}
 	if err := r.Get(ctx, types.NamespacedName{Name: o.GetName()}, ns); err != nil || ns.Spec.Profile == "" {
 		return nil
 	}
-	if hb := ns.Status.HeartbeatTime; hb != nil && time.Since(hb.Time) <= r.HeartbeatTimeout {
-		return nil
-	}
 	return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: ns.Spec.Profile}}}
 }
 
-// leaseRevived passes a Lease's creation and a renewal after the Lease had expired (it brings a
-// node back from Unknown). Renewals of a live Lease pass nothing: expiry is timed by the
+// leaseRevived passes a Lease's creation or renewal when the manager had seen its node's
+// heartbeat expire (it brings a node back from Unknown), and records the renewal as seen now.
+// Renewals of a live Lease, and a fleet's first Leases, pass nothing: expiry is timed by the
 // reconciler's RequeueAfter, and a fleet's renewals would otherwise wake a pass each.
-func leaseRevived(timeout time.Duration) predicate.Predicate {
+func leaseRevived(timeout time.Duration, live *liveness, now func() time.Time) predicate.Predicate {
+	revived := func(o client.Object) bool {
+		l, ok := o.(*coordinationv1.Lease)
+		if !ok {
+			return true
+		}
+		t := now()
+		seen, known := live.observed(l.Name)
+		live.observe(l.Name, heartbeat.RenewTime(l), t)
+		return known && t.Sub(seen) > timeout
+	}
 	return predicate.Funcs{
-		UpdateFunc: func(e event.UpdateEvent) bool {
-			o, okO := e.ObjectOld.(*coordinationv1.Lease)
-			n, okN := e.ObjectNew.(*coordinationv1.Lease)
-			if !okO || !okN {
-				return true
-			}
-			return time.Since(heartbeat.RenewTime(o)) > timeout && time.Since(heartbeat.RenewTime(n)) <= timeout
-		},
+		CreateFunc: func(e event.CreateEvent) bool { return revived(e.Object) },
+		UpdateFunc: func(e event.UpdateEvent) bool { return revived(e.ObjectNew) },
 		DeleteFunc: func(event.DeleteEvent) bool { return false },
 	}
 }

@@ -49,7 +49,7 @@ func TestExpectationsFollowTheObjectNotTheName(t *testing.T) {
 }
 
 func TestHeartbeatPredicate(t *testing.T) {
-	p := notOnlyHeartbeat(time.Minute)
+	p := notOnlyHeartbeat(time.Minute, &liveness{}, time.Now)
 	at := func(ago time.Duration) *v1alpha1.NodeSensor {
 		ns := &v1alpha1.NodeSensor{}
 		hb := metav1.NewTime(time.Now().Add(-ago))

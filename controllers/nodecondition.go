@@ -68,7 +68,7 @@ func nodeCondition(ns *v1alpha1.NodeSensor, phase nodestate.Phase, failed error)
 			"it tests again once its pod is replaced: %s", orKind(ns.Spec.Sensor.Kind), orNone(ns.Spec.Driver), ns.Status.SelfTest.Message)
 	case phase == nodestate.HeartbeatExpired:
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonHeartbeatExpired
-		c.Message = fmt.Sprintf("The agent stopped reporting (last heartbeat %s); driver %s is no longer proven",
+		c.Message = fmt.Sprintf("The agent stopped reporting (the manager last saw its heartbeat change at %s); driver %s is no longer proven",
 			ns.Status.HeartbeatTime.UTC().Format(time.RFC3339), orNone(ns.Spec.Driver))
 	default:
 		c.Status, c.Reason = corev1.ConditionUnknown, ReasonPending
@@ -184,14 +184,18 @@ func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *
 // control plane's or the network's, and tainting the whole profile would stop scheduling. A
 // node whose agent went silent is tainted only after a grace (silentForTaint), so the first
 // nodes of a brownout are not tainted before the others' heartbeats expire.
-func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, now time.Time) error {
+func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, pods podTruth, now time.Time) error {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
 		names = append(names, name)
 	}
 	return forEach(ctx, names, func(name string) error {
 		ns, node, phase := sensors[name], governed[name], p.phases[name]
-		want := nodeCondition(ns, phase, p.errs[name])
+		if node == nil {
+			return nil
+		}
+		want := withPodTruth(nodeCondition(ns, phase, p.errs[name]), ns, phase, pods.why[name], pods.failed[name])
+		verified := want.Status == corev1.ConditionTrue
 		written := node
 		// (Written by the last pass over the node the cache still shows: not again.)
 		if !r.recent.conditionPending(name, node.ResourceVersion, string(want.Status), want.Reason) {
@@ -203,17 +207,30 @@ func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1al
 				r.recent.conditionWritten(name, node.ResourceVersion, string(want.Status), want.Reason)
 			}
 		}
-		if written != node && phase.Proven() {
+		if written != node && verified {
 			observeSelfTest(ns.Status.SelfTest)
 			r.batchedEvent(ctx, profile, "NodeVerified", "Verify", "verified with driver "+string(ns.Spec.Driver), name)
 		}
 		node = written // its new resourceVersion, for the taint's optimistic lock
-		taint := profile.Spec.Enforcement.Taint && !phase.Proven()
+		taint := profile.Spec.Enforcement.Taint && !verified
 		if taint && !hasTaint(node) && (p.brownout || (phase == nodestate.HeartbeatExpired && !r.silentForTaint(ns, now))) {
 			return nil
 		}
 		return setTaint(ctx, r.Client, r.reader(), node, taint)
 	})
+}
+
+// withPodTruth overrides the condition when the node's agent pod does not run its sensor now: a
+// proven node is not True without it, and a stuck pod's own words (an image that cannot be
+// pulled, a crash loop) replace a Pending or an expired heartbeat. The answer of the selection
+// (no supported driver) stands.
+func withPodTruth(c corev1.NodeCondition, ns *v1alpha1.NodeSensor, phase nodestate.Phase, why string, failed bool) corev1.NodeCondition {
+	if why == "" || phase == nodestate.NoSupportedDriver || (!phase.Proven() && !failed) {
+		return c
+	}
+	c.Status, c.Reason = corev1.ConditionFalse, ReasonAgentNotRunning
+	c.Message = truncateBytes(fmt.Sprintf("No sensor runs on this node now: %s; driver %s is not proven here until a new self-test passes", why, orNone(ns.Spec.Driver)), 1024)
+	return c
 }
 
 // silentForTaint reports whether a node's agent has been silent long enough to taint the node:

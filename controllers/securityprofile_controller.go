@@ -49,9 +49,14 @@ type SecurityProfileReconciler struct {
 	// object as it is now. Nil means Client.
 	APIReader client.Reader
 
-	expect   expectations
-	replaced replacements
-	recent   recentWrites
+	expect expectations
+	// live is when the manager saw each node's agent heartbeat change (its own clock).
+	live    liveness
+	podSeen agentPodSightings
+	// dsWritten is the generation of each agent DaemonSet as last written here.
+	dsWritten generations
+	replaced  replacements
+	recent    recentWrites
 	// statusWritten is when each profile's status was last written, by UID.
 	statusWritten sync.Map
 	// verifying remembers since when each node verifies its attempt (fleet.go's group gate).
@@ -84,7 +89,16 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		}
 	}
 	if err := validateSpec(profile); err != nil {
+		// Nothing is decided for an unusable profile, but its nodes' conditions keep saying
+		// what is true of them now.
 		wait, err := r.writeStatus(ctx, profile, invalidSpecStatus(profile, err))
+		next, kerr := r.keepNodesTrue(ctx, profile)
+		if next > 0 && (wait == 0 || next < wait) {
+			wait = next
+		}
+		if err = errors.Join(err, kerr); err != nil && onlyConflicts(err) {
+			return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
+		}
 		return ctrl.Result{RequeueAfter: wait}, err
 	}
 
@@ -107,14 +121,16 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		// Without the Leases a quiet agent looks silent: no pass on stale heartbeats.
 		return ctrl.Result{}, errors.Join(append(errs, err)...)
 	}
-	withLeaseHeartbeats(sensors, renewed)
 	now := r.now()
+	r.withObservedHeartbeats(sensors, renewed, now)
 	progress, err := r.advance(ctx, profile, selected, sensors, missing, pending, now)
 	if errors.Is(err, errStaleCache) {
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
 	errs = append(errs, err)
-	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
+	pods, err := r.readPodTruth(ctx, profile, sensors)
+	errs = append(errs, err)
+	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, pods, now))
 	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
 	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, progress.create)
 	errs = append(errs, err)

@@ -206,15 +206,44 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 	if err := r.releaseNode(ctx, ns.Name); err != nil {
 		return err
 	}
-	if err := r.Delete(ctx, ns); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+	// Only the object read: another profile may have adopted it since (a conflict then, and the
+	// next pass sees the new owner).
+	uid := ns.UID
+	if err := r.deleteOwnNodeSensor(ctx, profile, ns); err != nil {
+		return err
 	}
+	r.podSeen.forget(uid)
+	r.live.forget(ns.Name)
 	r.expect.forget(ns.Name)
 	r.replaced.forget(ns.Name)
 	r.recent.forget(ns.Name)
 	r.verifying.forget(ns.Name)
 	r.eventf(profile, nil, corev1.EventTypeNormal, "NodeReleased", "Release", "Node %s released: its condition, taint and NodeSensor are removed", ns.Name)
 	return nil
+}
+
+// deleteOwnNodeSensor deletes the profile's NodeSensor only as read (its UID and resourceVersion
+// as preconditions); when it changed meanwhile, it reads it again and deletes it only while it
+// is still this profile's: another profile may have adopted it.
+func (r *SecurityProfileReconciler) deleteOwnNodeSensor(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
+	for try := 0; ; try++ {
+		uid, rv := ns.UID, ns.ResourceVersion
+		err := r.Delete(ctx, ns, client.Preconditions{UID: &uid, ResourceVersion: &rv})
+		if err == nil || apierrors.IsNotFound(err) {
+			return nil
+		}
+		if !apierrors.IsConflict(err) || try == 3 {
+			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+		}
+		fresh := &v1alpha1.NodeSensor{}
+		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(ns), fresh); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if fresh.UID != uid || fresh.Spec.Profile != profile.Name {
+			return nil // adopted or recreated: not ours to delete
+		}
+		ns = fresh
+	}
 }
 
 func newNodeSensor(profile *v1alpha1.SecurityProfile, node *corev1.Node) *v1alpha1.NodeSensor {

@@ -51,7 +51,7 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.DaemonSet{}).
 		Watches(&v1alpha1.NodeSensor{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: o.(*v1alpha1.NodeSensor).Spec.Profile}}}
-		}), builder.WithPredicates(notOnlyHeartbeat(r.HeartbeatTimeout))).
+		}), builder.WithPredicates(notOnlyHeartbeat(r.HeartbeatTimeout, &r.live, r.now))).
 		Watches(&corev1.Node{}, r.nodeHandler(), builder.WithPredicates(nodeMembershipChanged())).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			if p := o.GetLabels()[ProfileLabel]; p != "" && o.GetNamespace() == r.Agent.Namespace {
@@ -59,7 +59,7 @@ func (r *SecurityProfileReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return nil
 		}), builder.WithPredicates(agentPodChanged())).
-		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(r.profileOfLease), builder.WithPredicates(leaseRevived(r.HeartbeatTimeout))).
+		Watches(&coordinationv1.Lease{}, handler.EnqueueRequestsFromMapFunc(r.profileOfLease), builder.WithPredicates(leaseRevived(r.HeartbeatTimeout, &r.live, r.now))).
 		Watches(&v1alpha1.SecurityProfile{}, handler.EnqueueRequestsFromMapFunc(r.allProfiles), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		// Profiles have disjoint nodes, and a pass mostly waits for its writes: several profiles
 		// move on at once. (One profile is never reconciled twice at once.)
@@ -139,15 +139,24 @@ func (r *SecurityProfileReconciler) profilesOfNode(ctx context.Context, versions
 }
 
 // notOnlyHeartbeat drops NodeSensor updates that change nothing but the heartbeat, except the
-// first heartbeat after an expiry: it brings the node back from Unknown.
-func notOnlyHeartbeat(timeout time.Duration) predicate.Predicate {
+// first heartbeat after an expiry (on the agent's clock or on the manager's): it brings the node
+// back from Unknown. Every heartbeat is recorded as seen now (liveness).
+func notOnlyHeartbeat(timeout time.Duration, live *liveness, now func() time.Time) predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		o, okO := e.ObjectOld.(*v1alpha1.NodeSensor)
 		n, okN := e.ObjectNew.(*v1alpha1.NodeSensor)
 		if !okO || !okN {
 			return true
 		}
-		if hb := o.Status.HeartbeatTime; hb != nil && time.Since(hb.Time) > timeout {
+		t := now()
+		seen, known := live.observed(n.Name)
+		if hb := n.Status.HeartbeatTime; hb != nil {
+			live.observe(n.Name, hb.Time, t)
+		}
+		if known && t.Sub(seen) > timeout {
+			return true
+		}
+		if hb := o.Status.HeartbeatTime; hb != nil && t.Sub(hb.Time) > timeout {
 			return true
 		}
 		o, n = o.DeepCopy(), n.DeepCopy()
@@ -169,7 +178,8 @@ func AgentPodCache(namespace string) cache.ByObject {
 }
 
 // agentPodChanged passes what decides a pod's replacement (creation, deletion, binding, the
-// start of its termination, its template hash), not status churn.
+// start of its termination, its template hash) and whether it runs its sensor (podTrouble), not
+// other status churn.
 func agentPodChanged() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		o, okO := e.ObjectOld.(*corev1.Pod)
@@ -177,8 +187,11 @@ func agentPodChanged() predicate.Predicate {
 		if !okO || !okN {
 			return true
 		}
+		ow, of := podTrouble(o)
+		nw, nf := podTrouble(n)
 		return (o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) || o.Spec.NodeName != n.Spec.NodeName ||
-			o.Annotations[templateHashAnnotation] != n.Annotations[templateHashAnnotation]
+			o.Annotations[templateHashAnnotation] != n.Annotations[templateHashAnnotation] ||
+			(ow == "") != (nw == "") || of != nf
 	}}
 }
 
