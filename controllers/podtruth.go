@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,7 +28,7 @@ func podTrouble(pod *corev1.Pod) (why string, failed bool) {
 		}
 	}
 	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
-		return fmt.Sprintf("agent pod %s ended (%s): %s: %s", pod.Name, pod.Status.Phase, pod.Status.Reason, pod.Status.Message), true
+		return strings.TrimSuffix(fmt.Sprintf("agent pod %s ended (%s): %s", pod.Name, pod.Status.Phase, strings.Trim(pod.Status.Reason+": "+pod.Status.Message, ": ")), ": "), true
 	}
 	check := func(kind string, statuses []corev1.ContainerStatus, init bool) (string, bool) {
 		for _, cs := range statuses {

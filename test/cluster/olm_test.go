@@ -179,8 +179,10 @@ func testOLMBundle(t *testing.T, e *env) {
 	newCSV := olmInstall(t, e, next, oldCSV)
 	e.waitVerified(t, nextVersion, started, 5*time.Minute)
 	t.Logf("upgraded %s -> %s: re-verified in %s", oldCSV, newCSV, time.Since(started).Round(100*time.Millisecond))
-	if notTrue := stop(); len(notTrue) > 0 {
-		t.Errorf("the node left True during the OLM upgrade: %v", notTrue)
+	if notTrue, gaps := stop(); len(notTrue) > 0 {
+		t.Errorf("the node left True during the OLM upgrade, for another reason than its agent pod's replacement: %v", notTrue)
+	} else if len(gaps) > 0 {
+		t.Logf("AgentNotRunning while the agent pod was replaced: %d samples", len(gaps))
 	}
 
 	e.kubectl(t, "delete", "-f", "config/samples/security_v1alpha1_securityprofile.yaml", "--wait=true", "--timeout=120s")

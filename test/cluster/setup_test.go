@@ -193,12 +193,17 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 }
 
+// reasonAgentNotRunning is the manager's reason for a node whose agent pod runs no sensor now
+// (controllers.ReasonAgentNotRunning).
+const reasonAgentNotRunning = "AgentNotRunning"
+
 // watchCondition samples the node's condition every 200ms until stopped, and returns every
-// sample that was not True (with its reason), so a step can prove the node never left True.
-func (e *env) watchCondition(t *testing.T) (stop func() []string) {
+// sample that was not True (with its reason), so a step can prove the node never left True but
+// while no agent pod ran its sensor: those samples (AgentNotRunning) come back apart, as gaps.
+func (e *env) watchCondition(t *testing.T) (stop func() (notTrue, gaps []string)) {
 	ctx, cancel := context.WithCancel(t.Context())
 	var mu sync.Mutex
-	var notTrue []string
+	var notTrue, gaps []string
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -209,6 +214,8 @@ func (e *env) watchCondition(t *testing.T) (stop func() []string) {
 				switch {
 				case c == nil:
 					notTrue = append(notTrue, time.Now().Format(time.TimeOnly)+" no condition")
+				case c.Reason == reasonAgentNotRunning:
+					gaps = append(gaps, fmt.Sprintf("%s %s: %s", time.Now().Format(time.TimeOnly), c.Reason, c.Message))
 				case c.Status != corev1.ConditionTrue:
 					notTrue = append(notTrue, fmt.Sprintf("%s %s %s: %s", time.Now().Format(time.TimeOnly), c.Status, c.Reason, c.Message))
 				}
@@ -220,12 +227,12 @@ func (e *env) watchCondition(t *testing.T) (stop func() []string) {
 			}
 		}
 	}()
-	return func() []string {
+	return func() ([]string, []string) {
 		cancel()
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return notTrue
+		return notTrue, gaps
 	}
 }
 
