@@ -39,6 +39,8 @@ type progress struct {
 	brownout bool
 	// errs are per-node failures of this pass, recorded on their node.
 	errs map[string]error
+	// pods say where no agent pod runs its sensor now (podtruth.go).
+	pods podTruth
 	// fleet is what the profile's node groups learned (fleet.go).
 	fleet *fleetView
 	// create are the governed nodes without a NodeSensor that get one, without a driver, at the
@@ -83,6 +85,7 @@ func (r *SecurityProfileReconciler) advance(ctx context.Context, profile *v1alph
 		// Without the pods, no pod is replaced this pass; the nodes move on otherwise.
 		errs = append(errs, err)
 	}
+	p.pods = pods.truth
 	decisions := map[string]selection.Decision{}
 	reprove := map[string]string{}
 	// current are the verified nodes proven under the current spec and agent on their own

@@ -23,6 +23,8 @@ type agentPods struct {
 	state    map[string]nodestate.AgentPod
 	outdated map[string]*corev1.Pod
 	ok       bool
+	// truth says, per node, whether an agent pod runs its sensor there now (podtruth.go).
+	truth podTruth
 }
 
 // readAgentPods lists the profile's agent pods (from the cache of agent pods in the manager's
@@ -30,6 +32,12 @@ type agentPods struct {
 // the current template, is AgentCurrent: nothing to replace.
 func (r *SecurityProfileReconciler) readAgentPods(ctx context.Context, profile *v1alpha1.SecurityProfile, sensors map[string]*v1alpha1.NodeSensor) (agentPods, error) {
 	out := agentPods{state: map[string]nodestate.AgentPod{}, outdated: map[string]*corev1.Pod{}}
+	pods, err := r.listAgentPods(ctx, profile)
+	if err != nil {
+		return out, err
+	}
+	// (Also without a DaemonSet: a node whose pods are gone has no sensor running.)
+	out.truth = r.podTruthOf(profile, pods.Items, sensors)
 	want := agentDaemonSet(profile, r.Agent).Spec.Template.Annotations[templateHashAnnotation]
 	ds := &appsv1.DaemonSet{}
 	if err := r.Get(ctx, client.ObjectKey{Namespace: r.Agent.Namespace, Name: agentDaemonSetName(profile)}, ds); err != nil {
@@ -39,11 +47,6 @@ func (r *SecurityProfileReconciler) readAgentPods(ctx context.Context, profile *
 		return out, fmt.Errorf("read agent daemonset: %w", err)
 	}
 	out.ok = ds.Spec.Template.Annotations[templateHashAnnotation] == want
-	var pods corev1.PodList
-	if err := r.List(ctx, &pods, client.InNamespace(r.Agent.Namespace),
-		client.MatchingLabels(agentSelector(profile).MatchLabels)); err != nil {
-		return out, fmt.Errorf("list agent pods: %w", err)
-	}
 	listed := map[types.UID]bool{}
 	for i := range pods.Items {
 		pod := &pods.Items[i]
@@ -69,6 +72,16 @@ func (r *SecurityProfileReconciler) readAgentPods(ctx context.Context, profile *
 		}
 	}
 	return out, nil
+}
+
+// listAgentPods lists the profile's agent pods from the cache of agent pods in the manager's
+// namespace.
+func (r *SecurityProfileReconciler) listAgentPods(ctx context.Context, profile *v1alpha1.SecurityProfile) (*corev1.PodList, error) {
+	var pods corev1.PodList
+	if err := r.List(ctx, &pods, client.InNamespace(r.Agent.Namespace), client.MatchingLabels(agentSelector(profile).MatchLabels)); err != nil {
+		return nil, fmt.Errorf("list agent pods: %w", err)
+	}
+	return &pods, nil
 }
 
 // replaceAgentPod deletes a node's outdated agent pod (the DaemonSet creates its replacement

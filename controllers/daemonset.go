@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
@@ -94,16 +95,25 @@ func (r *SecurityProfileReconciler) ensureAgentDaemonSet(ctx context.Context, pr
 	return nil
 }
 
-// generations remember the generation of each DaemonSet (by UID) as this manager last wrote or
-// found it in its desired state.
+// generations remember, per DaemonSet name, the UID and generation as this manager last wrote
+// or found it in its desired state.
 type generations struct{ m sync.Map }
 
-func (g *generations) wrote(ds *appsv1.DaemonSet) { g.m.Store(ds.UID, ds.Generation) }
+type written struct {
+	uid        types.UID
+	generation int64
+}
+
+func (g *generations) wrote(ds *appsv1.DaemonSet) {
+	g.m.Store(ds.Name, written{uid: ds.UID, generation: ds.Generation})
+}
 
 func (g *generations) current(ds *appsv1.DaemonSet) bool {
-	gen, ok := g.m.Load(ds.UID)
-	return ok && gen.(int64) == ds.Generation
+	w, ok := g.m.Load(ds.Name)
+	return ok && w.(written) == written{uid: ds.UID, generation: ds.Generation}
 }
+
+func (g *generations) forget(name string) { g.m.Delete(name) }
 
 // agentDaemonSet renders the agent DaemonSet: one pod per selected node, tolerating every taint
 // (it must run on the nodes it is about to verify, tainted or not), with the host's root, /proc

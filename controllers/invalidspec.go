@@ -47,12 +47,13 @@ func (r *SecurityProfileReconciler) keepNodesTrue(ctx context.Context, profile *
 		p.phases[name] = phase
 		nodes = append(nodes, nodestate.Node{Name: name, Phase: phase})
 	}
-	p.expired, p.brownout = nodestate.Brownout(nodes)
-	pods, err := r.readPodTruth(ctx, profile, sensors)
+	_, p.brownout = nodestate.Brownout(nodes)
+	pods, err := r.listAgentPods(ctx, profile)
 	if err != nil {
 		return 0, err
 	}
-	err = r.syncNodes(ctx, profile, governed, sensors, p, pods, now)
+	p.pods = r.podTruthOf(profile, pods.Items, sensors)
+	err = r.syncNodes(ctx, profile, governed, sensors, p, now)
 	return r.nextHeartbeatDeadline(sensors, now), err
 }
 

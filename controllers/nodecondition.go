@@ -184,17 +184,14 @@ func setTaint(ctx context.Context, c client.Client, reader client.Reader, node *
 // control plane's or the network's, and tainting the whole profile would stop scheduling. A
 // node whose agent went silent is tainted only after a grace (silentForTaint), so the first
 // nodes of a brownout are not tainted before the others' heartbeats expire.
-func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, pods podTruth, now time.Time) error {
+func (r *SecurityProfileReconciler) syncNodes(ctx context.Context, profile *v1alpha1.SecurityProfile, governed map[string]*corev1.Node, sensors map[string]*v1alpha1.NodeSensor, p progress, now time.Time) error {
 	names := make([]string, 0, len(sensors))
 	for name := range sensors {
 		names = append(names, name)
 	}
 	return forEach(ctx, names, func(name string) error {
 		ns, node, phase := sensors[name], governed[name], p.phases[name]
-		if node == nil {
-			return nil
-		}
-		want := withPodTruth(nodeCondition(ns, phase, p.errs[name]), ns, phase, pods.why[name], pods.failed[name])
+		want := withPodTruth(nodeCondition(ns, phase, p.errs[name]), ns, phase, p.pods.why[name], p.pods.failed[name])
 		verified := want.Status == corev1.ConditionTrue
 		written := node
 		// (Written by the last pass over the node the cache still shows: not again.)

@@ -1,14 +1,12 @@
 package controllers
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
 )
@@ -24,11 +22,11 @@ const ReasonAgentNotRunning = "AgentNotRunning"
 func podTrouble(pod *corev1.Pod) (why string, failed bool) {
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
-			return fmt.Sprintf("agent pod %s is not scheduled: %s: %s", pod.Name, c.Reason, c.Message), true
+			return fmt.Sprintf("agent pod %s is not scheduled%s", pod.Name, words(c.Reason, c.Message)), true
 		}
 	}
 	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
-		return strings.TrimSuffix(fmt.Sprintf("agent pod %s ended (%s): %s", pod.Name, pod.Status.Phase, strings.Trim(pod.Status.Reason+": "+pod.Status.Message, ": ")), ": "), true
+		return fmt.Sprintf("agent pod %s ended (%s)%s", pod.Name, pod.Status.Phase, words(pod.Status.Reason, pod.Status.Message)), true
 	}
 	check := func(kind string, statuses []corev1.ContainerStatus, init bool) (string, bool) {
 		for _, cs := range statuses {
@@ -36,10 +34,10 @@ func podTrouble(pod *corev1.Pod) (why string, failed bool) {
 			case cs.State.Waiting != nil:
 				w := cs.State.Waiting
 				starting := w.Reason == "ContainerCreating" || w.Reason == "PodInitializing" || w.Reason == ""
-				return fmt.Sprintf("agent pod %s: %s %s: %s: %s", pod.Name, kind, cs.Name, orText(w.Reason, "Waiting"), w.Message), !starting
+				return fmt.Sprintf("agent pod %s: %s %s%s", pod.Name, kind, cs.Name, words(orText(w.Reason, "Waiting"), w.Message)), !starting
 			case cs.State.Terminated != nil && (!init || cs.State.Terminated.ExitCode != 0):
 				t := cs.State.Terminated
-				return fmt.Sprintf("agent pod %s: %s %s: %s (exit code %d): %s", pod.Name, kind, cs.Name, orText(t.Reason, "Terminated"), t.ExitCode, t.Message), true
+				return fmt.Sprintf("agent pod %s: %s %s%s", pod.Name, kind, cs.Name, words(fmt.Sprintf("%s (exit code %d)", orText(t.Reason, "Terminated"), t.ExitCode), t.Message)), true
 			case !init && !cs.Ready:
 				return fmt.Sprintf("agent pod %s: %s %s is not ready", pod.Name, kind, cs.Name), cs.RestartCount > 0
 			}
@@ -58,10 +56,21 @@ func podTrouble(pod *corev1.Pod) (why string, failed bool) {
 	}
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady && c.Status != corev1.ConditionTrue {
-			return fmt.Sprintf("agent pod %s is not ready: %s: %s", pod.Name, c.Reason, c.Message), false
+			return fmt.Sprintf("agent pod %s is not ready%s", pod.Name, words(c.Reason, c.Message)), false
 		}
 	}
 	return "", false
+}
+
+// words renders a Kubernetes reason and message after a colon each, leaving out the empty ones.
+func words(parts ...string) string {
+	var b strings.Builder
+	for _, p := range parts {
+		if p != "" {
+			b.WriteString(": " + p)
+		}
+	}
+	return b.String()
 }
 
 func orText(s, otherwise string) string {
@@ -79,26 +88,25 @@ type podTruth struct {
 	failed map[string]bool
 }
 
-// agentPodSightings remember the NodeSensors (by UID) on whose node the manager has seen an
-// agent pod: a node whose pod is gone afterwards has no sensor running. (A node never seen with
-// a pod is one whose agent is not a pod of this cluster's: simulated or by hand.)
+// agentPodSightings remember the NodeSensors (by UID, with their profile) on whose node the
+// manager has seen an agent pod: a node whose pod is gone afterwards has no sensor running. (A
+// node never seen with a pod is one whose agent is not a pod of this cluster's: simulated or
+// run by hand.)
 type agentPodSightings struct{ m sync.Map }
 
-// readPodTruth reads the profile's agent pods from the cache and says, for each NodeSensor's
-// node, whether an agent pod runs its sensor there now.
-func (r *SecurityProfileReconciler) readPodTruth(ctx context.Context, profile *v1alpha1.SecurityProfile, sensors map[string]*v1alpha1.NodeSensor) (podTruth, error) {
+// podTruthOf says, for each NodeSensor's node, whether one of the profile's agent pods runs its
+// sensor there now, and forgets the sightings of the profile's NodeSensors that are gone.
+func (r *SecurityProfileReconciler) podTruthOf(profile *v1alpha1.SecurityProfile, pods []corev1.Pod, sensors map[string]*v1alpha1.NodeSensor) podTruth {
 	out := podTruth{why: map[string]string{}, failed: map[string]bool{}}
-	var pods corev1.PodList
-	if err := r.List(ctx, &pods, client.InNamespace(r.Agent.Namespace), client.MatchingLabels(agentSelector(profile).MatchLabels)); err != nil {
-		return out, fmt.Errorf("list agent pods: %w", err)
-	}
 	byNode := map[string][]*corev1.Pod{}
-	for i := range pods.Items {
-		if n := pods.Items[i].Spec.NodeName; n != "" {
-			byNode[n] = append(byNode[n], &pods.Items[i])
+	for i := range pods {
+		if n := pods[i].Spec.NodeName; n != "" {
+			byNode[n] = append(byNode[n], &pods[i])
 		}
 	}
+	current := make(map[types.UID]bool, len(sensors))
 	for name, ns := range sensors {
+		current[ns.UID] = true
 		list := byNode[name]
 		if len(list) == 0 {
 			if _, seen := r.podSeen.m.Load(ns.UID); seen {
@@ -107,7 +115,7 @@ func (r *SecurityProfileReconciler) readPodTruth(ctx context.Context, profile *v
 			}
 			continue
 		}
-		r.podSeen.m.Store(ns.UID, name)
+		r.podSeen.m.Store(ns.UID, profile.Name)
 		// One pod running its sensor is enough (an outdated pod may still run while its
 		// replacement starts); otherwise the stuck pod's words win over a starting one's.
 		why, failed := "", false
@@ -125,8 +133,14 @@ func (r *SecurityProfileReconciler) readPodTruth(ctx context.Context, profile *v
 			out.why[name], out.failed[name] = truncateBytes(why, 700), failed
 		}
 	}
-	return out, nil
+	r.podSeen.m.Range(func(uid, p any) bool {
+		if p == profile.Name && !current[uid.(types.UID)] {
+			r.podSeen.m.Delete(uid)
+		}
+		return true
+	})
+	return out
 }
 
-// forgetPods drops the pod sightings of NodeSensors that are gone.
+// forget drops the pod sighting of a NodeSensor that is gone.
 func (s *agentPodSightings) forget(uid types.UID) { s.m.Delete(uid) }

@@ -128,9 +128,7 @@ func (r *SecurityProfileReconciler) Reconcile(ctx context.Context, req ctrl.Requ
 		return ctrl.Result{RequeueAfter: 100 * time.Millisecond}, nil
 	}
 	errs = append(errs, err)
-	pods, err := r.readPodTruth(ctx, profile, sensors)
-	errs = append(errs, err)
-	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, pods, now))
+	errs = append(errs, r.syncNodes(ctx, profile, selected, sensors, progress, now))
 	errs = append(errs, r.syncFleetGroups(ctx, profile, progress.fleet))
 	moreToCreate, err := r.createNodeSensors(ctx, profile, selected, progress.create)
 	errs = append(errs, err)
@@ -256,6 +254,7 @@ func (r *SecurityProfileReconciler) finalize(ctx context.Context, profile *v1alp
 	if err := r.Delete(ctx, ds); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("delete agent daemonset: %w", err)
 	}
+	r.dsWritten.forget(ds.Name)
 	r.statusWritten.Delete(profile.UID)
 	controllerutil.RemoveFinalizer(profile, Finalizer)
 	if err := r.Update(ctx, profile); err != nil && !apierrors.IsNotFound(err) {

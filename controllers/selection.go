@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1alpha1 "github.com/driverpilot/driverpilot/api/v1alpha1"
@@ -206,10 +207,8 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 	if err := r.releaseNode(ctx, ns.Name); err != nil {
 		return err
 	}
-	// Only the object read: another profile may have adopted it since (a conflict then, and the
-	// next pass sees the new owner).
 	uid := ns.UID
-	if err := r.deleteOwnNodeSensor(ctx, profile, ns); err != nil {
+	if ours, err := r.deleteOwnNodeSensor(ctx, profile, ns); err != nil || !ours {
 		return err
 	}
 	r.podSeen.forget(uid)
@@ -223,27 +222,36 @@ func (r *SecurityProfileReconciler) release(ctx context.Context, profile *v1alph
 }
 
 // deleteOwnNodeSensor deletes the profile's NodeSensor only as read (its UID and resourceVersion
-// as preconditions); when it changed meanwhile, it reads it again and deletes it only while it
-// is still this profile's: another profile may have adopted it.
-func (r *SecurityProfileReconciler) deleteOwnNodeSensor(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) error {
-	for try := 0; ; try++ {
-		uid, rv := ns.UID, ns.ResourceVersion
+// as preconditions); after a conflict it reads it again and deletes it only while it is still
+// this profile's. ours is false when another profile adopted it (or it was created anew).
+func (r *SecurityProfileReconciler) deleteOwnNodeSensor(ctx context.Context, profile *v1alpha1.SecurityProfile, ns *v1alpha1.NodeSensor) (ours bool, err error) {
+	uid, first := ns.UID, true
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if !first {
+			fresh := &v1alpha1.NodeSensor{}
+			if err := r.reader().Get(ctx, client.ObjectKeyFromObject(ns), fresh); err != nil {
+				return err
+			}
+			if fresh.UID != uid || fresh.Spec.Profile != profile.Name {
+				return nil
+			}
+			ns = fresh
+		}
+		first = false
+		rv := ns.ResourceVersion
 		err := r.Delete(ctx, ns, client.Preconditions{UID: &uid, ResourceVersion: &rv})
-		if err == nil || apierrors.IsNotFound(err) {
-			return nil
+		if err == nil {
+			ours = true
 		}
-		if !apierrors.IsConflict(err) || try == 3 {
-			return fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
-		}
-		fresh := &v1alpha1.NodeSensor{}
-		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(ns), fresh); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		if fresh.UID != uid || fresh.Spec.Profile != profile.Name {
-			return nil // adopted or recreated: not ours to delete
-		}
-		ns = fresh
+		return err
+	})
+	if apierrors.IsNotFound(err) {
+		return true, nil
 	}
+	if err != nil {
+		return false, fmt.Errorf("delete node sensor %s: %w", ns.Name, err)
+	}
+	return ours, nil
 }
 
 func newNodeSensor(profile *v1alpha1.SecurityProfile, node *corev1.Node) *v1alpha1.NodeSensor {

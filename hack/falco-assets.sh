@@ -17,7 +17,7 @@ MIRROR="${DRIVERPILOT_MIRROR:-}"
 log() { echo "falco-assets: $*" >&2; }
 die() { echo "falco-assets: error: $*" >&2; exit 1; }
 
-# owner/repo tag commit: the pins, one archive each (see /work/shared/mirror/README.md).
+# owner/repo tag commit: the pins, one archive each (the mirror's README lists the same table).
 PINS="
 falcosecurity/falco 0.38.1 2820cd1d074c7c2b075a92ec33946fb9e8573bdc
 falcosecurity/falco 0.38.2 35ee18c435b9c9a48773e14b59c038bd33ab6bcb
